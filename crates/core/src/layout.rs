@@ -1,0 +1,495 @@
+//! OCI image layout storage (`oci-layout`, `index.json`, `blobs/<alg>/<hex>`).
+//!
+//! Every write goes to a temporary file in the layout's root, is hashed while it is
+//! written, checked against the expected digest when there is one, fsynced, and
+//! only then renamed into `blobs/`: a reader never sees a partial or wrong blob
+//! under a digest. Every read is verified against the digest it was asked for.
+//! `index.json` is replaced atomically the same way.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{Descriptor, ImageIndex};
+
+use crate::digest::{Algorithm, Digest, DigestReader, VerifyingReader, verification_error};
+use crate::names::{ANNOTATION_REF_NAME, MAX_MANIFEST_SIZE};
+use crate::{Error, Result};
+
+const LAYOUT_FILE: &str = "oci-layout";
+const LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+const INDEX_FILE: &str = "index.json";
+const TEMP_PREFIX: &str = ".oci-blocks-tmp-";
+
+/// An OCI image layout directory.
+#[derive(Clone, Debug)]
+pub struct OciDir {
+    root: PathBuf,
+}
+
+impl OciDir {
+    /// Opens an existing layout, checking its `oci-layout` file.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let not_layout = |reason: String| Error::NotALayout {
+            path: root.clone(),
+            reason,
+        };
+        let marker = root.join(LAYOUT_FILE);
+        let text = match fs::read(&marker) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(not_layout(if root.is_dir() {
+                    "no oci-layout file".into()
+                } else {
+                    "no such directory".into()
+                }));
+            }
+            Err(e) => return Err(Error::io(marker, e)),
+        };
+        let value: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| not_layout(format!("oci-layout is not JSON: {e}")))?;
+        match value.get("imageLayoutVersion").and_then(|v| v.as_str()) {
+            Some(v) if v.starts_with("1.") => {}
+            Some(v) => return Err(not_layout(format!("unsupported imageLayoutVersion {v:?}"))),
+            None => return Err(not_layout("oci-layout has no imageLayoutVersion".into())),
+        }
+        Ok(OciDir { root })
+    }
+
+    /// Opens a layout, creating an empty one (directory, `oci-layout`, `index.json`)
+    /// if `root` does not hold one yet.
+    pub fn create(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        if root.join(LAYOUT_FILE).exists() {
+            return OciDir::open(root);
+        }
+        fs::create_dir_all(root.join("blobs").join("sha256")).map_err(|e| Error::io(&root, e))?;
+        let dir = OciDir { root };
+        if !dir.root.join(INDEX_FILE).exists() {
+            let empty = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+            dir.write_file_atomic(INDEX_FILE, empty)?;
+        }
+        dir.write_file_atomic(LAYOUT_FILE, LAYOUT_CONTENT)?;
+        Ok(dir)
+    }
+
+    /// The layout's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob with `digest` is (or would be) stored.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(digest.hex())
+    }
+
+    /// Whether the layout holds a file for `digest` (not verified).
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Stores a stream as a sha256 blob and returns its digest and size.
+    pub fn write_blob(&self, reader: impl Read) -> Result<(Digest, u64)> {
+        self.store(reader, None, None)
+    }
+
+    /// Stores a stream that must have `expected` digest (and `size`, when given).
+    /// On mismatch nothing is stored and the error names both digests.
+    pub fn write_blob_verified(
+        &self,
+        reader: impl Read,
+        expected: &Digest,
+        size: Option<u64>,
+    ) -> Result<u64> {
+        self.store(reader, Some(expected), size).map(|(_, n)| n)
+    }
+
+    /// Stores bytes (a manifest, a config) as a sha256 blob.
+    pub fn write_blob_bytes(&self, bytes: &[u8]) -> Result<(Digest, u64)> {
+        self.write_blob(bytes)
+    }
+
+    fn store(
+        &self,
+        reader: impl Read,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+    ) -> Result<(Digest, u64)> {
+        let algorithm = expected.map_or(Algorithm::Sha256, Digest::algorithm);
+        let mut tmp = self.temp_file()?;
+        let mut hashing = DigestReader::new(reader, algorithm);
+        io::copy(&mut hashing, tmp.as_file_mut()).map_err(|e| Error::io(tmp.path(), e))?;
+        let (digest, written) = hashing.finish().map_err(|e| Error::io(tmp.path(), e))?;
+        if let Some(expected) = expected {
+            if &digest != expected {
+                return Err(Error::DigestMismatch {
+                    expected: expected.clone(),
+                    found: digest,
+                });
+            }
+            if let Some(size) = size.filter(|s| *s != written) {
+                return Err(Error::SizeMismatch {
+                    digest,
+                    expected: size,
+                    found: written,
+                });
+            }
+        }
+        let target = self.blob_path(&digest);
+        if target.is_file() {
+            return Ok((digest, written));
+        }
+        self.commit(tmp, &target)?;
+        Ok((digest, written))
+    }
+
+    fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(&self.root)
+            .map_err(|e| Error::io(&self.root, e))
+    }
+
+    fn commit(&self, tmp: tempfile::NamedTempFile, target: &Path) -> Result<()> {
+        tmp.as_file().sync_all().map_err(|e| Error::io(tmp.path(), e))?;
+        let parent = target.parent().unwrap_or(&self.root);
+        fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        tmp.persist(target)
+            .map_err(|e| Error::io(target, e.error))?;
+        sync_dir(parent)
+    }
+
+    fn write_file_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let mut tmp = self.temp_file()?;
+        tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
+        self.commit(tmp, &self.root.join(name))
+    }
+
+    /// Opens a blob for reading; the reader fails at the end (or as soon as it is
+    /// too long) unless the content matches `digest` and `size`.
+    pub fn open_blob(&self, digest: &Digest, size: Option<u64>) -> Result<VerifyingReader<File>> {
+        let path = self.blob_path(digest);
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::BlobNotFound {
+                    digest: digest.clone(),
+                    layout: self.root.clone(),
+                }
+            } else {
+                Error::io(&path, e)
+            }
+        })?;
+        Ok(VerifyingReader::new(file, digest.clone(), size))
+    }
+
+    /// Reads a whole blob of at most `limit` bytes, verified.
+    pub fn read_blob(&self, digest: &Digest, size: Option<u64>, limit: u64) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        let reader = self.open_blob(digest, size)?;
+        let mut out = Vec::new();
+        match reader.take(limit + 1).read_to_end(&mut out) {
+            Ok(_) if out.len() as u64 > limit => Err(Error::TooLarge {
+                digest: digest.clone(),
+                size: fs::metadata(&path).map(|m| m.len()).unwrap_or(out.len() as u64),
+                limit,
+            }),
+            Ok(_) => Ok(out),
+            Err(e) => Err(match verification_error(&e) {
+                Some(Error::DigestMismatch { expected, found }) => Error::DigestMismatch {
+                    expected: expected.clone(),
+                    found: found.clone(),
+                },
+                Some(Error::SizeMismatch {
+                    digest,
+                    expected,
+                    found,
+                }) => Error::SizeMismatch {
+                    digest: digest.clone(),
+                    expected: *expected,
+                    found: *found,
+                },
+                _ => Error::io(path, e),
+            }),
+        }
+    }
+
+    /// Reads a manifest, index or config blob (bounded by [`MAX_MANIFEST_SIZE`]).
+    pub fn read_json_blob(&self, digest: &Digest, size: Option<u64>) -> Result<Vec<u8>> {
+        self.read_blob(digest, size, MAX_MANIFEST_SIZE)
+    }
+
+    /// The layout's `index.json`, parsed.
+    pub fn index(&self) -> Result<ImageIndex> {
+        let path = self.root.join(INDEX_FILE);
+        let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Replaces `index.json` atomically.
+    pub fn write_index(&self, index: &ImageIndex) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(index).map_err(|source| Error::Json {
+            what: INDEX_FILE.into(),
+            source,
+        })?;
+        self.write_file_atomic(INDEX_FILE, &bytes)
+    }
+
+    /// Records `descriptor` in `index.json` under `tag`, replacing the entry that
+    /// had that tag.
+    pub fn set_tag(&self, tag: &str, descriptor: Descriptor) -> Result<()> {
+        let mut index = self.index()?;
+        let mut annotations = descriptor.annotations().clone().unwrap_or_default();
+        annotations.insert(ANNOTATION_REF_NAME.to_string(), tag.to_string());
+        let mut descriptor = descriptor;
+        descriptor.set_annotations(Some(annotations));
+        let mut manifests: Vec<Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|d| tag_of(d) != Some(tag))
+            .cloned()
+            .collect();
+        manifests.push(descriptor);
+        index.set_manifests(manifests);
+        self.write_index(&index)
+    }
+
+    /// The descriptors `tag` names, or every descriptor of `index.json` when
+    /// `tag` is `None`.
+    pub fn resolve(&self, tag: Option<&str>) -> Result<Vec<Descriptor>> {
+        let index = self.index()?;
+        let Some(tag) = tag else {
+            return Ok(index.manifests().clone());
+        };
+        let found: Vec<Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|d| tag_of(d) == Some(tag))
+            .cloned()
+            .collect();
+        if found.is_empty() {
+            return Err(Error::TagNotFound {
+                layout: self.root.clone(),
+                tag: tag.to_string(),
+                available: index
+                    .manifests()
+                    .iter()
+                    .filter_map(tag_of)
+                    .map(str::to_string)
+                    .collect(),
+            });
+        }
+        Ok(found)
+    }
+}
+
+/// The tag (`org.opencontainers.image.ref.name`) of an `index.json` entry.
+pub fn tag_of(descriptor: &Descriptor) -> Option<&str> {
+    descriptor
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_REF_NAME))
+        .map(String::as_str)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// An image reference as skopeo writes it. Only `oci:` is handled by this crate;
+/// the registry client adds `docker://`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OciRef {
+    /// The layout directory.
+    pub path: PathBuf,
+    /// The tag, if one was given.
+    pub tag: Option<String>,
+}
+
+impl OciRef {
+    /// Parses `oci:DIR[:TAG]`. As in skopeo, the path ends at the first `:`.
+    pub fn parse(reference: &str) -> Result<Self> {
+        let invalid = |reason: &str| Error::InvalidReference {
+            reference: reference.to_string(),
+            reason: reason.to_string(),
+        };
+        let rest = reference
+            .strip_prefix("oci:")
+            .ok_or_else(|| invalid("expected oci:DIR[:TAG]"))?;
+        let (path, tag) = match rest.split_once(':') {
+            Some((p, t)) => (p, Some(t)),
+            None => (rest, None),
+        };
+        if path.is_empty() {
+            return Err(invalid("empty directory"));
+        }
+        if let Some(tag) = tag {
+            if tag.is_empty() {
+                return Err(invalid("empty tag after `:`"));
+            }
+            if tag.chars().any(|c| c.is_control() || c == '/') {
+                return Err(invalid("the tag has a control character or `/`"));
+            }
+        }
+        Ok(OciRef {
+            path: PathBuf::from(path),
+            tag: tag.map(str::to_string),
+        })
+    }
+}
+
+impl std::fmt::Display for OciRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "oci:{}", self.path.display())?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> (tempfile::TempDir, OciDir) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = OciDir::create(tmp.path().join("img")).expect("create layout");
+        (tmp, dir)
+    }
+
+    fn leftovers(dir: &OciDir) -> Vec<String> {
+        fs::read_dir(dir.root())
+            .expect("read root")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(TEMP_PREFIX))
+            .collect()
+    }
+
+    #[test]
+    fn round_trip_and_reopen() {
+        let (_t, dir) = layout();
+        let (digest, size) = dir.write_blob_bytes(b"layer bytes").expect("write");
+        assert_eq!(size, 11);
+        assert_eq!(digest, Digest::sha256(b"layer bytes"));
+        let again = OciDir::open(dir.root()).expect("reopen");
+        assert_eq!(
+            again.read_blob(&digest, Some(11), 100).expect("read"),
+            b"layer bytes"
+        );
+    }
+
+    #[test]
+    fn write_refuses_wrong_digest_and_leaves_nothing() {
+        let (_t, dir) = layout();
+        let expected = Digest::sha256(b"what was promised");
+        let err = dir
+            .write_blob_verified(&b"what was sent"[..], &expected, None)
+            .expect_err("mismatch");
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+        assert!(!dir.has_blob(&expected));
+        assert!(!dir.has_blob(&Digest::sha256(b"what was sent")));
+        assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+    }
+
+    #[test]
+    fn write_refuses_wrong_size() {
+        let (_t, dir) = layout();
+        let d = Digest::sha256(b"abc");
+        let err = dir
+            .write_blob_verified(&b"abc"[..], &d, Some(4))
+            .expect_err("size");
+        assert!(matches!(err, Error::SizeMismatch { expected: 4, found: 3, .. }));
+        assert!(!dir.has_blob(&d));
+    }
+
+    #[test]
+    fn read_refuses_a_blob_with_one_flipped_byte() {
+        let (_t, dir) = layout();
+        let (digest, _) = dir.write_blob_bytes(b"some content here").expect("write");
+        let path = dir.blob_path(&digest);
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[5] ^= 0x20;
+        fs::write(&path, bytes).expect("corrupt");
+        let err = dir.read_blob(&digest, None, 1000).expect_err("corrupt blob");
+        assert!(
+            matches!(&err, Error::DigestMismatch { expected, .. } if expected == &digest),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn read_refuses_truncated_and_oversized_blobs() {
+        let (_t, dir) = layout();
+        let (digest, size) = dir.write_blob_bytes(b"0123456789").expect("write");
+        fs::write(dir.blob_path(&digest), b"01234").expect("truncate");
+        let err = dir.read_blob(&digest, Some(size), 1000).expect_err("short");
+        assert!(matches!(err, Error::SizeMismatch { expected: 10, found: 5, .. }), "{err}");
+        fs::write(dir.blob_path(&digest), b"0123456789").expect("restore");
+        assert!(matches!(
+            dir.read_blob(&digest, None, 4),
+            Err(Error::TooLarge { limit: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn missing_blob_is_named() {
+        let (_t, dir) = layout();
+        let d = Digest::sha256(b"nothing");
+        let err = dir.read_blob(&d, None, 10).expect_err("missing");
+        assert!(err.to_string().contains(d.as_str()), "{err}");
+    }
+
+    #[test]
+    fn open_rejects_non_layouts() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(
+            OciDir::open(tmp.path()),
+            Err(Error::NotALayout { .. })
+        ));
+        fs::write(tmp.path().join(LAYOUT_FILE), b"{\"imageLayoutVersion\":\"2.0.0\"}")
+            .expect("write");
+        assert!(OciDir::open(tmp.path()).is_err());
+    }
+
+    #[test]
+    fn tags_are_replaced_and_resolved() {
+        let (_t, dir) = layout();
+        let (d1, s1) = dir.write_blob_bytes(b"{}").expect("write");
+        let desc = |d: &Digest, s| {
+            Descriptor::new(
+                oci_spec::image::MediaType::ImageManifest,
+                s,
+                d.as_oci().clone(),
+            )
+        };
+        dir.set_tag("v1", desc(&d1, s1)).expect("tag");
+        let (d2, s2) = dir.write_blob_bytes(b"{ }").expect("write");
+        dir.set_tag("v1", desc(&d2, s2)).expect("retag");
+        let found = dir.resolve(Some("v1")).expect("resolve");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].digest().as_ref(), d2.as_str());
+        let err = dir.resolve(Some("v2")).expect_err("absent tag");
+        assert!(err.to_string().contains("v1"), "lists tags: {err}");
+    }
+
+    #[test]
+    fn references() {
+        let r = OciRef::parse("oci:/tmp/x:latest").expect("parse");
+        assert_eq!(r.path, PathBuf::from("/tmp/x"));
+        assert_eq!(r.tag.as_deref(), Some("latest"));
+        assert_eq!(OciRef::parse("oci:img").expect("parse").tag, None);
+        for bad in ["docker://x", "oci:", "oci:x:", "img"] {
+            assert!(OciRef::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

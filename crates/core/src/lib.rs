@@ -1,0 +1,31 @@
+//! Core of oci-blocks: the wire format of the blocks extension to the OCI image
+//! format, and the checks that keep every component honest about it.
+//!
+//! The extension adds content-addressed **blocks** beside an image manifest's
+//! layers, and **import entries** (`D/.import.NAME`) inside layers that materialize
+//! files from those blocks when an image is unpacked. `spec/` in the repository is
+//! the normative text; this crate is its executable form:
+//!
+//! - [`names`]: every media type, annotation key and reserved name, in one place.
+//! - [`digest`]: a validated [`Digest`] and streaming hash verification.
+//! - [`import`]: the import-entry grammar.
+//! - [`validate`]: the JSON Schemas of `spec/schemas` plus the semantic rules, for
+//!   one document ([`validate::validate_document`]) or a whole image in a layout
+//!   ([`validate::check_image`]), each violation named by a stable rule id.
+//! - [`layout`]: an OCI image-layout store that verifies digests on write and read
+//!   and never exposes a half-written blob.
+//!
+//! The crate is synchronous; it builds on `oci-spec` for the standard types but
+//! keeps the raw bytes of manifests, since `oci-spec` drops unknown fields such as
+//! `blocks`, and a re-serialized manifest would have another digest.
+
+pub mod digest;
+mod error;
+pub mod import;
+pub mod layout;
+pub mod names;
+pub mod validate;
+
+pub use digest::Digest;
+pub use error::{Error, Result};
+pub use oci_spec;

@@ -1,0 +1,96 @@
+//! Every name the extension puts on the wire, in one place.
+//!
+//! Media types, annotation keys, reserved file-name prefixes and size bounds are
+//! defined here and nowhere else, so that the builder, the registry, the runtime
+//! shim and the conformance suite cannot drift apart. The normative text for each
+//! constant is in `spec/` (the file is named in each doc comment).
+
+/// Media type of an OCI image manifest (`spec/blocks.md`: a blocks manifest is one).
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of an OCI image index (`spec/fallback.md`: the fallback index is one).
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Media type of an OCI image configuration.
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// Media type of the OCI empty descriptor's content (`{}`), used as the anchor's config.
+pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+/// Digest of the two bytes `{}`, the OCI empty descriptor.
+pub const OCI_EMPTY_DIGEST: &str =
+    "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+/// Size of the OCI empty descriptor's content.
+pub const OCI_EMPTY_SIZE: u64 = 2;
+
+/// Standard OCI layer, uncompressed tar. Also a valid block media type.
+pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Standard OCI layer, gzip-compressed tar. Also a valid block media type.
+pub const OCI_LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// Standard OCI layer, zstd-compressed tar. Also a valid block media type.
+pub const OCI_LAYER_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+/// A layer that contains import entries, uncompressed (`spec/imports.md`).
+pub const IMPORT_LAYER_TAR: &str = "application/vnd.oci-blocks.image.layer.v1.tar";
+/// A layer that contains import entries, gzip-compressed.
+pub const IMPORT_LAYER_TAR_GZIP: &str = "application/vnd.oci-blocks.image.layer.v1.tar+gzip";
+/// A layer that contains import entries, zstd-compressed.
+pub const IMPORT_LAYER_TAR_ZSTD: &str = "application/vnd.oci-blocks.image.layer.v1.tar+zstd";
+
+/// Media types a block descriptor may carry (`spec/blocks.md`).
+pub const BLOCK_MEDIA_TYPES: &[&str] = &[OCI_LAYER_TAR, OCI_LAYER_TAR_GZIP, OCI_LAYER_TAR_ZSTD];
+/// Media types of layers that may contain import entries.
+pub const IMPORT_LAYER_MEDIA_TYPES: &[&str] =
+    &[IMPORT_LAYER_TAR, IMPORT_LAYER_TAR_GZIP, IMPORT_LAYER_TAR_ZSTD];
+
+/// Artifact type of the GC anchor manifest (`spec/fallback.md`).
+pub const ANCHOR_ARTIFACT_TYPE: &str = "application/vnd.oci-blocks.anchor.v1";
+
+/// Annotation on an index entry naming which variant of the image it is.
+pub const ANNOTATION_VARIANT: &str = "io.oci-blocks.variant";
+/// Value of [`ANNOTATION_VARIANT`] on the blocks manifest.
+pub const VARIANT_BLOCKS: &str = "blocks";
+/// Value of [`ANNOTATION_VARIANT`] on the GC anchor.
+pub const VARIANT_ANCHOR: &str = "anchor";
+/// Block descriptor annotation: Maven `groupId:artifactId:version` of a jar block.
+pub const ANNOTATION_MAVEN_COORDINATES: &str = "io.oci-blocks.maven.coordinates";
+/// Block descriptor annotation: `name==version` of a Python distribution block.
+pub const ANNOTATION_PYTHON_DISTRIBUTION: &str = "io.oci-blocks.python.distribution";
+/// The image-spec's tag annotation in an OCI layout's `index.json`.
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The image-spec's title annotation.
+pub const ANNOTATION_TITLE: &str = "org.opencontainers.image.title";
+
+/// Reserved file-name prefix of an import entry (`spec/imports.md`).
+pub const IMPORT_PREFIX: &str = ".import.";
+/// Reserved file-name prefix of a whiteout (image-spec `layer.md`).
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// File name of an opaque whiteout (image-spec `layer.md`).
+pub const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+/// Largest allowed content of an import entry, in bytes.
+pub const MAX_IMPORT_SIZE: u64 = 4096;
+/// Largest manifest or index a component reads, in bytes (the registry limit too).
+pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
+
+/// `true` for a layer media type that announces import entries.
+pub fn is_import_layer(media_type: &str) -> bool {
+    IMPORT_LAYER_MEDIA_TYPES.contains(&media_type)
+}
+
+/// Compression of a tar media type, from its structured-syntax suffix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain tar.
+    None,
+    /// `+gzip`.
+    Gzip,
+    /// `+zstd`.
+    Zstd,
+}
+
+/// The compression of a layer or block media type, or `None` if it is not a tar
+/// media type this crate can read.
+pub fn tar_compression(media_type: &str) -> Option<Compression> {
+    match media_type {
+        OCI_LAYER_TAR | IMPORT_LAYER_TAR => Some(Compression::None),
+        OCI_LAYER_TAR_GZIP | IMPORT_LAYER_TAR_GZIP => Some(Compression::Gzip),
+        OCI_LAYER_TAR_ZSTD | IMPORT_LAYER_TAR_ZSTD => Some(Compression::Zstd),
+        _ => None,
+    }
+}

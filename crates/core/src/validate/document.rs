@@ -1,0 +1,386 @@
+//! Validation of one manifest or index document: the JSON Schemas of
+//! `spec/schemas` (embedded at build time) plus the semantic rules that a schema
+//! cannot express (digest algorithms, duplicates, fallback ordering).
+
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use super::rules::{Report, Rule, Violation};
+use crate::digest::Digest;
+use crate::names::*;
+
+/// The JSON Schemas of `spec/schemas`, as files, for tools that want them.
+pub const SCHEMAS: &[(&str, &str)] = &[
+    (
+        "descriptor.schema.json",
+        include_str!("../../../../spec/schemas/descriptor.schema.json"),
+    ),
+    (
+        "blocks-manifest.schema.json",
+        include_str!("../../../../spec/schemas/blocks-manifest.schema.json"),
+    ),
+    (
+        "anchor-manifest.schema.json",
+        include_str!("../../../../spec/schemas/anchor-manifest.schema.json"),
+    ),
+    (
+        "fallback-index.schema.json",
+        include_str!("../../../../spec/schemas/fallback-index.schema.json"),
+    ),
+];
+
+/// What kind of document a manifest or index is, as far as this extension cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DocumentKind {
+    /// An image manifest with a `blocks` array.
+    BlocksManifest,
+    /// An image manifest without blocks (a plain image, or a legacy variant).
+    ImageManifest,
+    /// The GC anchor of a fallback index.
+    AnchorManifest,
+    /// Any other artifact manifest.
+    ArtifactManifest,
+    /// An index with `io.oci-blocks.variant` entries.
+    FallbackIndex,
+    /// Any other image index.
+    ImageIndex,
+}
+
+impl DocumentKind {
+    /// Whether the document is an index.
+    pub fn is_index(self) -> bool {
+        matches!(self, DocumentKind::FallbackIndex | DocumentKind::ImageIndex)
+    }
+
+    /// A short human name.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DocumentKind::BlocksManifest => "blocks manifest",
+            DocumentKind::ImageManifest => "image manifest",
+            DocumentKind::AnchorManifest => "GC anchor manifest",
+            DocumentKind::ArtifactManifest => "artifact manifest",
+            DocumentKind::FallbackIndex => "fallback index",
+            DocumentKind::ImageIndex => "image index",
+        }
+    }
+}
+
+struct Schemas {
+    blocks_manifest: jsonschema::Validator,
+    anchor_manifest: jsonschema::Validator,
+    fallback_index: jsonschema::Validator,
+}
+
+struct Embedded;
+
+impl jsonschema::Retrieve for Embedded {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let name = uri.as_str().rsplit('/').next().unwrap_or_default();
+        let (_, text) = SCHEMAS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| format!("no embedded schema {}", uri.as_str()))?;
+        Ok(serde_json::from_str(text)?)
+    }
+}
+
+fn schemas() -> &'static Schemas {
+    static SCHEMAS_CELL: OnceLock<Schemas> = OnceLock::new();
+    SCHEMAS_CELL.get_or_init(|| {
+        let build = |name: &str| {
+            let text = SCHEMAS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| *t)
+                .unwrap_or_else(|| panic!("schema {name} is embedded"));
+            let schema: Value = serde_json::from_str(text)
+                .unwrap_or_else(|e| panic!("embedded schema {name} is JSON: {e}"));
+            jsonschema::options()
+                .with_draft(jsonschema::Draft::Draft202012)
+                .with_retriever(Embedded)
+                .build(&schema)
+                .unwrap_or_else(|e| panic!("embedded schema {name} compiles: {e}"))
+        };
+        Schemas {
+            blocks_manifest: build("blocks-manifest.schema.json"),
+            anchor_manifest: build("anchor-manifest.schema.json"),
+            fallback_index: build("fallback-index.schema.json"),
+        }
+    })
+}
+
+/// Classifies a parsed document, or says why it is neither manifest nor index.
+pub fn classify(value: &Value) -> Result<DocumentKind, String> {
+    let Some(obj) = value.as_object() else {
+        return Err("not a JSON object".into());
+    };
+    let media_type = obj.get("mediaType").and_then(Value::as_str);
+    let is_index = media_type == Some(OCI_INDEX) || (media_type.is_none() && obj.contains_key("manifests"));
+    let is_manifest = media_type == Some(OCI_MANIFEST)
+        || (media_type.is_none() && (obj.contains_key("layers") || obj.contains_key("config")));
+    if is_index {
+        let fallback = obj
+            .get("manifests")
+            .and_then(Value::as_array)
+            .is_some_and(|ms| ms.iter().any(|m| variant_of(m).is_some()));
+        return Ok(if fallback {
+            DocumentKind::FallbackIndex
+        } else {
+            DocumentKind::ImageIndex
+        });
+    }
+    if is_manifest {
+        let artifact = obj.get("artifactType").and_then(Value::as_str);
+        let config_type = obj
+            .get("config")
+            .and_then(|c| c.get("mediaType"))
+            .and_then(Value::as_str);
+        return Ok(if artifact == Some(ANCHOR_ARTIFACT_TYPE) {
+            DocumentKind::AnchorManifest
+        } else if obj.contains_key("blocks") {
+            DocumentKind::BlocksManifest
+        } else if config_type == Some(OCI_CONFIG) {
+            DocumentKind::ImageManifest
+        } else {
+            DocumentKind::ArtifactManifest
+        });
+    }
+    Err(match media_type {
+        Some(mt) => format!("mediaType {mt:?} is neither an OCI image manifest nor an index"),
+        None => "no mediaType, and neither `layers` nor `manifests`".into(),
+    })
+}
+
+/// The `io.oci-blocks.variant` annotation of an index entry.
+pub fn variant_of(entry: &Value) -> Option<&str> {
+    entry
+        .get("annotations")
+        .and_then(|a| a.get(ANNOTATION_VARIANT))
+        .and_then(Value::as_str)
+}
+
+/// Validates a manifest or index document against the schemas and the semantic
+/// rules. `subject` names it in violations (a file name, `manifest sha256:…`).
+pub fn validate_document(bytes: &[u8], subject: &str) -> (Option<DocumentKind>, Report) {
+    let mut report = Report::default();
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            report.push(Violation::new(Rule::JsonMalformed, subject, format!("not valid JSON: {e}")));
+            return (None, report);
+        }
+    };
+    let kind = match classify(&value) {
+        Ok(k) => k,
+        Err(reason) => {
+            let rule = if value.is_object() {
+                Rule::Schema
+            } else {
+                Rule::JsonMalformed
+            };
+            let mut v = Violation::new(rule, subject, reason);
+            if rule == Rule::Schema {
+                v = v.at_pointer("/mediaType");
+            }
+            report.push(v);
+            return (None, report);
+        }
+    };
+    let schemas = schemas();
+    let validator = match kind {
+        DocumentKind::BlocksManifest | DocumentKind::ImageManifest => Some(&schemas.blocks_manifest),
+        DocumentKind::AnchorManifest => Some(&schemas.anchor_manifest),
+        DocumentKind::FallbackIndex => Some(&schemas.fallback_index),
+        DocumentKind::ArtifactManifest | DocumentKind::ImageIndex => None,
+    };
+    if let Some(validator) = validator {
+        for err in validator.iter_errors(&value) {
+            report.push(
+                Violation::new(Rule::Schema, subject, err.to_string())
+                    .at_pointer(err.instance_path().as_str()),
+            );
+        }
+    }
+    check_digests(&value, subject, &mut report);
+    if kind.is_index() {
+        if kind == DocumentKind::FallbackIndex {
+            check_fallback_index(&value, subject, &mut report);
+        }
+    } else {
+        check_blocks(&value, subject, &mut report);
+    }
+    (Some(kind), report)
+}
+
+fn descriptors(value: &Value) -> Vec<(String, &Value)> {
+    let mut out = Vec::new();
+    for single in ["config", "subject"] {
+        if let Some(d) = value.get(single) {
+            out.push((format!("/{single}"), d));
+        }
+    }
+    for list in ["layers", "blocks", "manifests"] {
+        if let Some(items) = value.get(list).and_then(Value::as_array) {
+            for (i, d) in items.iter().enumerate() {
+                out.push((format!("/{list}/{i}"), d));
+            }
+        }
+    }
+    out
+}
+
+fn check_digests(value: &Value, subject: &str, report: &mut Report) {
+    for (pointer, d) in descriptors(value) {
+        let Some(text) = d.get("digest").and_then(Value::as_str) else {
+            continue;
+        };
+        if let Err(crate::Error::InvalidDigest { reason, .. }) = Digest::parse(text) {
+            report.push(
+                Violation::new(Rule::DigestInvalid, subject, format!("{text:?}: {reason}"))
+                    .at_pointer(format!("{pointer}/digest")),
+            );
+        }
+    }
+}
+
+fn digests_of<'a>(value: &'a Value, list: &str) -> Vec<(usize, &'a str)> {
+    value
+        .get(list)
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| Some((i, d.get("digest")?.as_str()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn check_blocks(value: &Value, subject: &str, report: &mut Report) {
+    let blocks = digests_of(value, "blocks");
+    let layers = digests_of(value, "layers");
+    for (n, &(j, digest)) in blocks.iter().enumerate() {
+        if let Some(&(i, _)) = blocks[..n].iter().find(|(_, d)| *d == digest) {
+            report.push(
+                Violation::new(
+                    Rule::BlocksDuplicate,
+                    subject,
+                    format!("block {digest} is listed twice (also /blocks/{i})"),
+                )
+                .at_pointer(format!("/blocks/{j}")),
+            );
+        }
+        if let Some(&(i, _)) = layers.iter().find(|(_, d)| *d == digest) {
+            report.push(
+                Violation::new(
+                    Rule::BlocksAlsoLayer,
+                    subject,
+                    format!("block {digest} is also /layers/{i}; a blob is a layer or a block, not both"),
+                )
+                .at_pointer(format!("/blocks/{j}")),
+            );
+        }
+    }
+}
+
+fn platform_text(entry: &Value) -> String {
+    match entry.get("platform") {
+        Some(p) => {
+            let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("?");
+            let mut t = format!("{}/{}", s("os"), s("architecture"));
+            if let Some(v) = p.get("variant").and_then(Value::as_str) {
+                t.push('/');
+                t.push_str(v);
+            }
+            t
+        }
+        None => "(no platform)".into(),
+    }
+}
+
+fn check_fallback_index(value: &Value, subject: &str, report: &mut Report) {
+    let Some(entries) = value.get("manifests").and_then(Value::as_array) else {
+        return;
+    };
+    let pointer = |i: usize| format!("/manifests/{i}");
+    let mut anchors = Vec::new();
+    let mut has_blocks = false;
+    for (i, entry) in entries.iter().enumerate() {
+        match variant_of(entry) {
+            None => {}
+            Some(VARIANT_BLOCKS) => {
+                has_blocks = true;
+                let legacy_before = entries[..i]
+                    .iter()
+                    .any(|e| variant_of(e).is_none() && e.get("platform") == entry.get("platform"));
+                if !legacy_before {
+                    report.push(
+                        Violation::new(
+                            Rule::FallbackLegacyMissing,
+                            subject,
+                            format!(
+                                "the blocks manifest for {} has no legacy manifest of the same platform before it",
+                                platform_text(entry)
+                            ),
+                        )
+                        .at_pointer(pointer(i)),
+                    );
+                }
+            }
+            Some(VARIANT_ANCHOR) => {
+                anchors.push(i);
+                let unknown = entry.get("platform").is_some_and(|p| {
+                    p.get("os").and_then(Value::as_str) == Some("unknown")
+                        && p.get("architecture").and_then(Value::as_str) == Some("unknown")
+                });
+                if !unknown {
+                    report.push(
+                        Violation::new(
+                            Rule::FallbackAnchorPlatform,
+                            subject,
+                            format!(
+                                "the GC anchor has platform {}; it must be unknown/unknown so that no client picks it",
+                                platform_text(entry)
+                            ),
+                        )
+                        .at_pointer(format!("{}/platform", pointer(i))),
+                    );
+                }
+            }
+            Some(other) => report.push(
+                Violation::new(
+                    Rule::FallbackVariantUnknown,
+                    subject,
+                    format!("unknown {ANNOTATION_VARIANT} value {other:?} (expected {VARIANT_BLOCKS:?} or {VARIANT_ANCHOR:?})"),
+                )
+                .at_pointer(format!("{}/annotations", pointer(i))),
+            ),
+        }
+    }
+    if has_blocks && anchors.is_empty() {
+        report.push(
+            Violation::new(
+                Rule::FallbackAnchorMissing,
+                subject,
+                "the index has a blocks manifest but no GC anchor: a registry unaware of blocks would garbage-collect them",
+            )
+            .at_pointer("/manifests"),
+        );
+    }
+    for &i in anchors.iter().skip(1) {
+        report.push(
+            Violation::new(
+                Rule::FallbackAnchorDuplicate,
+                subject,
+                format!("a second GC anchor (the first is /manifests/{})", anchors[0]),
+            )
+            .at_pointer(pointer(i)),
+        );
+    }
+}

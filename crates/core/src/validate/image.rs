@@ -1,0 +1,556 @@
+//! Deep validation and inspection of an image in an OCI layout.
+//!
+//! Starting from `index.json` (or one tag of it), every index, manifest, config,
+//! layer and block is read and verified once, each layer and block is scanned as a
+//! tar stream, and every rule of `spec/imports.md` is checked: import entries
+//! against the manifest's `blocks` and against the blocks' contents, blocks against
+//! what a block may hold, diff IDs against the config. The same walk yields the
+//! description `oci-blocks inspect` prints.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use oci_spec::image::{Descriptor, ImageConfiguration};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::document::{DocumentKind, validate_document, variant_of};
+use super::rules::{Report, Rule, Violation};
+use super::scan::{BlobProblem, FoundImport, TarScan, scan_blob};
+use crate::digest::Digest;
+use crate::layout::OciDir;
+use crate::names::{ANCHOR_ARTIFACT_TYPE, VARIANT_BLOCKS, is_import_layer};
+use crate::{Error, Result};
+
+/// What an image holds, as `oci-blocks inspect` shows it.
+#[derive(Debug, Default, Serialize)]
+pub struct ImageInfo {
+    /// Indexes, in the order visited.
+    pub indexes: Vec<IndexInfo>,
+    /// Manifests, in the order visited.
+    pub manifests: Vec<ManifestInfo>,
+}
+
+/// One index.
+#[derive(Debug, Serialize)]
+pub struct IndexInfo {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its kind.
+    pub kind: DocumentKind,
+    /// Its entries: digest, platform, variant.
+    pub entries: Vec<EntryInfo>,
+    /// For a fallback index: the bytes of layers that only the legacy manifests
+    /// use, i.e. what the legacy copy costs in storage and transfer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub legacy_only_bytes: Option<u64>,
+}
+
+/// One entry of an index.
+#[derive(Debug, Serialize)]
+pub struct EntryInfo {
+    /// The child's digest.
+    pub digest: String,
+    /// `os/arch[/variant]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// `io.oci-blocks.variant`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// One manifest.
+#[derive(Debug, Serialize)]
+pub struct ManifestInfo {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its kind.
+    pub kind: DocumentKind,
+    /// The config's digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// Its layers.
+    pub layers: Vec<BlobInfo>,
+    /// Its blocks.
+    pub blocks: Vec<BlobInfo>,
+}
+
+/// One layer or block.
+#[derive(Debug, Serialize)]
+pub struct BlobInfo {
+    /// Its digest.
+    pub digest: String,
+    /// Its media type.
+    pub media_type: String,
+    /// Its (compressed) size.
+    pub size: u64,
+    /// Its uncompressed size, when it could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncompressed_size: Option<u64>,
+    /// Its number of tar entries.
+    pub entries: u64,
+    /// Its top-level names (at most 16).
+    pub top_level: Vec<String>,
+    /// Descriptor annotations (Maven coordinates, distribution names).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Import entries (layers only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub imports: Vec<FoundImport>,
+}
+
+/// The result of walking an image: its description and every violation found.
+#[derive(Debug, Default, Serialize)]
+pub struct ImageReport {
+    /// What the image holds.
+    pub info: ImageInfo,
+    /// What is wrong with it.
+    pub report: Report,
+}
+
+/// Walks the images `tag` names in `dir` (every entry of `index.json` when `tag`
+/// is `None`), validating everything and describing it.
+pub fn check_image(dir: &OciDir, tag: Option<&str>) -> Result<ImageReport> {
+    let roots = dir.resolve(tag)?;
+    let mut walker = Walker {
+        dir,
+        out: ImageReport::default(),
+        visited: HashSet::new(),
+        scans: HashMap::new(),
+        blocks_of: HashMap::new(),
+        layers_of: HashMap::new(),
+    };
+    for (i, root) in roots.iter().enumerate() {
+        walker.visit(root, &format!("index.json /manifests/{i}"))?;
+    }
+    Ok(walker.out)
+}
+
+struct Walker<'a> {
+    dir: &'a OciDir,
+    out: ImageReport,
+    visited: HashSet<Digest>,
+    scans: HashMap<Digest, TarScan>,
+    blocks_of: HashMap<Digest, Vec<(Digest, u64)>>,
+    layers_of: HashMap<Digest, Vec<(Digest, u64)>>,
+}
+
+fn blob_violation(problem: &BlobProblem, subject: &str, digest: &Digest) -> Violation {
+    match problem {
+        BlobProblem::Missing => Violation::new(Rule::BlobMissing, subject, format!("blob {digest} is not in the layout")),
+        BlobProblem::DigestMismatch(found) => Violation::new(
+            Rule::BlobDigestMismatch,
+            subject,
+            format!("blob {digest} hashes to {found}"),
+        ),
+        BlobProblem::SizeMismatch { expected, found } => Violation::new(
+            Rule::BlobSizeMismatch,
+            subject,
+            format!("blob {digest} is {found} bytes, its descriptor says {expected}"),
+        ),
+    }
+}
+
+fn problem_of(err: &Error) -> Option<BlobProblem> {
+    match err {
+        Error::BlobNotFound { .. } => Some(BlobProblem::Missing),
+        Error::DigestMismatch { found, .. } => Some(BlobProblem::DigestMismatch(found.clone())),
+        Error::SizeMismatch { expected, found, .. } => Some(BlobProblem::SizeMismatch {
+            expected: *expected,
+            found: *found,
+        }),
+        Error::TooLarge { size, limit, .. } => Some(BlobProblem::SizeMismatch {
+            expected: *limit,
+            found: *size,
+        }),
+        _ => None,
+    }
+}
+
+fn platform_text(d: &Descriptor) -> Option<String> {
+    d.platform().as_ref().map(|p| {
+        let mut t = format!("{}/{}", p.os(), p.architecture());
+        if let Some(v) = p.variant() {
+            t.push('/');
+            t.push_str(v);
+        }
+        t
+    })
+}
+
+impl Walker<'_> {
+    fn digest_of(&mut self, d: &Descriptor, subject: &str) -> Option<Digest> {
+        match Digest::try_from(d.digest()) {
+            Ok(digest) => Some(digest),
+            Err(e) => {
+                self.out
+                    .report
+                    .push(Violation::new(Rule::DigestInvalid, subject, e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn read_json(&mut self, digest: &Digest, size: u64, subject: &str) -> Result<Option<Vec<u8>>> {
+        match self.dir.read_json_blob(digest, Some(size)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) => match problem_of(&e) {
+                Some(p) => {
+                    self.out.report.push(blob_violation(&p, subject, digest));
+                    Ok(None)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    fn visit(&mut self, desc: &Descriptor, parent: &str) -> Result<()> {
+        let Some(digest) = self.digest_of(desc, parent) else {
+            return Ok(());
+        };
+        if !self.visited.insert(digest.clone()) {
+            return Ok(());
+        }
+        let Some(bytes) = self.read_json(&digest, desc.size(), parent)? else {
+            return Ok(());
+        };
+        let (kind, report) = validate_document(&bytes, &format!("{parent} ({digest})"));
+        self.out.report.extend(report);
+        let Some(kind) = kind else { return Ok(()) };
+        let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
+            return Ok(());
+        };
+        if kind.is_index() {
+            self.visit_index(&digest, desc.size(), kind, &value)
+        } else {
+            self.visit_manifest(&digest, desc.size(), kind, &value)
+        }
+    }
+
+    fn visit_index(&mut self, digest: &Digest, size: u64, kind: DocumentKind, value: &Value) -> Result<()> {
+        let subject = format!("index {digest}");
+        let entries: Vec<(Descriptor, Option<String>)> = value
+            .get("manifests")
+            .and_then(Value::as_array)
+            .map(|ms| {
+                ms.iter()
+                    .filter_map(|m| {
+                        let d: Descriptor = serde_json::from_value(m.clone()).ok()?;
+                        Some((d, variant_of(m).map(str::to_string)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut info = IndexInfo {
+            digest: digest.clone(),
+            size,
+            kind,
+            entries: Vec::new(),
+            legacy_only_bytes: None,
+        };
+        for (i, (child, variant)) in entries.iter().enumerate() {
+            info.entries.push(EntryInfo {
+                digest: child.digest().to_string(),
+                platform: platform_text(child),
+                variant: variant.clone(),
+            });
+            self.visit(child, &format!("{subject} /manifests/{i}"))?;
+        }
+        if kind == DocumentKind::FallbackIndex {
+            info.legacy_only_bytes = Some(self.check_fallback(&subject, &entries));
+        }
+        self.out.info.indexes.push(info);
+        Ok(())
+    }
+
+    /// Checks that the anchor holds every block; returns the legacy-only bytes.
+    fn check_fallback(&mut self, subject: &str, entries: &[(Descriptor, Option<String>)]) -> u64 {
+        let digests: Vec<(Option<Digest>, Option<&str>)> = entries
+            .iter()
+            .map(|(d, v)| (Digest::try_from(d.digest()).ok(), v.as_deref()))
+            .collect();
+        let anchor_layers: HashSet<Digest> = digests
+            .iter()
+            .filter(|(_, v)| *v == Some(crate::names::VARIANT_ANCHOR))
+            .filter_map(|(d, _)| d.as_ref())
+            .filter_map(|d| self.layers_of.get(d))
+            .flatten()
+            .map(|(d, _)| d.clone())
+            .collect();
+        let has_anchor = digests
+            .iter()
+            .any(|(_, v)| *v == Some(crate::names::VARIANT_ANCHOR));
+        let mut blocks_layers = HashSet::new();
+        for (d, v) in &digests {
+            let (Some(d), Some(VARIANT_BLOCKS)) = (d, *v) else { continue };
+            for (layer, _) in self.layers_of.get(d).into_iter().flatten() {
+                blocks_layers.insert(layer.clone());
+            }
+            if !has_anchor {
+                continue;
+            }
+            for (block, _) in self.blocks_of.get(d).cloned().unwrap_or_default() {
+                if !anchor_layers.contains(&block) {
+                    self.out.report.push(Violation::new(
+                        Rule::FallbackAnchorIncomplete,
+                        subject,
+                        format!("block {block} of the blocks manifest {d} is not a layer of the GC anchor, so a registry unaware of blocks would delete it"),
+                    ));
+                }
+            }
+        }
+        let mut counted = HashSet::new();
+        digests
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .filter_map(|(d, _)| d.as_ref())
+            .filter_map(|d| self.layers_of.get(d))
+            .flatten()
+            .filter(|(l, _)| !blocks_layers.contains(l) && counted.insert(l.clone()))
+            .map(|(_, size)| size)
+            .sum()
+    }
+
+    fn descriptors(value: &Value, list: &str) -> Vec<Descriptor> {
+        value
+            .get(list)
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|d| serde_json::from_value(d.clone()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn visit_manifest(&mut self, digest: &Digest, size: u64, kind: DocumentKind, value: &Value) -> Result<()> {
+        let subject = format!("manifest {digest}");
+        let layers = Self::descriptors(value, "layers");
+        let blocks = Self::descriptors(value, "blocks");
+        let config: Option<Descriptor> = value.get("config").and_then(|c| serde_json::from_value(c.clone()).ok());
+        let is_anchor = value.get("artifactType").and_then(Value::as_str) == Some(ANCHOR_ARTIFACT_TYPE);
+
+        let diff_ids = match (&config, kind) {
+            (Some(c), DocumentKind::BlocksManifest | DocumentKind::ImageManifest) => self.config_diff_ids(c, &subject)?,
+            (Some(c), _) => {
+                if let Some(d) = self.digest_of(c, &subject) {
+                    self.read_json(&d, c.size(), &format!("{subject} config"))?;
+                }
+                None
+            }
+            _ => None,
+        };
+
+        let mut info = ManifestInfo {
+            digest: digest.clone(),
+            size,
+            kind,
+            config: config.as_ref().map(|c| c.digest().to_string()),
+            layers: Vec::new(),
+            blocks: Vec::new(),
+        };
+
+        // Blocks first, so that imports can be checked against their contents.
+        let mut declared: HashMap<Digest, Option<Digest>> = HashMap::new();
+        let mut block_list = Vec::new();
+        for (i, b) in blocks.iter().enumerate() {
+            let bsubject = format!("{subject} block {i}");
+            let Some(bd) = self.digest_of(b, &bsubject) else { continue };
+            let bsubject = format!("{subject} block {i} ({})", bd.short());
+            self.scan(&bd, b, &bsubject, true)?;
+            declared.insert(bd.clone(), Some(bd.clone()));
+            block_list.push((bd.clone(), b.size()));
+            info.blocks.push(self.blob_info(&bd, b));
+        }
+        self.blocks_of.insert(digest.clone(), block_list);
+
+        let mut layer_list = Vec::new();
+        if let Some(ids) = &diff_ids {
+            if ids.len() != layers.len() {
+                self.out.report.push(Violation::new(
+                    Rule::LayerDiffIdMismatch,
+                    &subject,
+                    format!("{} layers but the config has {} rootfs.diff_ids", layers.len(), ids.len()),
+                ));
+            }
+        }
+        for (i, l) in layers.iter().enumerate() {
+            let lsubject = format!("{subject} layer {i}");
+            let Some(ld) = self.digest_of(l, &lsubject) else { continue };
+            let lsubject = format!("{subject} layer {i} ({})", ld.short());
+            layer_list.push((ld.clone(), l.size()));
+            // The anchor's layers are blocks.
+            self.scan(&ld, l, &lsubject, is_anchor)?;
+            if !is_anchor {
+                self.check_layer(&ld, l, &lsubject, &declared, diff_ids.as_ref().and_then(|ids| ids.get(i)));
+            }
+            info.layers.push(self.blob_info(&ld, l));
+        }
+        self.layers_of.insert(digest.clone(), layer_list);
+        self.out.info.manifests.push(info);
+        Ok(())
+    }
+
+    fn config_diff_ids(&mut self, c: &Descriptor, subject: &str) -> Result<Option<Vec<String>>> {
+        let Some(cd) = self.digest_of(c, subject) else { return Ok(None) };
+        let csubject = format!("{subject} config {}", cd.short());
+        let Some(bytes) = self.read_json(&cd, c.size(), &csubject)? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<ImageConfiguration>(&bytes) {
+            Ok(config) => Ok(Some(config.rootfs().diff_ids().clone())),
+            Err(e) => {
+                self.out
+                    .report
+                    .push(Violation::new(Rule::Schema, csubject, format!("not an OCI image configuration: {e}")));
+                Ok(None)
+            }
+        }
+    }
+
+    fn scan(&mut self, digest: &Digest, d: &Descriptor, subject: &str, as_block: bool) -> Result<()> {
+        if self.scans.contains_key(digest) {
+            return Ok(());
+        }
+        let media_type = d.media_type().to_string();
+        let scan = scan_blob(self.dir, digest, d.size(), &media_type)?;
+        let report = &mut self.out.report;
+        if let Some(p) = &scan.blob_problem {
+            report.push(blob_violation(p, subject, digest));
+        } else if let Some(e) = &scan.tar_error {
+            report.push(Violation::new(Rule::LayerTarMalformed, subject, format!("not a readable {media_type}: {e}")));
+        }
+        if as_block {
+            for w in &scan.whiteouts {
+                report.push(Violation::new(Rule::BlockWhiteout, subject, "a block must not contain whiteouts").at_entry(w));
+            }
+            let import_entries = scan
+                .imports
+                .iter()
+                .map(|i| i.entry.clone())
+                .chain(scan.bad_imports.iter().map(|(p, _)| p.clone()))
+                .chain(scan.non_regular_imports.iter().map(|(p, _)| p.clone()));
+            for e in import_entries {
+                report.push(Violation::new(Rule::BlockImportEntry, subject, "a block must not contain import entries").at_entry(e));
+            }
+            for p in &scan.unclean_paths {
+                report.push(Violation::new(Rule::BlockPathUnclean, subject, "a block path must be relative and must not contain `..`").at_entry(p));
+            }
+        }
+        self.scans.insert(digest.clone(), scan);
+        Ok(())
+    }
+
+    fn check_layer(
+        &mut self,
+        digest: &Digest,
+        d: &Descriptor,
+        subject: &str,
+        declared: &HashMap<Digest, Option<Digest>>,
+        diff_id: Option<&String>,
+    ) {
+        let Some(scan) = self.scans.get(digest) else { return };
+        let report = &mut self.out.report;
+        if let (Some(expected), Some(found)) = (diff_id, &scan.diff_id) {
+            if expected != found.as_str() {
+                report.push(Violation::new(
+                    Rule::LayerDiffIdMismatch,
+                    subject,
+                    format!("uncompressed content hashes to {found}, the config's rootfs.diff_ids says {expected}"),
+                ));
+            }
+        }
+        for (path, kind) in &scan.non_regular_imports {
+            report.push(
+                Violation::new(Rule::ImportEntryType, subject, format!("an import entry must be a regular file, this is a {kind}"))
+                    .at_entry(path),
+            );
+        }
+        for (path, err) in &scan.bad_imports {
+            report.push(Violation::new(err.rule(), subject, err.to_string()).at_entry(path));
+        }
+        for path in &scan.duplicate_imports {
+            report.push(Violation::new(Rule::ImportDuplicate, subject, "the same import entry appears twice in the layer").at_entry(path));
+        }
+        let has_imports = !(scan.imports.is_empty() && scan.bad_imports.is_empty());
+        if has_imports && !is_import_layer(&d.media_type().to_string()) {
+            report.push(Violation::new(
+                Rule::LayerImportMediaType,
+                subject,
+                format!(
+                    "the layer has import entries but media type {}; a client unaware of imports would unpack it without them",
+                    d.media_type()
+                ),
+            ));
+        }
+        for found in &scan.imports {
+            if scan.paths.contains(&found.target) {
+                report.push(
+                    Violation::new(
+                        Rule::ImportConflict,
+                        subject,
+                        format!("the layer holds both {} and its import entry", found.target),
+                    )
+                    .at_entry(&found.entry),
+                );
+            }
+            let block = found.import.digest();
+            match declared.get(block) {
+                None => report.push(
+                    Violation::new(
+                        Rule::ImportUndeclaredDigest,
+                        subject,
+                        format!("block {block} is not listed in the manifest's blocks"),
+                    )
+                    .at_entry(&found.entry),
+                ),
+                Some(_) => {
+                    let Some(block_scan) = self.scans.get(block) else { continue };
+                    if block_scan.blob_problem.is_none()
+                        && block_scan.tar_error.is_none()
+                        && !block_scan.contains(found.import.source_in_block())
+                    {
+                        report.push(
+                            Violation::new(
+                                Rule::ImportSourceMissing,
+                                subject,
+                                format!("block {block} has no entry {}", found.import.source()),
+                            )
+                            .at_entry(&found.entry),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn blob_info(&self, digest: &Digest, d: &Descriptor) -> BlobInfo {
+        let scan = self.scans.get(digest);
+        BlobInfo {
+            digest: digest.to_string(),
+            media_type: d.media_type().to_string(),
+            size: d.size(),
+            uncompressed_size: scan.and_then(|s| s.diff_id.as_ref().map(|_| s.uncompressed_size)),
+            entries: scan.map_or(0, |s| s.entries),
+            top_level: scan.map(|s| s.top_level.iter().take(16).cloned().collect()).unwrap_or_default(),
+            annotations: d
+                .annotations()
+                .as_ref()
+                .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+            imports: scan.map(|s| s.imports.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+/// The set of distinct blocks across the manifests of an image, with sizes.
+pub fn distinct_blocks(info: &ImageInfo) -> BTreeSet<(String, u64)> {
+    info.manifests
+        .iter()
+        .flat_map(|m| m.blocks.iter().map(|b| (b.digest.clone(), b.size)))
+        .collect()
+}
