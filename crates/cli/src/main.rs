@@ -1,1 +1,53 @@
-fn main(){}
+//! `oci-blocks`: build, check and inspect images that use the blocks extension.
+//!
+//! The binary is thin: argument parsing with clap, one module per subcommand,
+//! and the work done by the library crates.
+
+mod inspect;
+mod output;
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Images with content-addressed blocks beside their layers.
+#[derive(Parser)]
+#[command(name = "oci-blocks", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Validate(validate::Args),
+    Inspect(inspect::Args),
+}
+
+/// Exit status of a run whose input was judged invalid.
+pub const EXIT_INVALID: u8 = 1;
+/// Exit status of a run that could not do its work (I/O, usage).
+pub const EXIT_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(args),
+        Command::Inspect(args) => inspect::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("oci-blocks: error: {err:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

@@ -241,7 +241,10 @@ mod tests {
         let e = ImportEntry::parse(format!("/guava.jar from {D}\n").as_bytes()).expect("valid");
         assert_eq!(e.source(), "/guava.jar");
         assert_eq!(e.digest(), &digest());
-        assert_eq!(ImportEntry::parse(format!("/guava.jar from {D}").as_bytes()), Ok(e));
+        assert_eq!(
+            ImportEntry::parse(format!("/guava.jar from {D}").as_bytes()),
+            Ok(e)
+        );
     }
 
     #[test]
@@ -271,7 +274,10 @@ mod tests {
             (format!(" from {D}"), Rule::ImportSyntax),
             ("/a".to_string(), Rule::ImportSyntax),
             ("/a from sha256:abc".to_string(), Rule::ImportDigestInvalid),
-            (format!("/a from {}", D.to_uppercase()), Rule::ImportDigestInvalid),
+            (
+                format!("/a from {}", D.to_uppercase()),
+                Rule::ImportDigestInvalid,
+            ),
             (format!("/a from {D}x"), Rule::ImportDigestInvalid),
         ];
         for (content, rule) in cases {
@@ -313,8 +319,8 @@ mod tests {
     }
 
     fn source_strategy() -> impl Strategy<Value = String> {
-        let component = "[^/\0\n\r]{1,12}"
-            .prop_filter("not a dot component", |c| c != "." && c != "..");
+        let component =
+            "[^/\0\n\r]{1,12}".prop_filter("not a dot component", |c| c != "." && c != "..");
         prop::collection::vec(component, 0..6).prop_map(|cs| format!("/{}", cs.join("/")))
     }
 

@@ -155,7 +155,9 @@ impl OciDir {
     }
 
     fn commit(&self, tmp: tempfile::NamedTempFile, target: &Path) -> Result<()> {
-        tmp.as_file().sync_all().map_err(|e| Error::io(tmp.path(), e))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io(tmp.path(), e))?;
         let parent = target.parent().unwrap_or(&self.root);
         fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         tmp.persist(target)
@@ -194,7 +196,9 @@ impl OciDir {
         match reader.take(limit + 1).read_to_end(&mut out) {
             Ok(_) if out.len() as u64 > limit => Err(Error::TooLarge {
                 digest: digest.clone(),
-                size: fs::metadata(&path).map(|m| m.len()).unwrap_or(out.len() as u64),
+                size: fs::metadata(&path)
+                    .map(|m| m.len())
+                    .unwrap_or(out.len() as u64),
                 limit,
             }),
             Ok(_) => Ok(out),
@@ -408,7 +412,14 @@ mod tests {
         let err = dir
             .write_blob_verified(&b"abc"[..], &d, Some(4))
             .expect_err("size");
-        assert!(matches!(err, Error::SizeMismatch { expected: 4, found: 3, .. }));
+        assert!(matches!(
+            err,
+            Error::SizeMismatch {
+                expected: 4,
+                found: 3,
+                ..
+            }
+        ));
         assert!(!dir.has_blob(&d));
     }
 
@@ -420,7 +431,9 @@ mod tests {
         let mut bytes = fs::read(&path).expect("read");
         bytes[5] ^= 0x20;
         fs::write(&path, bytes).expect("corrupt");
-        let err = dir.read_blob(&digest, None, 1000).expect_err("corrupt blob");
+        let err = dir
+            .read_blob(&digest, None, 1000)
+            .expect_err("corrupt blob");
         assert!(
             matches!(&err, Error::DigestMismatch { expected, .. } if expected == &digest),
             "{err}"
@@ -433,7 +446,17 @@ mod tests {
         let (digest, size) = dir.write_blob_bytes(b"0123456789").expect("write");
         fs::write(dir.blob_path(&digest), b"01234").expect("truncate");
         let err = dir.read_blob(&digest, Some(size), 1000).expect_err("short");
-        assert!(matches!(err, Error::SizeMismatch { expected: 10, found: 5, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::SizeMismatch {
+                    expected: 10,
+                    found: 5,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         fs::write(dir.blob_path(&digest), b"0123456789").expect("restore");
         assert!(matches!(
             dir.read_blob(&digest, None, 4),
@@ -456,8 +479,11 @@ mod tests {
             OciDir::open(tmp.path()),
             Err(Error::NotALayout { .. })
         ));
-        fs::write(tmp.path().join(LAYOUT_FILE), b"{\"imageLayoutVersion\":\"2.0.0\"}")
-            .expect("write");
+        fs::write(
+            tmp.path().join(LAYOUT_FILE),
+            b"{\"imageLayoutVersion\":\"2.0.0\"}",
+        )
+        .expect("write");
         assert!(OciDir::open(tmp.path()).is_err());
     }
 

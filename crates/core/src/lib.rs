@@ -21,6 +21,7 @@
 
 pub mod digest;
 mod error;
+pub mod fixture;
 pub mod import;
 pub mod layout;
 pub mod names;

@@ -36,8 +36,11 @@ pub const IMPORT_LAYER_TAR_ZSTD: &str = "application/vnd.oci-blocks.image.layer.
 /// Media types a block descriptor may carry (`spec/blocks.md`).
 pub const BLOCK_MEDIA_TYPES: &[&str] = &[OCI_LAYER_TAR, OCI_LAYER_TAR_GZIP, OCI_LAYER_TAR_ZSTD];
 /// Media types of layers that may contain import entries.
-pub const IMPORT_LAYER_MEDIA_TYPES: &[&str] =
-    &[IMPORT_LAYER_TAR, IMPORT_LAYER_TAR_GZIP, IMPORT_LAYER_TAR_ZSTD];
+pub const IMPORT_LAYER_MEDIA_TYPES: &[&str] = &[
+    IMPORT_LAYER_TAR,
+    IMPORT_LAYER_TAR_GZIP,
+    IMPORT_LAYER_TAR_ZSTD,
+];
 
 /// Artifact type of the GC anchor manifest (`spec/fallback.md`).
 pub const ANCHOR_ARTIFACT_TYPE: &str = "application/vnd.oci-blocks.anchor.v1";

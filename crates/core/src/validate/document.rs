@@ -120,14 +120,21 @@ pub fn classify(value: &Value) -> Result<DocumentKind, String> {
         return Err("not a JSON object".into());
     };
     let media_type = obj.get("mediaType").and_then(Value::as_str);
-    let is_index = media_type == Some(OCI_INDEX) || (media_type.is_none() && obj.contains_key("manifests"));
+    let is_index =
+        media_type == Some(OCI_INDEX) || (media_type.is_none() && obj.contains_key("manifests"));
     let is_manifest = media_type == Some(OCI_MANIFEST)
         || (media_type.is_none() && (obj.contains_key("layers") || obj.contains_key("config")));
     if is_index {
         let fallback = obj
             .get("manifests")
             .and_then(Value::as_array)
-            .is_some_and(|ms| ms.iter().any(|m| variant_of(m).is_some()));
+            .is_some_and(|ms| {
+                ms.iter().any(|m| {
+                    m.get("annotations")
+                        .and_then(|a| a.get(ANNOTATION_VARIANT))
+                        .is_some()
+                })
+            });
         return Ok(if fallback {
             DocumentKind::FallbackIndex
         } else {
@@ -171,7 +178,11 @@ pub fn validate_document(bytes: &[u8], subject: &str) -> (Option<DocumentKind>, 
     let value: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => {
-            report.push(Violation::new(Rule::JsonMalformed, subject, format!("not valid JSON: {e}")));
+            report.push(Violation::new(
+                Rule::JsonMalformed,
+                subject,
+                format!("not valid JSON: {e}"),
+            ));
             return (None, report);
         }
     };
@@ -193,7 +204,9 @@ pub fn validate_document(bytes: &[u8], subject: &str) -> (Option<DocumentKind>, 
     };
     let schemas = schemas();
     let validator = match kind {
-        DocumentKind::BlocksManifest | DocumentKind::ImageManifest => Some(&schemas.blocks_manifest),
+        DocumentKind::BlocksManifest | DocumentKind::ImageManifest => {
+            Some(&schemas.blocks_manifest)
+        }
         DocumentKind::AnchorManifest => Some(&schemas.anchor_manifest),
         DocumentKind::FallbackIndex => Some(&schemas.fallback_index),
         DocumentKind::ArtifactManifest | DocumentKind::ImageIndex => None,
@@ -239,6 +252,10 @@ fn check_digests(value: &Value, subject: &str, report: &mut Report) {
         let Some(text) = d.get("digest").and_then(Value::as_str) else {
             continue;
         };
+        // Digests that break the general grammar are the schema's to report.
+        if !fits_digest_grammar(text) {
+            continue;
+        }
         if let Err(crate::Error::InvalidDigest { reason, .. }) = Digest::parse(text) {
             report.push(
                 Violation::new(Rule::DigestInvalid, subject, format!("{text:?}: {reason}"))
@@ -246,6 +263,25 @@ fn check_digests(value: &Value, subject: &str, report: &mut Report) {
             );
         }
     }
+}
+
+/// The image-spec's general digest grammar:
+/// `algorithm ":" encoded`, `algorithm = component *(separator component)`,
+/// `component = 1*[a-z0-9]`, `separator = [+._-]`, `encoded = 1*[a-zA-Z0-9=_-]`.
+fn fits_digest_grammar(text: &str) -> bool {
+    let Some((algorithm, encoded)) = text.split_once(':') else {
+        return false;
+    };
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    algorithm.split(['+', '.', '_', '-']).all(component_ok)
+        && !encoded.is_empty()
+        && encoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'))
 }
 
 fn digests_of<'a>(value: &'a Value, list: &str) -> Vec<(usize, &'a str)> {
@@ -281,7 +317,9 @@ fn check_blocks(value: &Value, subject: &str, report: &mut Report) {
                 Violation::new(
                     Rule::BlocksAlsoLayer,
                     subject,
-                    format!("block {digest} is also /layers/{i}; a blob is a layer or a block, not both"),
+                    format!(
+                        "block {digest} is also /layers/{i}; a blob is a layer or a block, not both"
+                    ),
                 )
                 .at_pointer(format!("/blocks/{j}")),
             );
@@ -335,7 +373,8 @@ fn check_fallback_index(value: &Value, subject: &str, report: &mut Report) {
             }
             Some(VARIANT_ANCHOR) => {
                 anchors.push(i);
-                let unknown = entry.get("platform").is_some_and(|p| {
+                // A missing platform is the schema's to report.
+                let unknown = entry.get("platform").is_none_or(|p| {
                     p.get("os").and_then(Value::as_str) == Some("unknown")
                         && p.get("architecture").and_then(Value::as_str) == Some("unknown")
                 });
@@ -378,7 +417,10 @@ fn check_fallback_index(value: &Value, subject: &str, report: &mut Report) {
             Violation::new(
                 Rule::FallbackAnchorDuplicate,
                 subject,
-                format!("a second GC anchor (the first is /manifests/{})", anchors[0]),
+                format!(
+                    "a second GC anchor (the first is /manifests/{})",
+                    anchors[0]
+                ),
             )
             .at_pointer(pointer(i)),
         );

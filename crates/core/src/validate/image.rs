@@ -140,7 +140,11 @@ struct Walker<'a> {
 
 fn blob_violation(problem: &BlobProblem, subject: &str, digest: &Digest) -> Violation {
     match problem {
-        BlobProblem::Missing => Violation::new(Rule::BlobMissing, subject, format!("blob {digest} is not in the layout")),
+        BlobProblem::Missing => Violation::new(
+            Rule::BlobMissing,
+            subject,
+            format!("blob {digest} is not in the layout"),
+        ),
         BlobProblem::DigestMismatch(found) => Violation::new(
             Rule::BlobDigestMismatch,
             subject,
@@ -158,7 +162,9 @@ fn problem_of(err: &Error) -> Option<BlobProblem> {
     match err {
         Error::BlobNotFound { .. } => Some(BlobProblem::Missing),
         Error::DigestMismatch { found, .. } => Some(BlobProblem::DigestMismatch(found.clone())),
-        Error::SizeMismatch { expected, found, .. } => Some(BlobProblem::SizeMismatch {
+        Error::SizeMismatch {
+            expected, found, ..
+        } => Some(BlobProblem::SizeMismatch {
             expected: *expected,
             found: *found,
         }),
@@ -230,7 +236,13 @@ impl Walker<'_> {
         }
     }
 
-    fn visit_index(&mut self, digest: &Digest, size: u64, kind: DocumentKind, value: &Value) -> Result<()> {
+    fn visit_index(
+        &mut self,
+        digest: &Digest,
+        size: u64,
+        kind: DocumentKind,
+        value: &Value,
+    ) -> Result<()> {
         let subject = format!("index {digest}");
         let entries: Vec<(Descriptor, Option<String>)> = value
             .get("manifests")
@@ -285,7 +297,9 @@ impl Walker<'_> {
             .any(|(_, v)| *v == Some(crate::names::VARIANT_ANCHOR));
         let mut blocks_layers = HashSet::new();
         for (d, v) in &digests {
-            let (Some(d), Some(VARIANT_BLOCKS)) = (d, *v) else { continue };
+            let (Some(d), Some(VARIANT_BLOCKS)) = (d, *v) else {
+                continue;
+            };
             for (layer, _) in self.layers_of.get(d).into_iter().flatten() {
                 blocks_layers.insert(layer.clone());
             }
@@ -327,15 +341,26 @@ impl Walker<'_> {
             .unwrap_or_default()
     }
 
-    fn visit_manifest(&mut self, digest: &Digest, size: u64, kind: DocumentKind, value: &Value) -> Result<()> {
+    fn visit_manifest(
+        &mut self,
+        digest: &Digest,
+        size: u64,
+        kind: DocumentKind,
+        value: &Value,
+    ) -> Result<()> {
         let subject = format!("manifest {digest}");
         let layers = Self::descriptors(value, "layers");
         let blocks = Self::descriptors(value, "blocks");
-        let config: Option<Descriptor> = value.get("config").and_then(|c| serde_json::from_value(c.clone()).ok());
-        let is_anchor = value.get("artifactType").and_then(Value::as_str) == Some(ANCHOR_ARTIFACT_TYPE);
+        let config: Option<Descriptor> = value
+            .get("config")
+            .and_then(|c| serde_json::from_value(c.clone()).ok());
+        let is_anchor =
+            value.get("artifactType").and_then(Value::as_str) == Some(ANCHOR_ARTIFACT_TYPE);
 
         let diff_ids = match (&config, kind) {
-            (Some(c), DocumentKind::BlocksManifest | DocumentKind::ImageManifest) => self.config_diff_ids(c, &subject)?,
+            (Some(c), DocumentKind::BlocksManifest | DocumentKind::ImageManifest) => {
+                self.config_diff_ids(c, &subject)?
+            }
             (Some(c), _) => {
                 if let Some(d) = self.digest_of(c, &subject) {
                     self.read_json(&d, c.size(), &format!("{subject} config"))?;
@@ -359,7 +384,9 @@ impl Walker<'_> {
         let mut block_list = Vec::new();
         for (i, b) in blocks.iter().enumerate() {
             let bsubject = format!("{subject} block {i}");
-            let Some(bd) = self.digest_of(b, &bsubject) else { continue };
+            let Some(bd) = self.digest_of(b, &bsubject) else {
+                continue;
+            };
             let bsubject = format!("{subject} block {i} ({})", bd.short());
             self.scan(&bd, b, &bsubject, true)?;
             declared.insert(bd.clone(), Some(bd.clone()));
@@ -374,19 +401,31 @@ impl Walker<'_> {
                 self.out.report.push(Violation::new(
                     Rule::LayerDiffIdMismatch,
                     &subject,
-                    format!("{} layers but the config has {} rootfs.diff_ids", layers.len(), ids.len()),
+                    format!(
+                        "{} layers but the config has {} rootfs.diff_ids",
+                        layers.len(),
+                        ids.len()
+                    ),
                 ));
             }
         }
         for (i, l) in layers.iter().enumerate() {
             let lsubject = format!("{subject} layer {i}");
-            let Some(ld) = self.digest_of(l, &lsubject) else { continue };
+            let Some(ld) = self.digest_of(l, &lsubject) else {
+                continue;
+            };
             let lsubject = format!("{subject} layer {i} ({})", ld.short());
             layer_list.push((ld.clone(), l.size()));
             // The anchor's layers are blocks.
             self.scan(&ld, l, &lsubject, is_anchor)?;
             if !is_anchor {
-                self.check_layer(&ld, l, &lsubject, &declared, diff_ids.as_ref().and_then(|ids| ids.get(i)));
+                self.check_layer(
+                    &ld,
+                    l,
+                    &lsubject,
+                    &declared,
+                    diff_ids.as_ref().and_then(|ids| ids.get(i)),
+                );
             }
             info.layers.push(self.blob_info(&ld, l));
         }
@@ -396,7 +435,9 @@ impl Walker<'_> {
     }
 
     fn config_diff_ids(&mut self, c: &Descriptor, subject: &str) -> Result<Option<Vec<String>>> {
-        let Some(cd) = self.digest_of(c, subject) else { return Ok(None) };
+        let Some(cd) = self.digest_of(c, subject) else {
+            return Ok(None);
+        };
         let csubject = format!("{subject} config {}", cd.short());
         let Some(bytes) = self.read_json(&cd, c.size(), &csubject)? else {
             return Ok(None);
@@ -404,15 +445,23 @@ impl Walker<'_> {
         match serde_json::from_slice::<ImageConfiguration>(&bytes) {
             Ok(config) => Ok(Some(config.rootfs().diff_ids().clone())),
             Err(e) => {
-                self.out
-                    .report
-                    .push(Violation::new(Rule::Schema, csubject, format!("not an OCI image configuration: {e}")));
+                self.out.report.push(Violation::new(
+                    Rule::Schema,
+                    csubject,
+                    format!("not an OCI image configuration: {e}"),
+                ));
                 Ok(None)
             }
         }
     }
 
-    fn scan(&mut self, digest: &Digest, d: &Descriptor, subject: &str, as_block: bool) -> Result<()> {
+    fn scan(
+        &mut self,
+        digest: &Digest,
+        d: &Descriptor,
+        subject: &str,
+        as_block: bool,
+    ) -> Result<()> {
         if self.scans.contains_key(digest) {
             return Ok(());
         }
@@ -422,11 +471,22 @@ impl Walker<'_> {
         if let Some(p) = &scan.blob_problem {
             report.push(blob_violation(p, subject, digest));
         } else if let Some(e) = &scan.tar_error {
-            report.push(Violation::new(Rule::LayerTarMalformed, subject, format!("not a readable {media_type}: {e}")));
+            report.push(Violation::new(
+                Rule::LayerTarMalformed,
+                subject,
+                format!("not a readable {media_type}: {e}"),
+            ));
         }
         if as_block {
             for w in &scan.whiteouts {
-                report.push(Violation::new(Rule::BlockWhiteout, subject, "a block must not contain whiteouts").at_entry(w));
+                report.push(
+                    Violation::new(
+                        Rule::BlockWhiteout,
+                        subject,
+                        "a block must not contain whiteouts",
+                    )
+                    .at_entry(w),
+                );
             }
             let import_entries = scan
                 .imports
@@ -435,10 +495,24 @@ impl Walker<'_> {
                 .chain(scan.bad_imports.iter().map(|(p, _)| p.clone()))
                 .chain(scan.non_regular_imports.iter().map(|(p, _)| p.clone()));
             for e in import_entries {
-                report.push(Violation::new(Rule::BlockImportEntry, subject, "a block must not contain import entries").at_entry(e));
+                report.push(
+                    Violation::new(
+                        Rule::BlockImportEntry,
+                        subject,
+                        "a block must not contain import entries",
+                    )
+                    .at_entry(e),
+                );
             }
             for p in &scan.unclean_paths {
-                report.push(Violation::new(Rule::BlockPathUnclean, subject, "a block path must be relative and must not contain `..`").at_entry(p));
+                report.push(
+                    Violation::new(
+                        Rule::BlockPathUnclean,
+                        subject,
+                        "a block path must be relative and must not contain `..`",
+                    )
+                    .at_entry(p),
+                );
             }
         }
         self.scans.insert(digest.clone(), scan);
@@ -453,7 +527,9 @@ impl Walker<'_> {
         declared: &HashMap<Digest, Option<Digest>>,
         diff_id: Option<&String>,
     ) {
-        let Some(scan) = self.scans.get(digest) else { return };
+        let Some(scan) = self.scans.get(digest) else {
+            return;
+        };
         let report = &mut self.out.report;
         if let (Some(expected), Some(found)) = (diff_id, &scan.diff_id) {
             if expected != found.as_str() {
@@ -466,18 +542,29 @@ impl Walker<'_> {
         }
         for (path, kind) in &scan.non_regular_imports {
             report.push(
-                Violation::new(Rule::ImportEntryType, subject, format!("an import entry must be a regular file, this is a {kind}"))
-                    .at_entry(path),
+                Violation::new(
+                    Rule::ImportEntryType,
+                    subject,
+                    format!("an import entry must be a regular file, this is a {kind}"),
+                )
+                .at_entry(path),
             );
         }
         for (path, err) in &scan.bad_imports {
             report.push(Violation::new(err.rule(), subject, err.to_string()).at_entry(path));
         }
         for path in &scan.duplicate_imports {
-            report.push(Violation::new(Rule::ImportDuplicate, subject, "the same import entry appears twice in the layer").at_entry(path));
+            report.push(
+                Violation::new(
+                    Rule::ImportDuplicate,
+                    subject,
+                    "the same import entry appears twice in the layer",
+                )
+                .at_entry(path),
+            );
         }
         let has_imports = !(scan.imports.is_empty() && scan.bad_imports.is_empty());
-        if has_imports && !is_import_layer(&d.media_type().to_string()) {
+        if has_imports && !is_import_layer(d.media_type().as_ref()) {
             report.push(Violation::new(
                 Rule::LayerImportMediaType,
                 subject,
@@ -509,7 +596,9 @@ impl Walker<'_> {
                     .at_entry(&found.entry),
                 ),
                 Some(_) => {
-                    let Some(block_scan) = self.scans.get(block) else { continue };
+                    let Some(block_scan) = self.scans.get(block) else {
+                        continue;
+                    };
                     if block_scan.blob_problem.is_none()
                         && block_scan.tar_error.is_none()
                         && !block_scan.contains(found.import.source_in_block())
@@ -536,7 +625,9 @@ impl Walker<'_> {
             size: d.size(),
             uncompressed_size: scan.and_then(|s| s.diff_id.as_ref().map(|_| s.uncompressed_size)),
             entries: scan.map_or(0, |s| s.entries),
-            top_level: scan.map(|s| s.top_level.iter().take(16).cloned().collect()).unwrap_or_default(),
+            top_level: scan
+                .map(|s| s.top_level.iter().take(16).cloned().collect())
+                .unwrap_or_default(),
             annotations: d
                 .annotations()
                 .as_ref()

@@ -22,7 +22,10 @@ pub struct FoundImport {
     pub import: ImportEntry,
 }
 
-fn ser_display<S: serde::Serializer>(v: &ImportEntry, s: S) -> std::result::Result<S::Ok, S::Error> {
+fn ser_display<S: serde::Serializer>(
+    v: &ImportEntry,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
@@ -106,7 +109,9 @@ fn is_unclean(raw: &str) -> bool {
 pub fn scan_blob(dir: &OciDir, digest: &Digest, size: u64, media_type: &str) -> Result<TarScan> {
     let mut scan = TarScan::default();
     let Some(compression) = tar_compression(media_type) else {
-        scan.tar_error = Some(format!("media type {media_type:?} is not a tar type this tool reads"));
+        scan.tar_error = Some(format!(
+            "media type {media_type:?} is not a tar type this tool reads"
+        ));
         return Ok(scan);
     };
     let mut blob = match dir.open_blob(digest, Some(size)) {
@@ -140,13 +145,20 @@ pub fn scan_blob(dir: &OciDir, digest: &Digest, size: u64, media_type: &str) -> 
             Some(Error::DigestMismatch { found, .. }) => {
                 scan.blob_problem = Some(BlobProblem::DigestMismatch(found.clone()));
             }
-            Some(Error::SizeMismatch { expected, found, .. }) => {
+            Some(Error::SizeMismatch {
+                expected, found, ..
+            }) => {
                 scan.blob_problem = Some(BlobProblem::SizeMismatch {
                     expected: *expected,
                     found: *found,
                 });
             }
-            _ => return Err(Error::io(dir.blob_path(digest), io::Error::new(e.kind(), e.to_string()))),
+            _ => {
+                return Err(Error::io(
+                    dir.blob_path(digest),
+                    io::Error::new(e.kind(), e.to_string()),
+                ));
+            }
         }
         return Ok(scan);
     }
@@ -180,7 +192,8 @@ fn walk(stream: impl Read, scan: &mut TarScan) -> io::Result<()> {
             if let Some(target) = entry.link_name_bytes() {
                 let target = String::from_utf8_lossy(&target).into_owned();
                 if is_unclean(&target) {
-                    scan.unclean_paths.push(format!("{raw} (hardlink to {target})"));
+                    scan.unclean_paths
+                        .push(format!("{raw} (hardlink to {target})"));
                 }
             }
         }
@@ -197,7 +210,8 @@ fn walk(stream: impl Read, scan: &mut TarScan) -> io::Result<()> {
         }
         if let Some(name) = import_name(base) {
             if !(entry_type.is_file() || entry_type == tar::EntryType::Continuous) {
-                scan.non_regular_imports.push((path.clone(), format!("{entry_type:?}")));
+                scan.non_regular_imports
+                    .push((path.clone(), format!("{entry_type:?}")));
             } else if !seen_imports.insert(path.clone()) {
                 scan.duplicate_imports.push(path.clone());
             } else {
@@ -211,12 +225,18 @@ fn walk(stream: impl Read, scan: &mut TarScan) -> io::Result<()> {
                         .by_ref()
                         .take(MAX_IMPORT_SIZE + 1)
                         .read_to_end(&mut content)
-                        .map_err(|_| ImportError::Syntax { reason: "content unreadable" })?;
+                        .map_err(|_| ImportError::Syntax {
+                            reason: "content unreadable",
+                        })?;
                     ImportEntry::parse(&content).map(|import| (name, import))
                 }) {
                     Ok((name, import)) => scan.imports.push(FoundImport {
                         entry: path.clone(),
-                        target: if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") },
+                        target: if dir.is_empty() {
+                            name.to_string()
+                        } else {
+                            format!("{dir}/{name}")
+                        },
                         import,
                     }),
                     Err(e) => scan.bad_imports.push((path.clone(), e)),

@@ -1,0 +1,49 @@
+//! Formatting shared by the subcommands.
+
+use oci_blocks_core::validate::Report;
+
+/// A byte count for people: `512 B`, `1.5 KiB`, `12.0 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Prints a report's violations to stderr, one per line, and a verdict line.
+pub fn print_report(what: &str, report: &Report) {
+    for v in &report.violations {
+        eprintln!("{v}");
+    }
+    let errors = report.errors().count();
+    let warnings = report.warnings().count();
+    if errors == 0 {
+        if warnings == 0 {
+            println!("{what}: valid");
+        } else {
+            println!("{what}: valid, {warnings} warning(s)");
+        }
+    } else {
+        println!("{what}: INVALID, {errors} error(s), {warnings} warning(s)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(5 * 1024 * 1024), "5.0 MiB");
+    }
+}
