@@ -17,10 +17,10 @@ pub fn bytes(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// Prints a report's violations to stderr, one per line, and a verdict line.
+/// Prints a report's violations to stdout, one per line, and a verdict line.
 pub fn print_report(what: &str, report: &Report) {
     for v in &report.violations {
-        eprintln!("{v}");
+        println!("{v}");
     }
     let errors = report.errors().count();
     let warnings = report.warnings().count();

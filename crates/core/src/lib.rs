@@ -12,6 +12,7 @@
 //! - [`validate`]: the JSON Schemas of `spec/schemas` plus the semantic rules, for
 //!   one document ([`validate::validate_document`]) or a whole image in a layout
 //!   ([`validate::check_image`]), each violation named by a stable rule id.
+//! - [`manifest`]: manifests and indexes that keep their exact bytes.
 //! - [`layout`]: an OCI image-layout store that verifies digests on write and read
 //!   and never exposes a half-written blob.
 //!
@@ -24,6 +25,7 @@ mod error;
 pub mod fixture;
 pub mod import;
 pub mod layout;
+pub mod manifest;
 pub mod names;
 pub mod validate;
 

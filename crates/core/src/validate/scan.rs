@@ -243,7 +243,11 @@ fn walk(stream: impl Read, scan: &mut TarScan) -> io::Result<()> {
                 }
             }
         }
-        insert_with_ancestors(&mut scan.paths, &path);
+        // A whiteout names a path of a lower layer, not content of this one (a
+        // whiteout below `D/NAME` beside `D/.import.NAME` is allowed).
+        if !base.starts_with(WHITEOUT_PREFIX) {
+            insert_with_ancestors(&mut scan.paths, &path);
+        }
     }
     Ok(())
 }
