@@ -150,6 +150,13 @@ fn blob_violation(problem: &BlobProblem, subject: &str, digest: &Digest) -> Viol
             subject,
             format!("blob {digest} hashes to {found}"),
         ),
+        BlobProblem::TooLarge { size, limit } => Violation::new(
+            Rule::BlobSizeMismatch,
+            subject,
+            format!(
+                "blob {digest} is {size} bytes, more than the {limit}-byte limit for a manifest, index or config"
+            ),
+        ),
         BlobProblem::SizeMismatch { expected, found } => Violation::new(
             Rule::BlobSizeMismatch,
             subject,
@@ -168,9 +175,9 @@ fn problem_of(err: &Error) -> Option<BlobProblem> {
             expected: *expected,
             found: *found,
         }),
-        Error::TooLarge { size, limit, .. } => Some(BlobProblem::SizeMismatch {
-            expected: *limit,
-            found: *size,
+        Error::TooLarge { size, limit, .. } => Some(BlobProblem::TooLarge {
+            size: *size,
+            limit: *limit,
         }),
         _ => None,
     }
@@ -380,7 +387,7 @@ impl Walker<'_> {
         };
 
         // Blocks first, so that imports can be checked against their contents.
-        let mut declared: HashMap<Digest, Option<Digest>> = HashMap::new();
+        let mut declared: HashSet<Digest> = HashSet::new();
         let mut block_list = Vec::new();
         for (i, b) in blocks.iter().enumerate() {
             let bsubject = format!("{subject} block {i}");
@@ -389,7 +396,7 @@ impl Walker<'_> {
             };
             let bsubject = format!("{subject} block {i} ({})", bd.short());
             self.scan(&bd, b, &bsubject, true)?;
-            declared.insert(bd.clone(), Some(bd.clone()));
+            declared.insert(bd.clone());
             block_list.push((bd.clone(), b.size()));
             info.blocks.push(self.blob_info(&bd, b));
         }
@@ -524,7 +531,7 @@ impl Walker<'_> {
         digest: &Digest,
         d: &Descriptor,
         subject: &str,
-        declared: &HashMap<Digest, Option<Digest>>,
+        declared: &HashSet<Digest>,
         diff_id: Option<&String>,
     ) {
         let Some(scan) = self.scans.get(digest) else {
@@ -586,33 +593,32 @@ impl Walker<'_> {
                 );
             }
             let block = found.import.digest();
-            match declared.get(block) {
-                None => report.push(
+            if !declared.contains(block) {
+                report.push(
                     Violation::new(
                         Rule::ImportUndeclaredDigest,
                         subject,
                         format!("block {block} is not listed in the manifest's blocks"),
                     )
                     .at_entry(&found.entry),
-                ),
-                Some(_) => {
-                    let Some(block_scan) = self.scans.get(block) else {
-                        continue;
-                    };
-                    if block_scan.blob_problem.is_none()
-                        && block_scan.tar_error.is_none()
-                        && !block_scan.contains(found.import.source_in_block())
-                    {
-                        report.push(
-                            Violation::new(
-                                Rule::ImportSourceMissing,
-                                subject,
-                                format!("block {block} has no entry {}", found.import.source()),
-                            )
-                            .at_entry(&found.entry),
-                        );
-                    }
-                }
+                );
+                continue;
+            }
+            let Some(block_scan) = self.scans.get(block) else {
+                continue;
+            };
+            if block_scan.blob_problem.is_none()
+                && block_scan.tar_error.is_none()
+                && !block_scan.contains(found.import.source_in_block())
+            {
+                report.push(
+                    Violation::new(
+                        Rule::ImportSourceMissing,
+                        subject,
+                        format!("block {block} has no entry {}", found.import.source()),
+                    )
+                    .at_entry(&found.entry),
+                );
             }
         }
     }

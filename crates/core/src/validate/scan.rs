@@ -43,6 +43,13 @@ pub enum BlobProblem {
         /// Size found.
         found: u64,
     },
+    /// A JSON blob is over the size a reader accepts.
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 /// Everything one pass over a tar blob learned.
@@ -216,7 +223,7 @@ fn walk(stream: impl Read, scan: &mut TarScan) -> io::Result<()> {
                 scan.duplicate_imports.push(path.clone());
             } else {
                 match name.and_then(|name| {
-                    let size = entry.header().size().unwrap_or(u64::MAX);
+                    let size = entry.size();
                     if size > MAX_IMPORT_SIZE {
                         return Err(ImportError::TooLarge { size });
                     }
