@@ -3,6 +3,7 @@
 //! The binary is thin: argument parsing with clap, one module per subcommand,
 //! and the work done by the library crates.
 
+mod build;
 mod inspect;
 mod output;
 mod validate;
@@ -21,6 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Build(Box<build::Args>),
     Validate(validate::Args),
     Inspect(inspect::Args),
 }
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Build(args) => build::run(*args),
         Command::Validate(args) => validate::run(args),
         Command::Inspect(args) => inspect::run(args),
     };

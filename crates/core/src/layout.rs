@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageIndex};
 
-use crate::digest::{Algorithm, Digest, DigestReader, VerifyingReader, verification_error};
+use crate::digest::{Algorithm, Digest, DigestReader, Hasher, VerifyingReader, verification_error};
 use crate::names::{ANNOTATION_REF_NAME, MAX_MANIFEST_SIZE};
 use crate::{Error, Result};
 
@@ -106,6 +106,17 @@ impl OciDir {
         size: Option<u64>,
     ) -> Result<u64> {
         self.store(reader, Some(expected), size).map(|(_, n)| n)
+    }
+
+    /// A writer whose bytes become a sha256 blob when [`BlobWriter::commit`] is
+    /// called; dropped without commit, it leaves nothing behind.
+    pub fn blob_writer(&self) -> Result<BlobWriter<'_>> {
+        Ok(BlobWriter {
+            dir: self,
+            file: io::BufWriter::with_capacity(256 * 1024, self.temp_file()?),
+            hasher: Hasher::new(Algorithm::Sha256),
+            size: 0,
+        })
     }
 
     /// Stores bytes (a manifest, a config) as a sha256 blob.
@@ -293,6 +304,52 @@ impl OciDir {
     }
 }
 
+/// A blob being written; see [`OciDir::blob_writer`].
+pub struct BlobWriter<'a> {
+    dir: &'a OciDir,
+    file: io::BufWriter<tempfile::NamedTempFile>,
+    hasher: Hasher,
+    size: u64,
+}
+
+impl BlobWriter<'_> {
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Fsyncs the content and renames it to its digest; returns digest and size.
+    pub fn commit(self) -> Result<(Digest, u64)> {
+        let BlobWriter {
+            dir,
+            file,
+            hasher,
+            size,
+        } = self;
+        let tmp = file
+            .into_inner()
+            .map_err(|e| Error::io(dir.root(), e.into_error()))?;
+        let digest = hasher.finish();
+        let target = dir.blob_path(&digest);
+        if !target.is_file() {
+            dir.commit(tmp, &target)?;
+        }
+        Ok((digest, size))
+    }
+}
+
+impl Write for BlobWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// The tag (`org.opencontainers.image.ref.name`) of an `index.json` entry.
 pub fn tag_of(descriptor: &Descriptor) -> Option<&str> {
     descriptor
@@ -462,6 +519,23 @@ mod tests {
             dir.read_blob(&digest, None, 4),
             Err(Error::TooLarge { limit: 4, .. })
         ));
+    }
+
+    #[test]
+    fn blob_writer_commits_by_digest_and_leaves_nothing_when_dropped() {
+        let (_t, dir) = layout();
+        let mut w = dir.blob_writer().expect("writer");
+        w.write_all(b"streamed").expect("write");
+        let (digest, size) = w.commit().expect("commit");
+        assert_eq!((digest.clone(), size), (Digest::sha256(b"streamed"), 8));
+        assert_eq!(
+            dir.read_blob(&digest, Some(8), 100).expect("read"),
+            b"streamed"
+        );
+        let mut w = dir.blob_writer().expect("writer");
+        w.write_all(b"abandoned").expect("write");
+        drop(w);
+        assert!(leftovers(&dir).is_empty());
     }
 
     #[test]

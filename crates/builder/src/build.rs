@@ -1,0 +1,738 @@
+//! The build: input trees to blocks, stub layers, config, manifest, in a layout.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use oci_blocks_core::Digest;
+use oci_blocks_core::digest::{Algorithm, Hasher};
+use oci_blocks_core::layout::{OciDir, OciRef};
+use oci_blocks_core::manifest::{Index, Manifest};
+use oci_blocks_core::names::*;
+use oci_blocks_core::oci_spec;
+use oci_blocks_core::validate::check_image;
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::cache::{Cache, Cached};
+use crate::canonical::CanonicalTar;
+use crate::input::{self, Entry, Kind};
+use crate::plan::{self, BlockPlan, Plan, Rules};
+use crate::{Error, Result, python};
+
+/// One `--add SRC:DEST`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Add {
+    /// The input tree or file.
+    pub src: PathBuf,
+    /// The absolute path it is placed at.
+    pub dest: String,
+}
+
+/// Everything a build needs.
+#[derive(Clone, Debug)]
+pub struct BuildSpec {
+    /// The base image, whose layers are reused and whose config is inherited.
+    pub base: Option<OciRef>,
+    /// Layers to add, in order.
+    pub adds: Vec<Add>,
+    /// `config.Entrypoint`.
+    pub entrypoint: Option<Vec<String>>,
+    /// `config.Cmd`.
+    pub cmd: Option<Vec<String>>,
+    /// `K=V` environment entries (replacing inherited ones of the same K).
+    pub env: Vec<String>,
+    /// `config.WorkingDir`.
+    pub workdir: Option<String>,
+    /// `config.User`.
+    pub user: Option<String>,
+    /// `config.Labels` to add.
+    pub labels: BTreeMap<String, String>,
+    /// `OS/ARCH[/VARIANT]`; the base's, or linux/amd64.
+    pub platform: Option<String>,
+    /// Where the image goes.
+    pub out: OciRef,
+    /// Explicit block globs.
+    pub block_globs: Vec<String>,
+    /// Files below this size stay in the layer.
+    pub block_min_size: u64,
+    /// The canonical mtime (`SOURCE_DATE_EPOCH`).
+    pub source_date_epoch: u64,
+    /// Where the build cache lives (none: no cache).
+    pub cache_dir: Option<PathBuf>,
+    /// Use the import-layer media type for stub layers (the default).
+    pub import_media_type: bool,
+}
+
+/// What a build produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct BuildReport {
+    /// The image reference written.
+    pub image: String,
+    /// The manifest's digest.
+    pub manifest: Digest,
+    /// The config's digest.
+    pub config: Digest,
+    /// The layers, base layers first.
+    pub layers: Vec<LayerReport>,
+    /// The blocks.
+    pub blocks: Vec<BlockReport>,
+}
+
+/// A layer of the built image.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    /// Digest.
+    pub digest: Digest,
+    /// Compressed size.
+    pub size: u64,
+    /// Media type.
+    pub media_type: String,
+    /// Where it came from (`base`, or the add's DEST).
+    pub source: String,
+    /// Number of import entries.
+    pub imports: usize,
+}
+
+/// A block of the built image.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockReport {
+    /// Digest.
+    pub digest: Digest,
+    /// Size.
+    pub size: u64,
+    /// The rule that made it.
+    pub rule: String,
+    /// Descriptor annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Whether the build cache spared reading and writing it.
+    pub cached: bool,
+}
+
+fn descriptor(media_type: &str, digest: &Digest, size: u64) -> Value {
+    json!({"mediaType": media_type, "digest": digest.as_str(), "size": size})
+}
+
+fn check_options(spec: &BuildSpec) -> Result<()> {
+    let mut seen = HashSet::new();
+    for add in &spec.adds {
+        let option = format!("--add {}:{}", add.src.display(), add.dest);
+        if !add.dest.starts_with('/') {
+            return Err(Error::option(
+                option,
+                format!("DEST {:?} is not an absolute path", add.dest),
+            ));
+        }
+        if add.dest.split('/').any(|c| c == ".." || c == ".") {
+            return Err(Error::option(
+                option,
+                format!("DEST {:?} has a `.` or `..` component", add.dest),
+            ));
+        }
+        let clean = add.dest.trim_end_matches('/');
+        if !seen.insert(clean.to_string()) {
+            return Err(Error::option(
+                option,
+                format!("DEST {:?} is given by two --add options", add.dest),
+            ));
+        }
+        if std::fs::symlink_metadata(&add.src).is_err() {
+            return Err(Error::MissingSource {
+                src: add.src.display().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `OS/ARCH[/VARIANT]` into its parts.
+pub fn parse_platform(text: &str) -> Result<(String, String, Option<String>)> {
+    let parts: Vec<&str> = text.split('/').collect();
+    match parts.as_slice() {
+        [os, arch] if !os.is_empty() && !arch.is_empty() => {
+            Ok((os.to_string(), arch.to_string(), None))
+        }
+        [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
+            Ok((os.to_string(), arch.to_string(), Some(variant.to_string())))
+        }
+        _ => Err(Error::option(
+            format!("--platform {text}"),
+            "expected OS/ARCH or OS/ARCH/VARIANT",
+        )),
+    }
+}
+
+struct Base {
+    config: Value,
+    layers: Vec<Value>,
+    blocks: Vec<Value>,
+}
+
+fn load_base(reference: &OciRef, platform: Option<&str>, out: &OciDir) -> Result<Base> {
+    let dir = OciDir::open(&reference.path)?;
+    let checked = check_image(&dir, reference.tag.as_deref())?;
+    if !checked.report.is_valid() {
+        let report: Vec<String> = checked
+            .report
+            .errors()
+            .take(10)
+            .map(ToString::to_string)
+            .collect();
+        return Err(Error::InvalidBase {
+            reference: reference.to_string(),
+            report: report.join("\n"),
+        });
+    }
+    let roots = dir.resolve(reference.tag.as_deref())?;
+    let [root] = roots.as_slice() else {
+        return Err(Error::InvalidBase {
+            reference: reference.to_string(),
+            report: format!("{} images in the layout; name one with :TAG", roots.len()),
+        });
+    };
+    let mut digest = Digest::try_from(root.digest())?;
+    let mut size = root.size();
+    let mut bytes = dir.read_json_blob(&digest, Some(size))?;
+    if root.media_type().to_string() == OCI_INDEX {
+        let index = Index::from_bytes(bytes)?;
+        let (os, arch, variant) = parse_platform(platform.unwrap_or("linux/amd64"))?;
+        let matching = |d: &&oci_spec::image::Descriptor| {
+            d.platform().as_ref().is_some_and(|p| {
+                p.os().to_string() == os
+                    && p.architecture().to_string() == arch
+                    && (variant.is_none() || p.variant().as_deref() == variant.as_deref())
+            })
+        };
+        let choice = index
+            .variant(VARIANT_BLOCKS)
+            .filter(matching)
+            .or_else(|| index.typed().manifests().iter().find(|d| matching(d)))
+            .ok_or_else(|| Error::InvalidBase {
+                reference: reference.to_string(),
+                report: format!("no manifest for platform {os}/{arch} in the index"),
+            })?;
+        digest = Digest::try_from(choice.digest())?;
+        size = choice.size();
+        bytes = dir.read_json_blob(&digest, Some(size))?;
+    }
+    let manifest = Manifest::from_bytes(bytes)?;
+    let config_desc = manifest.typed().config();
+    let config_digest = Digest::try_from(config_desc.digest())?;
+    let config: Value =
+        serde_json::from_slice(&dir.read_json_blob(&config_digest, Some(config_desc.size()))?)
+            .map_err(|e| Error::InvalidBase {
+                reference: reference.to_string(),
+                report: format!("config: {e}"),
+            })?;
+    let raw: Value = serde_json::from_slice(manifest.raw()).map_err(|e| Error::InvalidBase {
+        reference: reference.to_string(),
+        report: e.to_string(),
+    })?;
+    let list = |key: &str| {
+        raw.get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (layers, blocks) = (list("layers"), list("blocks"));
+    // Reuse the base's blobs byte for byte, verified as they are copied.
+    if dir.root() != out.root() {
+        for d in manifest.layers().iter().chain(manifest.blocks()) {
+            let digest = Digest::try_from(d.digest())?;
+            if !out.has_blob(&digest) {
+                out.write_blob_verified(
+                    dir.open_blob(&digest, Some(d.size()))?,
+                    &digest,
+                    Some(d.size()),
+                )?;
+            }
+        }
+    }
+    Ok(Base {
+        config,
+        layers,
+        blocks,
+    })
+}
+
+fn layer_path(dest: &str, rel: &[u8]) -> Vec<u8> {
+    let mut p = dest.trim_matches('/').as_bytes().to_vec();
+    if !rel.is_empty() {
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(rel);
+    }
+    p
+}
+
+/// What goes into a tar: an input entry, a synthesized directory, or an import.
+enum Item<'a> {
+    Input(&'a Entry),
+    Dir(u32),
+    Import(String),
+}
+
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn write_items<W: Write>(
+    tar: &mut CanonicalTar<W>,
+    items: &[(Vec<u8>, Item<'_>)],
+    pyc: Option<&PycContext<'_>>,
+) -> Result<()> {
+    let mut first_path: HashMap<(u64, u64), &[u8]> = HashMap::new();
+    for (path, item) in items {
+        let io_err = |e| Error::io(String::from_utf8_lossy(path).into_owned(), e);
+        match item {
+            Item::Dir(mode) => tar.dir(path, *mode).map_err(io_err)?,
+            Item::Import(content) => tar
+                .file_bytes(path, 0o644, content.as_bytes())
+                .map_err(io_err)?,
+            Item::Input(e) => match &e.kind {
+                Kind::Dir => tar
+                    .dir(path, e.mode)
+                    .map_err(|err| Error::io(&e.abs, err))?,
+                Kind::Symlink(target) => tar
+                    .symlink(path, e.mode, target)
+                    .map_err(|err| Error::io(&e.abs, err))?,
+                Kind::File => {
+                    if e.nlink > 1 {
+                        if let Some(first) = first_path.get(&e.dev_ino) {
+                            tar.hardlink(path, e.mode, first)
+                                .map_err(|err| Error::io(&e.abs, err))?;
+                            continue;
+                        }
+                        first_path.insert(e.dev_ino, path);
+                    }
+                    if let Some(bytes) = pyc.and_then(|ctx| ctx.rewrite(e)).transpose()? {
+                        tar.file_bytes(path, e.mode, &bytes)
+                            .map_err(|err| Error::io(&e.abs, err))?;
+                    } else {
+                        let mut f = File::open(&e.abs).map_err(|err| Error::io(&e.abs, err))?;
+                        tar.file(path, e.mode, e.size, &mut f)
+                            .map_err(|err| Error::io(&e.abs, err))?;
+                    }
+                }
+            },
+        }
+    }
+    Ok(())
+}
+
+/// What the pyc rule needs to know about a Python block's inputs.
+struct PycContext<'a> {
+    site_packages: &'a [u8],
+    by_rel: &'a HashMap<&'a [u8], &'a Entry>,
+    epoch: u64,
+}
+
+impl PycContext<'_> {
+    fn rewrite(&self, e: &Entry) -> Option<Result<Vec<u8>>> {
+        let name = e.name();
+        if !name.ends_with(b".pyc") || e.size < 16 {
+            return None;
+        }
+        let dir = e.rel.get(..e.rel.len() - name.len() - 1)?;
+        let pkg = dir
+            .strip_suffix(b"/__pycache__")
+            .or_else(|| (dir == b"__pycache__").then_some(&b""[..]))?;
+        let module = name.split(|&b| b == b'.').next()?;
+        let mut source_rel = pkg.to_vec();
+        if !source_rel.is_empty() {
+            source_rel.push(b'/');
+        }
+        source_rel.extend_from_slice(module);
+        source_rel.extend_from_slice(b".py");
+        let source = self.by_rel.get(&source_rel[..])?;
+        let in_site = source_rel.get(self.site_packages.len()..)?;
+        let in_site = std::str::from_utf8(in_site.strip_prefix(b"/").unwrap_or(in_site)).ok()?;
+        let data = match std::fs::read(&e.abs) {
+            Ok(d) => d,
+            Err(err) => return Some(Err(Error::io(&e.abs, err))),
+        };
+        python::canonical_pyc(&data, in_site, source.mtime, source.size, self.epoch).map(Ok)
+    }
+}
+
+fn sort_items(items: &mut [(Vec<u8>, Item<'_>)]) {
+    items.sort_by_cached_key(|(p, item)| {
+        let mut k = p.clone();
+        let is_dir = matches!(
+            item,
+            Item::Dir(_)
+                | Item::Input(Entry {
+                    kind: Kind::Dir,
+                    ..
+                })
+        );
+        if is_dir {
+            k.push(b'/');
+        }
+        k
+    });
+}
+
+fn write_block(
+    out: &OciDir,
+    plan: &BlockPlan,
+    entries: &[Entry],
+    by_rel: &HashMap<&[u8], &Entry>,
+    epoch: u64,
+) -> Result<(Digest, u64)> {
+    let items: Vec<(Vec<u8>, Item<'_>)> = plan
+        .entries
+        .iter()
+        .map(|(p, i)| (p.clone(), Item::Input(&entries[*i])))
+        .collect();
+    let pyc = plan.python.as_ref().map(|py| PycContext {
+        site_packages: &py.site_packages,
+        by_rel,
+        epoch,
+    });
+    let mut tar = CanonicalTar::new(out.blob_writer()?, epoch);
+    write_items(&mut tar, &items, pyc.as_ref())?;
+    let writer = tar.finish().map_err(|e| Error::io(out.root(), e))?;
+    Ok(writer.commit()?)
+}
+
+struct AddResult<'a> {
+    add: &'a Add,
+    entries: Vec<Entry>,
+    plan: Plan,
+}
+
+/// Builds the image `spec` describes and tags it in the output layout.
+pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
+    check_options(spec)?;
+    let epoch = spec.source_date_epoch;
+    let rules = Rules::new(&spec.block_globs, spec.block_min_size)?;
+    let out = OciDir::create(&spec.out.path)?;
+    let base = spec
+        .base
+        .as_ref()
+        .map(|b| load_base(b, spec.platform.as_deref(), &out))
+        .transpose()?;
+
+    let adds: Vec<AddResult<'_>> = spec
+        .adds
+        .iter()
+        .map(|add| {
+            let entries = input::walk(&add.src)?;
+            let plan = plan::plan(&entries, &rules)?;
+            Ok(AddResult { add, entries, plan })
+        })
+        .collect::<Result<_>>()?;
+
+    // Blocks, in parallel; the cache spares unchanged ones.
+    let mut cache = Cache::load(spec.cache_dir.as_deref());
+    let jobs: Vec<(usize, usize)> = adds
+        .iter()
+        .enumerate()
+        .flat_map(|(ai, a)| (0..a.plan.blocks.len()).map(move |bi| (ai, bi)))
+        .collect();
+    let by_rel: Vec<HashMap<&[u8], &Entry>> = adds
+        .iter()
+        .map(|a| a.entries.iter().map(|e| (&e.rel[..], e)).collect())
+        .collect();
+    let written: Vec<(String, Cached, bool)> = jobs
+        .par_iter()
+        .map(|&(ai, bi)| {
+            let (a, b) = (&adds[ai], &adds[ai].plan.blocks[bi]);
+            let key = Cache::key(b, &a.entries, epoch);
+            if let Some(hit) = cache.get(&key).filter(|c| out.has_blob(&c.digest)) {
+                return Ok((key, hit.clone(), true));
+            }
+            let (digest, size) = write_block(&out, b, &a.entries, &by_rel[ai], epoch)?;
+            Ok((key, Cached { digest, size }, false))
+        })
+        .collect::<Result<_>>()?;
+    for (key, cached, _) in &written {
+        cache.put(key.clone(), cached.clone());
+    }
+    let block_of: HashMap<(usize, usize), &Cached> = jobs
+        .iter()
+        .copied()
+        .zip(written.iter().map(|(_, c, _)| c))
+        .collect();
+
+    // Stub layers (one per add), with import entries in place of block contents.
+    let mut layers: Vec<Value> = base.as_ref().map(|b| b.layers.clone()).unwrap_or_default();
+    let mut diff_ids: Vec<Value> = base
+        .as_ref()
+        .and_then(|b| {
+            b.config
+                .pointer("/rootfs/diff_ids")
+                .and_then(Value::as_array)
+                .cloned()
+        })
+        .unwrap_or_default();
+    let mut report_layers: Vec<LayerReport> = layers
+        .iter()
+        .filter_map(|l| {
+            Some(LayerReport {
+                digest: Digest::parse(l.get("digest")?.as_str()?).ok()?,
+                size: l.get("size")?.as_u64()?,
+                media_type: l.get("mediaType")?.as_str()?.to_string(),
+                source: "base".into(),
+                imports: 0,
+            })
+        })
+        .collect();
+    let mut history = Vec::new();
+    for (ai, a) in adds.iter().enumerate() {
+        let mut items: Vec<(Vec<u8>, Item<'_>)> = Vec::new();
+        let dest = a.add.dest.trim_matches('/');
+        let mut prefix = String::new();
+        for component in dest.split('/').filter(|c| !c.is_empty()) {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(component);
+            if prefix.len() < dest.len() {
+                items.push((prefix.clone().into_bytes(), Item::Dir(0o755)));
+            }
+        }
+        for e in &a.entries {
+            let root_at_image_root = e.rel.is_empty() && dest.is_empty();
+            if !(a.plan.is_owned(&e.rel) || root_at_image_root) {
+                items.push((layer_path(dest, &e.rel), Item::Input(e)));
+            }
+        }
+        let mut imports = 0;
+        for (bi, b) in a.plan.blocks.iter().enumerate() {
+            let cached = block_of[&(ai, bi)];
+            for (target, source) in &b.imports {
+                let path = layer_path(dest, target);
+                let (dir, name) = match path.iter().rposition(|&c| c == b'/') {
+                    Some(i) => (&path[..=i], &path[i + 1..]),
+                    None => (&b""[..], &path[..]),
+                };
+                let mut entry_path = dir.to_vec();
+                entry_path.extend_from_slice(IMPORT_PREFIX.as_bytes());
+                entry_path.extend_from_slice(name);
+                items.push((
+                    entry_path,
+                    Item::Import(format!("{source} from {}\n", cached.digest)),
+                ));
+                imports += 1;
+            }
+        }
+        sort_items(&mut items);
+        let media_type = if imports > 0 && spec.import_media_type {
+            IMPORT_LAYER_TAR_GZIP
+        } else {
+            OCI_LAYER_TAR_GZIP
+        };
+        let blob = out.blob_writer()?;
+        let gz = flate2::GzBuilder::new()
+            .operating_system(255)
+            .write(blob, flate2::Compression::new(6));
+        let mut tar = CanonicalTar::new(
+            HashingWriter {
+                inner: gz,
+                hasher: Hasher::new(Algorithm::Sha256),
+            },
+            epoch,
+        );
+        write_items(&mut tar, &items, None)?;
+        let hashing = tar.finish().map_err(|e| Error::io(out.root(), e))?;
+        let diff_id = hashing.hasher.finish();
+        let blob = hashing
+            .inner
+            .finish()
+            .map_err(|e| Error::io(out.root(), e))?;
+        let (digest, size) = blob.commit()?;
+        layers.push(descriptor(media_type, &digest, size));
+        diff_ids.push(Value::String(diff_id.to_string()));
+        history.push(json!({
+            "created": created(epoch),
+            "created_by": format!("oci-blocks build --add {}:{}", a.add.src.display(), a.add.dest),
+            "comment": format!("{imports} imports"),
+        }));
+        report_layers.push(LayerReport {
+            digest,
+            size,
+            media_type: media_type.to_string(),
+            source: a.add.dest.clone(),
+            imports,
+        });
+    }
+
+    // Blocks of the manifest: the base's, then ours in first-use order, each once.
+    let mut blocks: Vec<Value> = base.as_ref().map(|b| b.blocks.clone()).unwrap_or_default();
+    let mut listed: HashSet<String> = blocks
+        .iter()
+        .filter_map(|b| b.get("digest")?.as_str().map(str::to_string))
+        .collect();
+    let mut report_blocks = Vec::new();
+    for (&(ai, bi), (_, cached, hit)) in jobs.iter().zip(&written) {
+        let b = &adds[ai].plan.blocks[bi];
+        if !listed.insert(cached.digest.to_string()) {
+            continue;
+        }
+        let mut d = descriptor(OCI_LAYER_TAR, &cached.digest, cached.size);
+        if !b.annotations.is_empty() {
+            d["annotations"] = json!(b.annotations);
+        }
+        blocks.push(d);
+        report_blocks.push(BlockReport {
+            digest: cached.digest.clone(),
+            size: cached.size,
+            rule: b.rule.clone(),
+            annotations: b.annotations.clone(),
+            cached: *hit,
+        });
+    }
+
+    let config = make_config(spec, base.as_ref().map(|b| &b.config), diff_ids, history)?;
+    let config_bytes =
+        serde_json::to_vec(&config).map_err(|e| Error::option("config", e.to_string()))?;
+    let (config_digest, config_size) = out.write_blob_bytes(&config_bytes)?;
+    let mut manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, &config_digest, config_size),
+        "layers": layers,
+    });
+    if !blocks.is_empty() {
+        manifest["blocks"] = Value::Array(blocks);
+    }
+    let manifest_bytes =
+        serde_json::to_vec(&manifest).map_err(|e| Error::option("manifest", e.to_string()))?;
+    let (manifest_digest, manifest_size) = out.write_blob_bytes(&manifest_bytes)?;
+    let tag = spec.out.tag.as_deref().unwrap_or("latest");
+    let (os, arch, variant) = platform_of(&config);
+    let mut platform = oci_spec::image::PlatformBuilder::default()
+        .os(oci_spec::image::Os::from(os.as_str()))
+        .architecture(oci_spec::image::Arch::from(arch.as_str()));
+    if let Some(v) = variant {
+        platform = platform.variant(v);
+    }
+    let mut desc = oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::ImageManifest,
+        manifest_size,
+        manifest_digest.as_oci().clone(),
+    );
+    desc.set_platform(platform.build().ok());
+    // index.json last: until here, the layout shows the previous image.
+    out.set_tag(tag, desc)?;
+    cache.save();
+    Ok(BuildReport {
+        image: format!("oci:{}:{tag}", spec.out.path.display()),
+        manifest: manifest_digest,
+        config: config_digest,
+        layers: report_layers,
+        blocks: report_blocks,
+    })
+}
+
+fn created(epoch: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(epoch)).to_string()
+}
+
+fn platform_of(config: &Value) -> (String, String, Option<String>) {
+    let s = |k: &str| config.get(k).and_then(Value::as_str).map(str::to_string);
+    (
+        s("os").unwrap_or_default(),
+        s("architecture").unwrap_or_default(),
+        s("variant"),
+    )
+}
+
+fn make_config(
+    spec: &BuildSpec,
+    base: Option<&Value>,
+    diff_ids: Vec<Value>,
+    history: Vec<Value>,
+) -> Result<Value> {
+    let mut config = base
+        .cloned()
+        .unwrap_or_else(|| json!({"architecture": "amd64", "os": "linux", "config": {}}));
+    if let Some(p) = &spec.platform {
+        let (os, arch, variant) = parse_platform(p)?;
+        if base.is_some() {
+            let (bos, barch, _) = platform_of(&config);
+            if (bos.as_str(), barch.as_str()) != (os.as_str(), arch.as_str()) {
+                return Err(Error::option(
+                    format!("--platform {p}"),
+                    format!("the base image is {bos}/{barch}"),
+                ));
+            }
+        }
+        config["os"] = json!(os);
+        config["architecture"] = json!(arch);
+        if let Some(v) = variant {
+            config["variant"] = json!(v);
+        }
+    }
+    config["created"] = json!(created(spec.source_date_epoch));
+    config["rootfs"] = json!({"type": "layers", "diff_ids": diff_ids});
+    let mut all_history = config
+        .get("history")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    all_history.extend(history);
+    config["history"] = Value::Array(all_history);
+    if !config.get("config").is_some_and(Value::is_object) {
+        config["config"] = json!({});
+    }
+    let c = &mut config["config"];
+    if let Some(e) = &spec.entrypoint {
+        c["Entrypoint"] = json!(e);
+    }
+    if let Some(cmd) = &spec.cmd {
+        c["Cmd"] = json!(cmd);
+    }
+    if let Some(w) = &spec.workdir {
+        c["WorkingDir"] = json!(w);
+    }
+    if let Some(u) = &spec.user {
+        c["User"] = json!(u);
+    }
+    if !spec.env.is_empty() {
+        let mut env: Vec<String> = c
+            .get("Env")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for kv in &spec.env {
+            let Some((k, _)) = kv.split_once('=') else {
+                return Err(Error::option(format!("--env {kv}"), "expected K=V"));
+            };
+            env.retain(|e| e.split_once('=').map_or(e.as_str(), |(ek, _)| ek) != k);
+            env.push(kv.clone());
+        }
+        c["Env"] = json!(env);
+    }
+    if !spec.labels.is_empty() {
+        if !c.get("Labels").is_some_and(Value::is_object) {
+            c["Labels"] = json!({});
+        }
+        for (k, v) in &spec.labels {
+            c["Labels"][k] = json!(v);
+        }
+    }
+    Ok(config)
+}

@@ -1,0 +1,80 @@
+//! `build.toml`: a build described in a file, so it is reproducible from the
+//! repository. Paths in the file are relative to the file's directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The contents of a build file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildFile {
+    /// `oci:DIR[:TAG]` of the base image.
+    pub base: Option<String>,
+    /// `oci:DIR[:TAG]` to write.
+    pub out: Option<String>,
+    /// `OS/ARCH[/VARIANT]`.
+    pub platform: Option<String>,
+    /// `config.Entrypoint`.
+    pub entrypoint: Option<Vec<String>>,
+    /// `config.Cmd`.
+    pub cmd: Option<Vec<String>>,
+    /// `K=V` entries.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `config.WorkingDir`.
+    pub workdir: Option<String>,
+    /// `config.User`.
+    pub user: Option<String>,
+    /// `config.Labels`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Files below this size stay in the layer.
+    pub block_min_size: Option<u64>,
+    /// Explicit block globs.
+    #[serde(default)]
+    pub blocks: Vec<String>,
+    /// Layers to add, in order.
+    #[serde(default)]
+    pub add: Vec<FileAdd>,
+}
+
+/// One `[[add]]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdd {
+    /// The input, relative to the build file.
+    pub src: PathBuf,
+    /// The absolute path in the image.
+    pub dest: String,
+}
+
+impl BuildFile {
+    /// Reads a build file, resolving its relative paths against its directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut file: BuildFile = toml::from_str(&text).map_err(|e| Error::BuildFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let resolve_ref = |r: &mut Option<String>| {
+            if let Some(rest) = r.as_deref().and_then(|r| r.strip_prefix("oci:")) {
+                if !rest.starts_with('/') {
+                    *r = Some(format!("oci:{}", dir.join(rest).display()));
+                }
+            }
+        };
+        resolve_ref(&mut file.base);
+        resolve_ref(&mut file.out);
+        for add in &mut file.add {
+            if add.src.is_relative() {
+                add.src = dir.join(&add.src);
+            }
+        }
+        Ok(file)
+    }
+}

@@ -1,0 +1,211 @@
+//! `oci-blocks build`: an application and its dependencies into a blocks image.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use oci_blocks_builder::file::BuildFile;
+use oci_blocks_builder::{Add, BuildSpec, build};
+use oci_blocks_core::layout::OciRef;
+
+use crate::output::bytes;
+
+/// Build an image whose Java and Python dependencies live in reproducible blocks.
+///
+/// Each --add becomes one layer. Jars become one block each (with their Maven
+/// coordinates), installed Python distributions one block each (found from
+/// *.dist-info/RECORD), --block globs one block per match; the layer holds
+/// .import. entries in their place. The same dependency gives the same block
+/// digest in any image, built at any time.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A build file (build.toml); options given here override or extend it.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Base image (oci:DIR[:TAG]): its layers are reused byte for byte, its config inherited.
+    #[arg(long, value_name = "oci:DIR[:TAG]")]
+    base: Option<String>,
+    /// Add the tree (or file) SRC at the absolute path DEST, as one layer. Repeatable.
+    #[arg(long = "add", value_name = "SRC:DEST")]
+    adds: Vec<String>,
+    /// Entrypoint: a JSON array, or one executable.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Command: a JSON array, or one argument.
+    #[arg(long)]
+    cmd: Option<String>,
+    /// Environment variable K=V. Repeatable.
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory.
+    #[arg(long)]
+    workdir: Option<String>,
+    /// User (name, UID, or UID:GID).
+    #[arg(long)]
+    user: Option<String>,
+    /// Label K=V. Repeatable.
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    /// Platform OS/ARCH[/VARIANT] (default: the base's, or linux/amd64).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Output image, oci:DIR[:TAG] (created, or added to if it exists).
+    #[arg(long, value_name = "oci:DIR[:TAG]")]
+    out: Option<String>,
+    /// Make each match of GLOB (relative to an --add source) a block. Repeatable.
+    #[arg(long = "block", value_name = "GLOB")]
+    blocks: Vec<String>,
+    /// Files smaller than this many bytes stay in the layer.
+    #[arg(long, value_name = "BYTES")]
+    block_min_size: Option<u64>,
+    /// The mtime of every entry (default: $SOURCE_DATE_EPOCH, else 1).
+    #[arg(long, value_name = "SECONDS")]
+    source_date_epoch: Option<u64>,
+    /// Build cache directory (default: $XDG_DATA_HOME/oci-blocks).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not use or update the build cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Give layers with imports the standard layer media type (for experiments:
+    /// clients unaware of imports then unpack them without the blocks).
+    #[arg(long)]
+    standard_media_type: bool,
+    /// Print the build report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn command_line(value: &str, option: &str) -> Result<Vec<String>> {
+    if value.trim_start().starts_with('[') {
+        serde_json::from_str(value)
+            .with_context(|| format!("{option} {value}: not a JSON array of strings"))
+    } else {
+        Ok(vec![value.to_string()])
+    }
+}
+
+fn parse_add(value: &str) -> Result<Add> {
+    let Some((src, dest)) = value.rsplit_once(':') else {
+        bail!("--add {value}: expected SRC:DEST");
+    };
+    if src.is_empty() || dest.is_empty() {
+        bail!("--add {value}: expected SRC:DEST");
+    }
+    Ok(Add {
+        src: PathBuf::from(src),
+        dest: dest.to_string(),
+    })
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map(|d| d.join("oci-blocks"))
+}
+
+fn spec_from(args: &Args) -> Result<BuildSpec> {
+    let file = match &args.file {
+        Some(path) => BuildFile::load(path)?,
+        None => BuildFile::default(),
+    };
+    let out = args
+        .out
+        .clone()
+        .or(file.out.clone())
+        .context("no output: give --out oci:DIR[:TAG] (or `out` in the build file)")?;
+    let mut adds: Vec<Add> = file
+        .add
+        .iter()
+        .map(|a| Add {
+            src: a.src.clone(),
+            dest: a.dest.clone(),
+        })
+        .collect();
+    for a in &args.adds {
+        adds.push(parse_add(a)?);
+    }
+    let mut labels: BTreeMap<String, String> = file.labels.clone();
+    for l in &args.labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--label {l}: expected K=V"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let epoch = match args.source_date_epoch {
+        Some(e) => e,
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => v
+                .parse()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v}: not a number of seconds"))?,
+            Err(_) => 1,
+        },
+    };
+    Ok(BuildSpec {
+        base: args
+            .base
+            .clone()
+            .or(file.base.clone())
+            .map(|b| OciRef::parse(&b))
+            .transpose()?,
+        adds,
+        entrypoint: match &args.entrypoint {
+            Some(e) => Some(command_line(e, "--entrypoint")?),
+            None => file.entrypoint.clone(),
+        },
+        cmd: match &args.cmd {
+            Some(c) => Some(command_line(c, "--cmd")?),
+            None => file.cmd.clone(),
+        },
+        env: file.env.iter().chain(&args.env).cloned().collect(),
+        workdir: args.workdir.clone().or(file.workdir.clone()),
+        user: args.user.clone().or(file.user.clone()),
+        labels,
+        platform: args.platform.clone().or(file.platform.clone()),
+        out: OciRef::parse(&out)?,
+        block_globs: file.blocks.iter().chain(&args.blocks).cloned().collect(),
+        block_min_size: args.block_min_size.or(file.block_min_size).unwrap_or(0),
+        source_date_epoch: epoch,
+        cache_dir: if args.no_cache {
+            None
+        } else {
+            args.cache_dir.clone().or_else(default_cache_dir)
+        },
+        import_media_type: !args.standard_media_type,
+    })
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let spec = spec_from(&args)?;
+    let report = build(&spec)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let block_bytes: u64 = report.blocks.iter().map(|b| b.size).sum();
+    let cached = report.blocks.iter().filter(|b| b.cached).count();
+    println!("{}", report.image);
+    println!("  manifest {}", report.manifest);
+    println!("  config   {}", report.config);
+    for l in &report.layers {
+        let imports = if l.imports > 0 {
+            format!(", {} imports", l.imports)
+        } else {
+            String::new()
+        };
+        println!(
+            "  layer    {} {:>10}  {}{imports}",
+            l.digest,
+            bytes(l.size),
+            l.source
+        );
+    }
+    println!(
+        "  blocks   {} ({}), {cached} unchanged since the last build",
+        report.blocks.len(),
+        bytes(block_bytes)
+    );
+    Ok(ExitCode::SUCCESS)
+}
