@@ -563,7 +563,8 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
         diff_ids.push(Value::String(diff_id.to_string()));
         history.push(json!({
             "created": created(epoch),
-            "created_by": format!("oci-blocks build --add {}:{}", a.add.src.display(), a.add.dest),
+            // The source path would make the config depend on the build directory.
+            "created_by": format!("oci-blocks build: add {}", a.add.dest),
             "comment": format!("{imports} imports"),
         }));
         report_layers.push(LayerReport {

@@ -105,8 +105,13 @@ fn entry(abs: &Path, rel: Vec<u8>) -> Result<Entry> {
 /// symbolic link is followed (the user named it); links inside are not.
 pub fn walk(root: &Path) -> Result<Vec<Entry>> {
     let resolved = fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
-    let mut out = vec![entry(&resolved, Vec::new())?];
-    let mut stack = vec![(resolved.clone(), Vec::new())];
+    let root_entry = entry(&resolved, Vec::new())?;
+    let mut stack = if root_entry.kind == Kind::Dir {
+        vec![(resolved.clone(), Vec::new())]
+    } else {
+        Vec::new()
+    };
+    let mut out = vec![root_entry];
     while let Some((dir, rel)) = stack.pop() {
         let listing = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
         for item in listing {
@@ -122,9 +127,6 @@ pub fn walk(root: &Path) -> Result<Vec<Entry>> {
             }
             out.push(e);
         }
-    }
-    if out[0].kind != Kind::Dir {
-        out.truncate(1);
     }
     out.sort_by_key(Entry::sort_key);
     Ok(out)

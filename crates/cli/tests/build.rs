@@ -1,0 +1,670 @@
+//! `oci-blocks build` through the binary: reproducibility, dedup across
+//! applications, the v1 to v2 update of real Java and Python dependency sets,
+//! the built tree against its inputs, the build cache, a base image, and bad
+//! input.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+use common::*;
+
+fn copy_tree(from: &Path, to: &Path, reverse: bool) -> Result<()> {
+    fs::create_dir_all(to)?;
+    let mut items: Vec<_> = fs::read_dir(from)?.collect::<Result<_, _>>()?;
+    items.sort_by_key(|e| e.file_name());
+    if reverse {
+        items.reverse();
+    }
+    for e in items {
+        let target = to.join(e.file_name());
+        let meta = fs::symlink_metadata(e.path())?;
+        if meta.is_dir() {
+            copy_tree(&e.path(), &target, reverse)?;
+        } else if meta.file_type().is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(e.path())?, &target)?;
+        } else {
+            fs::copy(e.path(), &target)?;
+        }
+        if !meta.file_type().is_symlink() {
+            fs::set_permissions(&target, meta.permissions())?;
+        }
+    }
+    Ok(())
+}
+
+fn set_mtimes(root: &Path, secs: i64) -> Result<()> {
+    let status = Command::new("find")
+        .arg(root)
+        .args(["-exec", "touch", "-h", "-d", &format!("@{secs}"), "{}", "+"])
+        .status()?;
+    ensure!(status.success(), "touch failed");
+    Ok(())
+}
+
+fn build_sample(
+    sample: &str,
+    src_root: &Path,
+    out: &Path,
+    umask: &str,
+) -> Result<BTreeMap<String, String>> {
+    // The build file's adds are relative to it: copy it beside the inputs.
+    fs::copy(
+        repo().join("examples").join(sample).join("build.toml"),
+        src_root.join("build.toml"),
+    )?;
+    let out_ref = format!("oci:{}:v1", out.display());
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask {umask} && exec \"$0\" build --no-cache -f \"$1\" --out \"$2\"",
+        ))
+        .arg(env!("CARGO_BIN_EXE_oci-blocks"))
+        .arg(src_root.join("build.toml"))
+        .arg(&out_ref)
+        .output()?;
+    ensure!(status.status.success(), "build failed: {}", text(&status));
+    ok(&["validate", &out_ref])?;
+    blobs_of(out, "v1")
+}
+
+#[test]
+fn builds_are_reproducible_whatever_the_order_mtimes_umask_and_directory() -> Result<()> {
+    for sample in ["java-app", "python-app"] {
+        let tmp = tempfile::tempdir()?;
+        let (a, b) = (
+            tmp.path().join("a/src"),
+            tmp.path().join("elsewhere/deeper/src"),
+        );
+        copy_tree(&repo().join("examples").join(sample), &a, false)?;
+        copy_tree(&repo().join("examples").join(sample), &b, true)?;
+        set_mtimes(&a, 1_600_000_000)?;
+        set_mtimes(&b, 1_700_000_000)?;
+        let first = build_sample(sample, &a, &tmp.path().join("out-a"), "022")?;
+        let second = build_sample(sample, &b, &tmp.path().join("out-b"), "077")?;
+        ensure!(
+            first == second,
+            "{sample}: digests differ:\n{first:#?}\n{second:#?}"
+        );
+        ensure!(
+            first.values().filter(|v| v.starts_with("block")).count() >= 4,
+            "{sample}: {first:#?}"
+        );
+    }
+    Ok(())
+}
+
+fn make_jar(path: &Path, group: &str, artifact: &str, version: &str) -> Result<()> {
+    let mut zip = zip::ZipWriter::new(fs::File::create(path)?);
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .last_modified_time(zip::DateTime::default());
+    zip.start_file("META-INF/MANIFEST.MF", opts)?;
+    zip.write_all(b"Manifest-Version: 1.0\r\n\r\n")?;
+    zip.start_file(
+        format!("META-INF/maven/{group}/{artifact}/pom.properties"),
+        opts,
+    )?;
+    write!(
+        zip,
+        "groupId={group}\nartifactId={artifact}\nversion={version}\n"
+    )?;
+    zip.start_file(format!("{artifact}/Lib.class"), opts)?;
+    zip.write_all(
+        format!("class bytes of {artifact} {version}")
+            .repeat(50)
+            .as_bytes(),
+    )?;
+    zip.finish()?;
+    Ok(())
+}
+
+#[test]
+fn two_applications_share_exactly_their_common_jars() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    for (app, last) in [("one", "only-in-one"), ("two", "only-in-two")] {
+        let lib = tmp.path().join(app).join("lib");
+        fs::create_dir_all(&lib)?;
+        for i in 0..9 {
+            make_jar(
+                &lib.join(format!("shared-{i}-1.0.jar")),
+                "org.example",
+                &format!("shared-{i}"),
+                "1.0",
+            )?;
+        }
+        make_jar(
+            &lib.join(format!("{last}-1.0.jar")),
+            "org.example",
+            last,
+            "1.0",
+        )?;
+        fs::write(
+            tmp.path().join(app).join("Main.class"),
+            format!("main of {app}"),
+        )?;
+    }
+    let mut blocks = Vec::new();
+    for app in ["one", "two"] {
+        let dir = tmp.path().join(app);
+        let out = format!(
+            "oci:{}:latest",
+            tmp.path().join(format!("out-{app}")).display()
+        );
+        ok(&[
+            "build",
+            "--no-cache",
+            "--add",
+            &format!("{}:/app/lib", dir.join("lib").display()),
+            "--add",
+            &format!("{}:/app/Main.class", dir.join("Main.class").display()),
+            "--out",
+            &out,
+        ])?;
+        let b: BTreeMap<String, String> =
+            blobs_of(&tmp.path().join(format!("out-{app}")), "latest")?
+                .into_iter()
+                .filter(|(_, v)| v.starts_with("block"))
+                .collect();
+        ensure!(b.len() == 10, "{app}: {b:#?}");
+        blocks.push(b);
+    }
+    let shared: BTreeSet<&String> = blocks[0]
+        .keys()
+        .filter(|k| blocks[1].contains_key(*k))
+        .collect();
+    let shared_titles: BTreeSet<&str> = shared.iter().map(|k| blocks[0][*k].as_str()).collect();
+    let expected: BTreeSet<String> = (0..9)
+        .map(|i| format!("block shared-{i}-1.0.jar"))
+        .collect();
+    ensure!(
+        shared_titles == expected.iter().map(String::as_str).collect(),
+        "shared: {shared_titles:?}"
+    );
+    Ok(())
+}
+
+/// The corpus sets of `../shared/corpus`, made once under target/. Outside CI a
+/// machine without the package registries skips (saying so); in CI it fails.
+fn corpus(kind: &str) -> Result<Option<PathBuf>> {
+    let dir = repo().join("target/corpus").join(kind);
+    if dir.join("v2").is_dir() {
+        return Ok(Some(dir));
+    }
+    let script = repo().join("../shared/corpus").join(match kind {
+        "java" => "java-deps.sh",
+        _ => "python-env.sh",
+    });
+    let out = Command::new("bash").arg(&script).arg(&dir).output()?;
+    if out.status.success() && dir.join("v2").is_dir() {
+        return Ok(Some(dir));
+    }
+    let why = format!("{}: {}", script.display(), text(&out));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        bail!("cannot make the {kind} corpus in CI: {why}");
+    }
+    eprintln!("SKIPPED: the {kind} corpus could not be made here: {why}");
+    Ok(None)
+}
+
+fn update_adds_only_the_changed_dependency(
+    kind: &str,
+    dest: &str,
+    sub: &str,
+    changed: &str,
+) -> Result<()> {
+    let Some(dir) = corpus(kind)? else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let out = tmp.path().join("out");
+    let mut tags = Vec::new();
+    for v in ["v1", "v2"] {
+        let reference = format!("oci:{}:{v}", out.display());
+        ok(&[
+            "build",
+            "--no-cache",
+            "--add",
+            &format!("{}:{dest}", dir.join(v).join(sub).display()),
+            "--out",
+            &reference,
+        ])?;
+        ok(&["validate", &reference])?;
+        tags.push(blobs_of(&out, v)?);
+    }
+    let new: BTreeMap<&String, &String> = tags[1]
+        .iter()
+        .filter(|(k, _)| !tags[0].contains_key(*k))
+        .collect();
+    let kinds: Vec<&str> = new.values().map(|v| v.as_str()).collect();
+    let blocks: Vec<&&str> = kinds.iter().filter(|k| k.starts_with("block")).collect();
+    ensure!(
+        kinds.iter().filter(|k| **k == "manifest").count() == 1
+            && kinds.iter().filter(|k| **k == "config").count() == 1
+            && kinds.iter().filter(|k| **k == "layer").count() == 1
+            && blocks.len() == 1
+            && blocks[0].contains(changed),
+        "{kind}: new blobs for v2 should be one block ({changed}), the stub layer, config and manifest; found {new:#?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn java_corpus_update_ships_one_new_block() -> Result<()> {
+    update_adds_only_the_changed_dependency("java", "/app/lib", "lib", "py4j0.10.9.9.jar")
+}
+
+#[test]
+fn python_corpus_update_ships_one_new_block() -> Result<()> {
+    update_adds_only_the_changed_dependency(
+        "python",
+        "/usr/lib/python3/site-packages",
+        "site-packages",
+        "attrs",
+    )
+}
+
+fn canonical_pyc_of(site: &Path) -> impl Fn(&Path, Vec<u8>) -> Vec<u8> + '_ {
+    move |path: &Path, bytes: Vec<u8>| {
+        let Ok(rel) = path.strip_prefix(site) else {
+            return bytes;
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(dir) = rel.parent().filter(|d| d.ends_with("__pycache__")) else {
+            return bytes;
+        };
+        if !name.ends_with(".pyc") {
+            return bytes;
+        }
+        let module = name.split('.').next().unwrap_or_default();
+        let source_rel = dir
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(format!("{module}.py"));
+        let Ok(meta) = fs::metadata(site.join(&source_rel)) else {
+            return bytes;
+        };
+        use std::os::unix::fs::MetadataExt;
+        oci_blocks_builder::python::canonical_pyc(
+            &bytes,
+            &source_rel.to_string_lossy(),
+            meta.mtime(),
+            meta.len(),
+            1,
+        )
+        .unwrap_or(bytes)
+    }
+}
+
+fn expected_tree(
+    adds: &[(&Path, &str)],
+    transform: &dyn Fn(&Path, Vec<u8>) -> Vec<u8>,
+) -> Result<BTreeMap<String, Node>> {
+    let mut out = BTreeMap::new();
+    for (src, dest) in adds {
+        let dest = dest.trim_matches('/');
+        let mut prefix = String::new();
+        for c in dest.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(c);
+            out.entry(prefix.clone()).or_insert(Node {
+                kind: "dir",
+                mode: 0o755,
+                size: 0,
+                content: String::new(),
+            });
+        }
+        for (rel, node) in describe(src, transform)? {
+            let key = if rel.is_empty() {
+                dest.to_string()
+            } else {
+                format!("{dest}/{rel}")
+            };
+            out.insert(key, node);
+        }
+    }
+    Ok(out)
+}
+
+fn check_materialized(
+    adds: &[(&Path, &str)],
+    transform: &dyn Fn(&Path, Vec<u8>) -> Vec<u8>,
+    what: &str,
+) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let out = tmp.path().join("out");
+    let mut args = vec!["build".to_string(), "--no-cache".into()];
+    for (src, dest) in adds {
+        args.push("--add".into());
+        args.push(format!("{}:{dest}", src.display()));
+    }
+    args.push("--out".into());
+    args.push(format!("oci:{}:t", out.display()));
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let root = tmp.path().join("rootfs");
+    materialize(&out, "t", &root)?;
+    let mut actual = describe(&root, &|_, b| b)?;
+    actual.remove("");
+    assert_same(&expected_tree(adds, transform)?, &actual, what)
+}
+
+#[test]
+fn materialized_samples_equal_their_inputs() -> Result<()> {
+    let java = repo().join("examples/java-app");
+    check_materialized(
+        &[
+            (&java.join("lib"), "/app/lib"),
+            (&java.join("app"), "/app/classes"),
+        ],
+        &|_, b| b,
+        "java-app",
+    )?;
+    let py = repo().join("examples/python-app");
+    check_materialized(
+        &[
+            (
+                &py.join("site-packages"),
+                "/usr/local/lib/python3.11/site-packages",
+            ),
+            (&py.join("bin"), "/usr/local/bin"),
+        ],
+        &|_, b| b,
+        "python-app",
+    )
+}
+
+#[test]
+fn materialized_python_corpus_equals_its_input_with_canonical_pyc() -> Result<()> {
+    let Some(dir) = corpus("python")? else {
+        return Ok(());
+    };
+    let site = dir.join("v1/site-packages");
+    check_materialized(
+        &[(&site, "/usr/lib/python3/site-packages")],
+        &canonical_pyc_of(&site),
+        "python corpus",
+    )
+}
+
+#[test]
+fn a_rebuild_of_unchanged_inputs_is_served_by_the_cache() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cache = tmp.path().join("cache");
+    let out = format!("oci:{}:latest", tmp.path().join("out").display());
+    let run = || -> Result<serde_json::Value> {
+        let out = oci_blocks(&[
+            "build",
+            "-f",
+            "examples/java-app/build.toml",
+            "--cache-dir",
+            cache.to_str().context("utf-8")?,
+            "--out",
+            &out,
+            "--json",
+        ])?;
+        ensure!(out.status.success(), "{}", text(&out));
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let (cold, warm) = (run()?, run()?);
+    let cached = |r: &serde_json::Value| {
+        r["blocks"]
+            .as_array()
+            .map(|b| b.iter().filter(|b| b["cached"] == true).count())
+    };
+    ensure!(
+        cached(&cold) == Some(0) && cached(&warm) == Some(4),
+        "cold {cold}\nwarm {warm}"
+    );
+    ensure!(
+        cold["manifest"] == warm["manifest"],
+        "the cache changed the image"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_base_image_is_reused_byte_for_byte_and_its_config_inherited() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let base_dir = tmp.path().join("base");
+    let base = format!("oci:{}:base", base_dir.display());
+    ok(&[
+        "build",
+        "--no-cache",
+        "-f",
+        "examples/python-app/build.toml",
+        "--out",
+        &base,
+    ])?;
+    let out_dir = tmp.path().join("app");
+    let app = format!("oci:{}:app", out_dir.display());
+    ok(&[
+        "build",
+        "--no-cache",
+        "--base",
+        &base,
+        "--add",
+        "examples/java-app/lib:/app/lib",
+        "--env",
+        "APP_ENV=override",
+        "--out",
+        &app,
+    ])?;
+    ok(&["validate", &app])?;
+    let (b, a) = (blobs_of(&base_dir, "base")?, blobs_of(&out_dir, "app")?);
+    for (digest, kind) in &b {
+        if kind == "layer" || kind.starts_with("block") {
+            ensure!(a.contains_key(digest), "base {kind} {digest} not reused");
+        }
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&oci_blocks(&["inspect", "--json", &app])?.stdout)?;
+    let config_digest = json["info"]["manifests"][0]["config"]
+        .as_str()
+        .context("config")?;
+    let config: serde_json::Value = serde_json::from_slice(&fs::read(
+        out_dir
+            .join("blobs/sha256")
+            .join(config_digest.trim_start_matches("sha256:")),
+    )?)?;
+    let env: Vec<&str> = config["config"]["Env"]
+        .as_array()
+        .context("env")?
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    ensure!(
+        env.contains(&"APP_ENV=override") && !env.contains(&"APP_ENV=sample"),
+        "{env:?}"
+    );
+    ensure!(
+        config["config"]["Entrypoint"][0] == "python3",
+        "entrypoint not inherited: {config}"
+    );
+    ensure!(
+        config["rootfs"]["diff_ids"].as_array().map(Vec::len) == Some(4),
+        "{config}"
+    );
+    Ok(())
+}
+
+fn fails_naming(args: &[&str], needles: &[&str]) -> Result<()> {
+    let out = oci_blocks(args)?;
+    let t = text(&out);
+    ensure!(
+        out.status.code() == Some(2),
+        "{args:?}: exit {:?}: {t}",
+        out.status.code()
+    );
+    for n in needles {
+        ensure!(t.contains(n), "{args:?}: {n:?} not in: {t}");
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_refused_with_the_path_and_the_reason_and_nothing_tagged() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let out_dir = tmp.path().join("out");
+    let out = format!("oci:{}:t", out_dir.display());
+    let lib = "examples/java-app/lib";
+    fails_naming(
+        &[
+            "build",
+            "--no-cache",
+            "--add",
+            "no/such/dir:/app",
+            "--out",
+            &out,
+        ],
+        &["no/such/dir", "no such file"],
+    )?;
+    fails_naming(
+        &[
+            "build",
+            "--no-cache",
+            "--add",
+            &format!("{lib}:app/lib"),
+            "--out",
+            &out,
+        ],
+        &["\"app/lib\"", "not an absolute path"],
+    )?;
+    fails_naming(
+        &[
+            "build",
+            "--no-cache",
+            "--add",
+            &format!("{lib}:/x"),
+            "--add",
+            &format!("{lib}:/x/"),
+            "--out",
+            &out,
+        ],
+        &["/x", "two --add"],
+    )?;
+
+    let bad = tmp.path().join("bad");
+    fs::create_dir_all(&bad)?;
+    fs::write(bad.join("broken-1.0.jar"), b"this is not a zip archive")?;
+    fails_naming(
+        &[
+            "build",
+            "--no-cache",
+            "--add",
+            &format!("{}:/app", bad.display()),
+            "--out",
+            &out,
+        ],
+        &["broken-1.0.jar", "malformed jar"],
+    )?;
+    fs::remove_file(bad.join("broken-1.0.jar"))?;
+
+    let site = bad.join("site");
+    fs::create_dir_all(site.join("pkg-1.0.dist-info"))?;
+    fs::write(
+        site.join("pkg-1.0.dist-info/METADATA"),
+        "Name: pkg\nVersion: 1.0\n",
+    )?;
+    fs::write(
+        site.join("pkg-1.0.dist-info/RECORD"),
+        "pkg/__init__.py,sha256=x\n",
+    )?;
+    fails_naming(
+        &[
+            "build",
+            "--no-cache",
+            "--add",
+            &format!("{}:/site", site.display()),
+            "--out",
+            &out,
+        ],
+        &["RECORD", "line 1", "2 fields"],
+    )?;
+
+    let looped = tmp.path().join("loop");
+    std::os::unix::fs::symlink(&looped, &looped)?;
+    fails_naming(
+        &[
+            "build",
+            "--no-cache",
+            "--add",
+            &format!("{}:/app", looped.display()),
+            "--out",
+            &out,
+        ],
+        &["loop"],
+    )?;
+
+    let fifo = tmp.path().join("withfifo");
+    fs::create_dir_all(&fifo)?;
+    let st = Command::new("mkfifo").arg(fifo.join("pipe")).status()?;
+    ensure!(st.success());
+    fails_naming(
+        &[
+            "build",
+            "--no-cache",
+            "--add",
+            &format!("{}:/app", fifo.display()),
+            "--out",
+            &out,
+        ],
+        &["pipe", "named pipe"],
+    )?;
+
+    // A base that is not a valid image: one flipped byte in a layer.
+    let base_dir = tmp.path().join("base");
+    ok(&[
+        "build",
+        "--no-cache",
+        "-f",
+        "examples/java-app/build.toml",
+        "--out",
+        &format!("oci:{}:b", base_dir.display()),
+    ])?;
+    let layer = blobs_of(&base_dir, "b")?
+        .into_iter()
+        .find(|(_, k)| k == "layer")
+        .context("a layer")?
+        .0;
+    let path = base_dir
+        .join("blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    let mut bytes = fs::read(&path)?;
+    bytes[20] ^= 1;
+    fs::write(&path, bytes)?;
+    fails_naming(
+        &[
+            "build",
+            "--no-cache",
+            "--base",
+            &format!("oci:{}:b", base_dir.display()),
+            "--add",
+            &format!("{lib}:/lib"),
+            "--out",
+            &out,
+        ],
+        &["base image", "is not valid", &layer],
+    )?;
+
+    // Nothing was ever tagged in the output.
+    if out_dir.join("index.json").exists() {
+        let index = fs::read_to_string(out_dir.join("index.json"))?;
+        ensure!(
+            !index.contains("\"t\""),
+            "a failed build tagged its output: {index}"
+        );
+    }
+    let _ = fs::set_permissions(&bad, fs::Permissions::from_mode(0o755));
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! Helpers shared by the CLI's integration tests: running the binary, and a
+//! small reference materializer that applies an image's layers and resolves
+//! its imports, so that built images can be compared with their inputs until
+//! the runtime shim exists.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, bail, ensure};
+use oci_blocks_core::Digest;
+use oci_blocks_core::import::ImportEntry;
+use oci_blocks_core::layout::OciDir;
+use oci_blocks_core::manifest::Manifest;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn oci_blocks(args: &[&str]) -> Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_oci-blocks"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .context("running oci-blocks")
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs the binary and fails with its output unless it succeeds.
+pub fn ok(args: &[&str]) -> Result<String> {
+    let out = oci_blocks(args)?;
+    ensure!(
+        out.status.success(),
+        "oci-blocks {args:?} failed:\n{}",
+        text(&out)
+    );
+    Ok(text(&out))
+}
+
+/// Every blob digest the image at `dir`:`tag` references (manifest, config,
+/// layers, blocks).
+pub fn blobs_of(dir: &Path, tag: &str) -> Result<BTreeMap<String, String>> {
+    let layout = OciDir::open(dir)?;
+    let roots = layout.resolve(Some(tag))?;
+    let d = Digest::try_from(roots[0].digest())?;
+    let m = Manifest::from_bytes(layout.read_json_blob(&d, None)?)?;
+    let mut out = BTreeMap::new();
+    out.insert(d.to_string(), "manifest".to_string());
+    out.insert(
+        m.typed().config().digest().to_string(),
+        "config".to_string(),
+    );
+    for l in m.layers() {
+        out.insert(l.digest().to_string(), "layer".to_string());
+    }
+    for b in m.blocks() {
+        let title = b
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get("org.opencontainers.image.title").cloned())
+            .unwrap_or_default();
+        out.insert(b.digest().to_string(), format!("block {title}"));
+    }
+    Ok(out)
+}
+
+fn open_layer(
+    layout: &OciDir,
+    d: &oci_blocks_core::oci_spec::image::Descriptor,
+) -> Result<Box<dyn Read>> {
+    let digest = Digest::try_from(d.digest())?;
+    let reader = layout.open_blob(&digest, Some(d.size()))?;
+    Ok(if d.media_type().to_string().ends_with("+gzip") {
+        Box::new(flate2::read::GzDecoder::new(reader))
+    } else {
+        Box::new(reader)
+    })
+}
+
+fn clean(p: &[u8]) -> PathBuf {
+    let s = String::from_utf8_lossy(p);
+    PathBuf::from(s.trim_start_matches("./").trim_end_matches('/'))
+}
+
+fn extract_entry(
+    entry: &mut tar::Entry<'_, impl Read>,
+    dest: &Path,
+    hardlink_root: &Path,
+) -> Result<()> {
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let kind = entry.header().entry_type();
+    let mode = entry.header().mode()?;
+    if kind.is_dir() {
+        fs::create_dir_all(dest)?;
+        fs::set_permissions(dest, fs::Permissions::from_mode(mode))?;
+    } else if kind.is_symlink() {
+        let _ = fs::remove_file(dest);
+        let target = entry.link_name()?.context("symlink target")?.into_owned();
+        std::os::unix::fs::symlink(target, dest)?;
+    } else if kind.is_hard_link() {
+        let _ = fs::remove_file(dest);
+        let target = clean(&entry.link_name_bytes().context("link target")?);
+        fs::hard_link(hardlink_root.join(target), dest)?;
+    } else {
+        let _ = fs::remove_file(dest);
+        let mut f = fs::File::create(dest)?;
+        std::io::copy(entry, &mut f)?;
+        fs::set_permissions(dest, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Applies the image's layers into `root`, materializing every import from its
+/// block. Enough for images this builder makes (no whiteouts); the runtime
+/// shim is the real, secure unpacker.
+pub fn materialize(dir: &Path, tag: &str, root: &Path) -> Result<()> {
+    let layout = OciDir::open(dir)?;
+    let roots = layout.resolve(Some(tag))?;
+    let m =
+        Manifest::from_bytes(layout.read_json_blob(&Digest::try_from(roots[0].digest())?, None)?)?;
+    let blocks: BTreeMap<String, _> = m
+        .blocks()
+        .iter()
+        .map(|b| (b.digest().to_string(), b.clone()))
+        .collect();
+    fs::create_dir_all(root)?;
+    for l in m.layers() {
+        let mut ar = tar::Archive::new(open_layer(&layout, l)?);
+        for entry in ar.entries()? {
+            let mut entry = entry?;
+            let path = clean(&entry.path_bytes());
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Some(import_name) = name.strip_prefix(".import.") {
+                let mut content = Vec::new();
+                entry.read_to_end(&mut content)?;
+                let import = ImportEntry::parse(&content)?;
+                let target = root.join(path.with_file_name(import_name));
+                let block = blocks
+                    .get(import.digest().as_str())
+                    .context("undeclared block")?;
+                let source = import.source_in_block();
+                let mut found = false;
+                let staging = tempfile::tempdir()?;
+                let mut bar = tar::Archive::new(open_layer(&layout, block)?);
+                for be in bar.entries()? {
+                    let mut be = be?;
+                    let bp = clean(&be.path_bytes());
+                    let bps = bp.to_string_lossy().into_owned();
+                    let rest = if source.is_empty() {
+                        Some(bps.as_str())
+                    } else if bps == source {
+                        Some("")
+                    } else {
+                        bps.strip_prefix(&format!("{source}/"))
+                    };
+                    // Hard links inside a block point at block paths: extract the
+                    // whole block beside, then copy the imported part.
+                    extract_entry(&mut be, &staging.path().join(&bp), staging.path())?;
+                    if rest.is_some() {
+                        found = true;
+                    }
+                }
+                ensure!(
+                    found,
+                    "block {} has no {}",
+                    import.digest(),
+                    import.source()
+                );
+                copy_tree(&staging.path().join(source), &target)?;
+            } else {
+                extract_entry(&mut entry, &root.join(&path), root)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(from)?;
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    if meta.is_dir() {
+        fs::create_dir_all(to)?;
+        for e in fs::read_dir(from)? {
+            let e = e?;
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        }
+        fs::set_permissions(to, meta.permissions())?;
+    } else if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(from)?, to)?;
+    } else {
+        fs::copy(from, to)?;
+        fs::set_permissions(to, meta.permissions())?;
+    }
+    Ok(())
+}
+
+/// One node of a tree, as compared: type, permission bits, size, content digest
+/// or link target.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct Node {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub size: u64,
+    pub content: String,
+}
+
+/// Describes the tree at `root`; `transform` may rewrite a file's expected
+/// bytes (the builder's canonical .pyc form).
+pub fn describe(
+    root: &Path,
+    transform: &dyn Fn(&Path, Vec<u8>) -> Vec<u8>,
+) -> Result<BTreeMap<String, Node>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = fs::symlink_metadata(&p)?;
+        let rel = p.strip_prefix(root)?.to_string_lossy().into_owned();
+        let node = if meta.is_dir() {
+            for e in fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+            Node {
+                kind: "dir",
+                mode: meta.mode() & 0o7777,
+                size: 0,
+                content: String::new(),
+            }
+        } else if meta.file_type().is_symlink() {
+            Node {
+                kind: "symlink",
+                mode: 0,
+                size: 0,
+                content: fs::read_link(&p)?.to_string_lossy().into_owned(),
+            }
+        } else if meta.is_file() {
+            let bytes = transform(&p, fs::read(&p)?);
+            Node {
+                kind: "file",
+                mode: meta.mode() & 0o7777,
+                size: bytes.len() as u64,
+                content: Digest::sha256(&bytes).to_string(),
+            }
+        } else {
+            bail!("{}: unexpected file type", p.display());
+        };
+        out.insert(rel, node);
+    }
+    Ok(out)
+}
+
+/// Asserts two tree descriptions are equal, listing the differences.
+pub fn assert_same(
+    expected: &BTreeMap<String, Node>,
+    actual: &BTreeMap<String, Node>,
+    what: &str,
+) -> Result<()> {
+    let mut diffs = Vec::new();
+    for (k, v) in expected {
+        match actual.get(k) {
+            None => diffs.push(format!("missing {k}")),
+            Some(a) if a != v => diffs.push(format!("{k}: expected {v:?}, found {a:?}")),
+            _ => {}
+        }
+    }
+    for k in actual.keys().filter(|k| !expected.contains_key(*k)) {
+        diffs.push(format!("unexpected {k}"));
+    }
+    ensure!(
+        diffs.is_empty(),
+        "{what}: {} differences:\n{}",
+        diffs.len(),
+        diffs
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(())
+}
