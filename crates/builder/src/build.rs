@@ -459,8 +459,17 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
             if let Some(hit) = cache.get(&key).filter(|c| out.has_blob(&c.digest)) {
                 return Ok((key, hit.clone(), true));
             }
+            let annotations = b.annotate(&a.entries)?;
             let (digest, size) = write_block(&out, b, &a.entries, &by_rel[ai], epoch)?;
-            Ok((key, Cached { digest, size }, false))
+            Ok((
+                key,
+                Cached {
+                    digest,
+                    size,
+                    annotations,
+                },
+                false,
+            ))
         })
         .collect::<Result<_>>()?;
     for (key, cached, _) in &written {
@@ -589,15 +598,15 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
             continue;
         }
         let mut d = descriptor(OCI_LAYER_TAR, &cached.digest, cached.size);
-        if !b.annotations.is_empty() {
-            d["annotations"] = json!(b.annotations);
+        if !cached.annotations.is_empty() {
+            d["annotations"] = json!(cached.annotations);
         }
         blocks.push(d);
         report_blocks.push(BlockReport {
             digest: cached.digest.clone(),
             size: cached.size,
             rule: b.rule.clone(),
-            annotations: b.annotations.clone(),
+            annotations: cached.annotations.clone(),
             cached: *hit,
         });
     }

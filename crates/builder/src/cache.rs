@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::input::{Entry, Kind};
 use crate::plan::BlockPlan;
 
-const FORMAT: &str = "oci-blocks build cache v1";
+const FORMAT: &str = "oci-blocks build cache v2";
 
 /// A cached block.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -26,6 +26,9 @@ pub struct Cached {
     pub digest: Digest,
     /// Its size.
     pub size: u64,
+    /// Its descriptor annotations.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The cache, loaded from and saved to one JSON file.

@@ -56,10 +56,27 @@ pub struct BlockPlan {
     pub entries: Vec<(Vec<u8>, usize)>,
     /// Imports: the path `D/NAME` relative to the input root, and SOURCE.
     pub imports: Vec<(Vec<u8>, String)>,
-    /// Descriptor annotations.
+    /// Descriptor annotations known from the plan (a jar's Maven coordinates are
+    /// read when the block is written, see [`BlockPlan::annotate`]).
     pub annotations: BTreeMap<String, String>,
     /// Set for Python distributions.
     pub python: Option<PythonBlock>,
+}
+
+impl BlockPlan {
+    /// The descriptor annotations, reading what the plan left for later (a jar's
+    /// Maven coordinates), so that a cached block needs no read at all.
+    pub fn annotate(&self, entries: &[Entry]) -> Result<BTreeMap<String, String>> {
+        let mut annotations = self.annotations.clone();
+        if self.rule == "jar" {
+            if let Some((_, i)) = self.entries.first() {
+                if let Some(coordinates) = jar::maven_coordinates(&entries[*i].abs)? {
+                    annotations.insert(ANNOTATION_MAVEN_COORDINATES.to_string(), coordinates);
+                }
+            }
+        }
+        Ok(annotations)
+    }
 }
 
 /// What the rules decided for one input tree.
@@ -227,15 +244,11 @@ pub fn plan(entries: &[Entry], rules: &Rules) -> Result<Plan> {
         }
         claim(e.rel.clone(), "jar", &mut owner)?;
         let name = utf8(e.name(), entries, i)?;
-        let mut annotations = BTreeMap::from([(ANNOTATION_TITLE.to_string(), name.clone())]);
-        if let Some(coordinates) = jar::maven_coordinates(&e.abs)? {
-            annotations.insert(ANNOTATION_MAVEN_COORDINATES.to_string(), coordinates);
-        }
         plan.blocks.push(BlockPlan {
             rule: "jar".into(),
             entries: vec![(name.clone().into_bytes(), i)],
             imports: vec![(e.rel.clone(), format!("/{name}"))],
-            annotations,
+            annotations: BTreeMap::from([(ANNOTATION_TITLE.to_string(), name.clone())]),
             python: None,
         });
     }
