@@ -668,3 +668,75 @@ fn bad_input_is_refused_with_the_path_and_the_reason_and_nothing_tagged() -> Res
     let _ = fs::set_permissions(&bad, fs::Permissions::from_mode(0o755));
     Ok(())
 }
+
+#[test]
+fn block_globs_make_blocks_and_small_files_stay_in_the_layer() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("models/big"))?;
+    fs::write(src.join("models/big/weights.bin"), vec![7u8; 100_000])?;
+    fs::write(src.join("models/big/config.json"), b"{}")?;
+    fs::write(src.join("models/tiny.bin"), b"tiny")?;
+    fs::write(src.join("README"), b"readme")?;
+    let out_dir = tmp.path().join("out");
+    let out = format!("oci:{}:g", out_dir.display());
+    let add = format!("{}:/srv", src.display());
+    ok(&[
+        "build",
+        "--no-cache",
+        "--add",
+        &add,
+        "--block",
+        "models/*",
+        "--block-min-size",
+        "1000",
+        "--out",
+        &out,
+    ])?;
+    ok(&["validate", &out])?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&oci_blocks(&["inspect", "--json", &out])?.stdout)?;
+    let m = &json["info"]["manifests"][0];
+    let titles: Vec<&str> = m["blocks"]
+        .as_array()
+        .context("blocks")?
+        .iter()
+        .filter_map(|b| b["annotations"]["org.opencontainers.image.title"].as_str())
+        .collect();
+    ensure!(
+        titles == ["big"],
+        "the directory models/big is one block, tiny.bin stays: {titles:?}"
+    );
+    let imports: Vec<&str> = m["layers"][0]["imports"]
+        .as_array()
+        .context("imports")?
+        .iter()
+        .filter_map(|i| i["target"].as_str())
+        .collect();
+    ensure!(imports == ["srv/models/big"], "{imports:?}");
+    let root = tmp.path().join("rootfs");
+    materialize(&out_dir, "g", &root)?;
+    let mut actual = describe(&root, &|_, b| b)?;
+    actual.remove("");
+    assert_same(&expected_tree_of(&src, "/srv")?, &actual, "glob build")?;
+
+    // A glob that claims a path a Python distribution owns is a configuration error.
+    let py = repo().join("examples/python-app/site-packages");
+    fails_naming(
+        &[
+            "build",
+            "--no-cache",
+            "--add",
+            &format!("{}:/sp", py.display()),
+            "--block",
+            "greeting",
+            "--out",
+            &out,
+        ],
+        &["greeting", "claimed by two block rules"],
+    )
+}
+
+fn expected_tree_of(src: &Path, dest: &str) -> Result<BTreeMap<String, Node>> {
+    expected_tree(&[(src, dest)], &|_, b| b)
+}
