@@ -65,6 +65,21 @@ pub struct BuildSpec {
     pub cache_dir: Option<PathBuf>,
     /// Use the import-layer media type for stub layers (the default).
     pub import_media_type: bool,
+    /// How the image is published: a fallback index (the default) or the bare
+    /// blocks manifest.
+    pub fallback: Fallback,
+}
+
+/// How a build publishes its image (`spec/fallback.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// An index: the legacy manifest (every import materialized), the blocks
+    /// manifest, and the GC anchor.
+    #[default]
+    Index,
+    /// The bare blocks manifest, for registries and clients that know blocks.
+    None,
 }
 
 /// What a build produced.
@@ -80,6 +95,23 @@ pub struct BuildReport {
     pub layers: Vec<LayerReport>,
     /// The blocks.
     pub blocks: Vec<BlockReport>,
+    /// The fallback index and its legacy part, when one was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackReport>,
+}
+
+/// The fallback index of a build.
+#[derive(Clone, Debug, Serialize)]
+pub struct FallbackReport {
+    /// The index's digest (what the tag names).
+    pub index: Digest,
+    /// The legacy manifest's digest.
+    pub legacy_manifest: Digest,
+    /// The GC anchor's digest.
+    pub anchor: Digest,
+    /// Bytes of the layers only the legacy manifest uses: what the legacy copy
+    /// costs in storage and transfer.
+    pub legacy_only_bytes: u64,
 }
 
 /// A layer of the built image.
@@ -169,6 +201,10 @@ struct Base {
     config: Value,
     layers: Vec<Value>,
     blocks: Vec<Value>,
+    /// The layers and diff IDs of the base's legacy variant: its own layers
+    /// when it has no imports, its legacy manifest's when it is a fallback
+    /// index, none when it has imports but no legacy variant.
+    legacy: Option<(Vec<Value>, Vec<Value>)>,
 }
 
 fn load_base(reference: &OciRef, platform: Option<&str>, out: &OciDir) -> Result<Base> {
@@ -196,6 +232,7 @@ fn load_base(reference: &OciRef, platform: Option<&str>, out: &OciDir) -> Result
     let mut digest = Digest::try_from(root.digest())?;
     let mut size = root.size();
     let mut bytes = dir.read_json_blob(&digest, Some(size))?;
+    let mut legacy_entry = None;
     if root.media_type().to_string() == OCI_INDEX {
         let index = Index::from_bytes(bytes)?;
         let (os, arch, variant) = parse_platform(platform.unwrap_or("linux/amd64"))?;
@@ -206,14 +243,21 @@ fn load_base(reference: &OciRef, platform: Option<&str>, out: &OciDir) -> Result
                     && (variant.is_none() || p.variant().as_deref() == variant.as_deref())
             })
         };
+        let plain = index.typed().manifests().iter().find(|d| {
+            matching(d)
+                && d.annotations()
+                    .as_ref()
+                    .is_none_or(|a| !a.contains_key(ANNOTATION_VARIANT))
+        });
         let choice = index
             .variant(VARIANT_BLOCKS)
             .filter(matching)
-            .or_else(|| index.typed().manifests().iter().find(|d| matching(d)))
+            .or(plain)
             .ok_or_else(|| Error::InvalidBase {
                 reference: reference.to_string(),
                 report: format!("no manifest for platform {os}/{arch} in the index"),
             })?;
+        legacy_entry = plain.filter(|p| p.digest() != choice.digest()).cloned();
         digest = Digest::try_from(choice.digest())?;
         size = choice.size();
         bytes = dir.read_json_blob(&digest, Some(size))?;
@@ -238,6 +282,18 @@ fn load_base(reference: &OciRef, platform: Option<&str>, out: &OciDir) -> Result
             .unwrap_or_default()
     };
     let (layers, blocks) = (list("layers"), list("blocks"));
+    let diff_ids = |config: &Value| {
+        config
+            .pointer("/rootfs/diff_ids")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let legacy = match legacy_entry {
+        Some(entry) => Some(load_legacy(&dir, out, reference, &entry)?),
+        None if blocks.is_empty() => Some((layers.clone(), diff_ids(&config))),
+        None => None,
+    };
     // Reuse the base's blobs byte for byte, verified as they are copied.
     if dir.root() != out.root() {
         for d in manifest.layers().iter().chain(manifest.blocks()) {
@@ -255,7 +311,51 @@ fn load_base(reference: &OciRef, platform: Option<&str>, out: &OciDir) -> Result
         config,
         layers,
         blocks,
+        legacy,
     })
+}
+
+/// The layers and diff IDs of a base image's legacy manifest, its blobs copied.
+fn load_legacy(
+    dir: &OciDir,
+    out: &OciDir,
+    reference: &OciRef,
+    entry: &oci_spec::image::Descriptor,
+) -> Result<(Vec<Value>, Vec<Value>)> {
+    let invalid = |report: String| Error::InvalidBase {
+        reference: reference.to_string(),
+        report,
+    };
+    let d = Digest::try_from(entry.digest())?;
+    let legacy = Manifest::from_bytes(dir.read_json_blob(&d, Some(entry.size()))?)?;
+    let c = legacy.typed().config();
+    let cd = Digest::try_from(c.digest())?;
+    let config: Value = serde_json::from_slice(&dir.read_json_blob(&cd, Some(c.size()))?)
+        .map_err(|e| invalid(format!("legacy config: {e}")))?;
+    if dir.root() != out.root() {
+        for l in legacy.layers() {
+            let digest = Digest::try_from(l.digest())?;
+            if !out.has_blob(&digest) {
+                out.write_blob_verified(
+                    dir.open_blob(&digest, Some(l.size()))?,
+                    &digest,
+                    Some(l.size()),
+                )?;
+            }
+        }
+    }
+    let raw: Value = serde_json::from_slice(legacy.raw()).map_err(|e| invalid(e.to_string()))?;
+    let layers = raw
+        .get("layers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let diff_ids = config
+        .pointer("/rootfs/diff_ids")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    Ok((layers, diff_ids))
 }
 
 fn layer_path(dest: &str, rel: &[u8]) -> Vec<u8> {
@@ -271,7 +371,9 @@ fn layer_path(dest: &str, rel: &[u8]) -> Vec<u8> {
 
 /// What goes into a tar: an input entry, a synthesized directory, or an import.
 enum Item<'a> {
-    Input(&'a Entry),
+    /// An input entry, with the `site-packages` of its Python block when the
+    /// canonical `.pyc` rule applies to it.
+    Input(&'a Entry, Option<&'a [u8]>),
     Dir(u32),
     Import(String),
 }
@@ -305,7 +407,7 @@ fn write_items<W: Write>(
             Item::Import(content) => tar
                 .file_bytes(path, 0o644, content.as_bytes())
                 .map_err(io_err)?,
-            Item::Input(e) => match &e.kind {
+            Item::Input(e, site) => match &e.kind {
                 Kind::Dir => tar
                     .dir(path, e.mode)
                     .map_err(|err| Error::io(&e.abs, err))?,
@@ -321,7 +423,11 @@ fn write_items<W: Write>(
                         }
                         first_path.insert(e.dev_ino, path);
                     }
-                    if let Some(bytes) = pyc.and_then(|ctx| ctx.rewrite(e)).transpose()? {
+                    let rewritten = match (pyc, site) {
+                        (Some(ctx), Some(site)) => ctx.rewrite(e, site).transpose()?,
+                        _ => None,
+                    };
+                    if let Some(bytes) = rewritten {
                         tar.file_bytes(path, e.mode, &bytes)
                             .map_err(|err| Error::io(&e.abs, err))?;
                     } else {
@@ -338,13 +444,12 @@ fn write_items<W: Write>(
 
 /// What the pyc rule needs to know about a Python block's inputs.
 struct PycContext<'a> {
-    site_packages: &'a [u8],
     by_rel: &'a HashMap<&'a [u8], &'a Entry>,
     epoch: u64,
 }
 
 impl PycContext<'_> {
-    fn rewrite(&self, e: &Entry) -> Option<Result<Vec<u8>>> {
+    fn rewrite(&self, e: &Entry, site_packages: &[u8]) -> Option<Result<Vec<u8>>> {
         let name = e.name();
         if !name.ends_with(b".pyc") || e.size < 16 {
             return None;
@@ -361,7 +466,7 @@ impl PycContext<'_> {
         source_rel.extend_from_slice(module);
         source_rel.extend_from_slice(b".py");
         let source = self.by_rel.get(&source_rel[..])?;
-        let in_site = source_rel.get(self.site_packages.len()..)?;
+        let in_site = source_rel.get(site_packages.len()..)?;
         let in_site = std::str::from_utf8(in_site.strip_prefix(b"/").unwrap_or(in_site)).ok()?;
         let data = match std::fs::read(&e.abs) {
             Ok(d) => d,
@@ -377,10 +482,13 @@ fn sort_items(items: &mut [(Vec<u8>, Item<'_>)]) {
         let is_dir = matches!(
             item,
             Item::Dir(_)
-                | Item::Input(Entry {
-                    kind: Kind::Dir,
-                    ..
-                })
+                | Item::Input(
+                    Entry {
+                        kind: Kind::Dir,
+                        ..
+                    },
+                    _
+                )
         );
         if is_dir {
             k.push(b'/');
@@ -396,20 +504,64 @@ fn write_block(
     by_rel: &HashMap<&[u8], &Entry>,
     epoch: u64,
 ) -> Result<(Digest, u64)> {
+    let site = plan.python.as_ref().map(|py| &py.site_packages[..]);
     let items: Vec<(Vec<u8>, Item<'_>)> = plan
         .entries
         .iter()
-        .map(|(p, i)| (p.clone(), Item::Input(&entries[*i])))
+        .map(|(p, i)| (p.clone(), Item::Input(&entries[*i], site)))
         .collect();
-    let pyc = plan.python.as_ref().map(|py| PycContext {
-        site_packages: &py.site_packages,
-        by_rel,
-        epoch,
-    });
+    let pyc = PycContext { by_rel, epoch };
     let mut tar = CanonicalTar::new(out.blob_writer()?, epoch);
-    write_items(&mut tar, &items, pyc.as_ref())?;
+    write_items(&mut tar, &items, Some(&pyc))?;
     let writer = tar.finish().map_err(|e| Error::io(out.root(), e))?;
     Ok(writer.commit()?)
+}
+
+/// Directory entries for the components of `dest` above it.
+fn parent_dirs(dest: &str) -> Vec<(Vec<u8>, Item<'static>)> {
+    let mut items = Vec::new();
+    let mut prefix = String::new();
+    for component in dest.split('/').filter(|c| !c.is_empty()) {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(component);
+        if prefix.len() < dest.len() {
+            items.push((prefix.clone().into_bytes(), Item::Dir(0o755)));
+        }
+    }
+    items
+}
+
+/// Writes items as a canonical, canonically gzipped layer; returns its digest,
+/// size and diff ID.
+fn write_layer(
+    out: &OciDir,
+    items: &mut [(Vec<u8>, Item<'_>)],
+    pyc: Option<&PycContext<'_>>,
+    epoch: u64,
+) -> Result<(Digest, u64, Digest)> {
+    sort_items(items);
+    let blob = out.blob_writer()?;
+    let gz = flate2::GzBuilder::new()
+        .operating_system(255)
+        .write(blob, flate2::Compression::new(6));
+    let mut tar = CanonicalTar::new(
+        HashingWriter {
+            inner: gz,
+            hasher: Hasher::new(Algorithm::Sha256),
+        },
+        epoch,
+    );
+    write_items(&mut tar, items, pyc)?;
+    let hashing = tar.finish().map_err(|e| Error::io(out.root(), e))?;
+    let diff_id = hashing.hasher.finish();
+    let blob = hashing
+        .inner
+        .finish()
+        .map_err(|e| Error::io(out.root(), e))?;
+    let (digest, size) = blob.commit()?;
+    Ok((digest, size, diff_id))
 }
 
 struct AddResult<'a> {
@@ -505,23 +657,49 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
         })
         .collect();
     let mut history = Vec::new();
-    for (ai, a) in adds.iter().enumerate() {
-        let mut items: Vec<(Vec<u8>, Item<'_>)> = Vec::new();
-        let dest = a.add.dest.trim_matches('/');
-        let mut prefix = String::new();
-        for component in dest.split('/').filter(|c| !c.is_empty()) {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(component);
-            if prefix.len() < dest.len() {
-                items.push((prefix.clone().into_bytes(), Item::Dir(0o755)));
-            }
+    // The legacy variant's layers: the same, with every import materialized.
+    let has_blocks = adds.iter().any(|a| !a.plan.blocks.is_empty())
+        || base.as_ref().is_some_and(|b| !b.blocks.is_empty());
+    let fallback = spec.fallback == Fallback::Index && has_blocks;
+    let (mut legacy_layers, mut legacy_diff_ids) = match &base {
+        None => (Vec::new(), Vec::new()),
+        Some(Base {
+            legacy: Some((l, d)),
+            ..
+        }) => (l.clone(), d.clone()),
+        Some(_) if fallback => {
+            return Err(Error::option(
+                "--fallback index",
+                "the base image has imports but no legacy variant to build a legacy manifest on; use --fallback none",
+            ));
         }
+        Some(_) => (Vec::new(), Vec::new()),
+    };
+    for (ai, a) in adds.iter().enumerate() {
+        let dest = a.add.dest.trim_matches('/');
+        let mut items = parent_dirs(dest);
+        let mut legacy_items = parent_dirs(dest);
+        let python_roots: Vec<(&[u8], &[u8])> = a
+            .plan
+            .blocks
+            .iter()
+            .filter_map(|b| b.python.as_ref().map(|py| (b, &py.site_packages[..])))
+            .flat_map(|(b, site)| b.imports.iter().map(move |(root, _)| (&root[..], site)))
+            .collect();
         for e in &a.entries {
-            let root_at_image_root = e.rel.is_empty() && dest.is_empty();
-            if !(a.plan.is_owned(&e.rel) || root_at_image_root) {
-                items.push((layer_path(dest, &e.rel), Item::Input(e)));
+            if e.rel.is_empty() && dest.is_empty() {
+                continue;
+            }
+            let path = layer_path(dest, &e.rel);
+            if !a.plan.is_owned(&e.rel) {
+                items.push((path.clone(), Item::Input(e, None)));
+            }
+            if fallback {
+                let site = python_roots
+                    .iter()
+                    .find(|(root, _)| plan::is_under(&e.rel, root))
+                    .map(|(_, site)| *site);
+                legacy_items.push((path, Item::Input(e, site)));
             }
         }
         let mut imports = 0;
@@ -543,33 +721,28 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
                 imports += 1;
             }
         }
-        sort_items(&mut items);
         let media_type = if imports > 0 && spec.import_media_type {
             IMPORT_LAYER_TAR_GZIP
         } else {
             OCI_LAYER_TAR_GZIP
         };
-        let blob = out.blob_writer()?;
-        let gz = flate2::GzBuilder::new()
-            .operating_system(255)
-            .write(blob, flate2::Compression::new(6));
-        let mut tar = CanonicalTar::new(
-            HashingWriter {
-                inner: gz,
-                hasher: Hasher::new(Algorithm::Sha256),
-            },
+        let pyc = PycContext {
+            by_rel: &by_rel[ai],
             epoch,
-        );
-        write_items(&mut tar, &items, None)?;
-        let hashing = tar.finish().map_err(|e| Error::io(out.root(), e))?;
-        let diff_id = hashing.hasher.finish();
-        let blob = hashing
-            .inner
-            .finish()
-            .map_err(|e| Error::io(out.root(), e))?;
-        let (digest, size) = blob.commit()?;
+        };
+        let (digest, size, diff_id) = write_layer(&out, &mut items, None, epoch)?;
         layers.push(descriptor(media_type, &digest, size));
         diff_ids.push(Value::String(diff_id.to_string()));
+        if fallback {
+            if imports == 0 {
+                legacy_layers.push(descriptor(OCI_LAYER_TAR_GZIP, &digest, size));
+                legacy_diff_ids.push(Value::String(diff_id.to_string()));
+            } else {
+                let (ld, ls, lid) = write_layer(&out, &mut legacy_items, Some(&pyc), epoch)?;
+                legacy_layers.push(descriptor(OCI_LAYER_TAR_GZIP, &ld, ls));
+                legacy_diff_ids.push(Value::String(lid.to_string()));
+            }
+        }
         history.push(json!({
             "created": created(epoch),
             // The source path would make the config depend on the build directory.
@@ -611,7 +784,12 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
         });
     }
 
-    let config = make_config(spec, base.as_ref().map(|b| &b.config), diff_ids, history)?;
+    let config = make_config(
+        spec,
+        base.as_ref().map(|b| &b.config),
+        diff_ids,
+        history.clone(),
+    )?;
     let config_bytes =
         serde_json::to_vec(&config).map_err(|e| Error::option("config", e.to_string()))?;
     let (config_digest, config_size) = out.write_blob_bytes(&config_bytes)?;
@@ -628,19 +806,81 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
         serde_json::to_vec(&manifest).map_err(|e| Error::option("manifest", e.to_string()))?;
     let (manifest_digest, manifest_size) = out.write_blob_bytes(&manifest_bytes)?;
     let tag = spec.out.tag.as_deref().unwrap_or("latest");
-    let (os, arch, variant) = platform_of(&config);
-    let mut platform = oci_spec::image::PlatformBuilder::default()
-        .os(oci_spec::image::Os::from(os.as_str()))
-        .architecture(oci_spec::image::Arch::from(arch.as_str()));
-    if let Some(v) = variant {
-        platform = platform.variant(v);
-    }
-    let mut desc = oci_spec::image::Descriptor::new(
+    let platform = platform_json(&config);
+    let mut root = (
         oci_spec::image::MediaType::ImageManifest,
+        manifest_digest.clone(),
         manifest_size,
-        manifest_digest.as_oci().clone(),
     );
-    desc.set_platform(platform.build().ok());
+    let mut fallback_report = None;
+    if fallback {
+        let legacy_config = make_config(
+            spec,
+            base.as_ref().map(|b| &b.config),
+            legacy_diff_ids,
+            history,
+        )?;
+        let (lcd, lcs) = out.write_blob_bytes(&to_json(&legacy_config)?)?;
+        let legacy = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, &lcd, lcs),
+            "layers": legacy_layers,
+        });
+        let (lmd, lms) = out.write_blob_bytes(&to_json(&legacy)?)?;
+        out.write_blob_bytes(b"{}")?;
+        let anchor = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": ANCHOR_ARTIFACT_TYPE,
+            "config": {"mediaType": OCI_EMPTY, "digest": OCI_EMPTY_DIGEST, "size": OCI_EMPTY_SIZE},
+            "layers": manifest["blocks"].clone(),
+        });
+        let (amd, ams) = out.write_blob_bytes(&to_json(&anchor)?)?;
+        let mut legacy_desc = descriptor(OCI_MANIFEST, &lmd, lms);
+        legacy_desc["platform"] = platform.clone();
+        let mut blocks_desc = descriptor(OCI_MANIFEST, &manifest_digest, manifest_size);
+        blocks_desc["platform"] = platform.clone();
+        blocks_desc["annotations"] = json!({ANNOTATION_VARIANT: VARIANT_BLOCKS});
+        let mut anchor_desc = descriptor(OCI_MANIFEST, &amd, ams);
+        anchor_desc["platform"] = json!({"architecture": "unknown", "os": "unknown"});
+        anchor_desc["annotations"] = json!({ANNOTATION_VARIANT: VARIANT_ANCHOR});
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [legacy_desc, blocks_desc, anchor_desc],
+        });
+        let (id, is) = out.write_blob_bytes(&to_json(&index)?)?;
+        let blocks_layers: HashSet<&str> = manifest["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["digest"].as_str())
+            .collect();
+        let legacy_only_bytes = legacy["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| {
+                !l["digest"]
+                    .as_str()
+                    .is_some_and(|d| blocks_layers.contains(d))
+            })
+            .filter_map(|l| l["size"].as_u64())
+            .sum();
+        fallback_report = Some(FallbackReport {
+            index: id.clone(),
+            legacy_manifest: lmd,
+            anchor: amd,
+            legacy_only_bytes,
+        });
+        root = (oci_spec::image::MediaType::ImageIndex, id, is);
+    }
+    let mut desc =
+        oci_spec::image::Descriptor::new(root.0.clone(), root.2, root.1.as_oci().clone());
+    if root.0 == oci_spec::image::MediaType::ImageManifest {
+        desc.set_platform(serde_json::from_value(platform).ok());
+    }
     // index.json last: until here, the layout shows the previous image.
     out.set_tag(tag, desc)?;
     cache.save();
@@ -650,7 +890,21 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
         config: config_digest,
         layers: report_layers,
         blocks: report_blocks,
+        fallback: fallback_report,
     })
+}
+
+fn to_json(value: &Value) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::option("json", e.to_string()))
+}
+
+fn platform_json(config: &Value) -> Value {
+    let (os, arch, variant) = platform_of(config);
+    let mut p = json!({"architecture": arch, "os": os});
+    if let Some(v) = variant {
+        p["variant"] = json!(v);
+    }
+    p
 }
 
 fn created(epoch: u64) -> String {

@@ -37,6 +37,8 @@ pub struct BuildFile {
     /// Explicit block globs.
     #[serde(default)]
     pub blocks: Vec<String>,
+    /// `index` (the default) or `none`.
+    pub fallback: Option<crate::build::Fallback>,
     /// Layers to add, in order.
     #[serde(default)]
     pub add: Vec<FileAdd>,

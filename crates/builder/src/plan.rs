@@ -95,7 +95,7 @@ impl Plan {
     }
 }
 
-fn is_under(path: &[u8], root: &[u8]) -> bool {
+pub(crate) fn is_under(path: &[u8], root: &[u8]) -> bool {
     path == root
         || (path.len() > root.len()
             && path.starts_with(root)

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use oci_blocks_builder::file::BuildFile;
-use oci_blocks_builder::{Add, BuildSpec, build};
+use oci_blocks_builder::{Add, BuildSpec, Fallback, build};
 use oci_blocks_core::layout::OciRef;
 
 use crate::output::bytes;
@@ -72,9 +72,20 @@ pub struct Args {
     /// clients unaware of imports then unpack them without the blocks).
     #[arg(long)]
     standard_media_type: bool,
+    /// How to publish: `index` writes a fallback index (legacy manifest with every
+    /// import materialized, blocks manifest, GC anchor) that unmodified clients
+    /// and registries handle; `none` writes the bare blocks manifest.
+    #[arg(long, value_enum, value_name = "index|none")]
+    fallback: Option<FallbackArg>,
     /// Print the build report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FallbackArg {
+    Index,
+    None,
 }
 
 fn command_line(value: &str, option: &str) -> Result<Vec<String>> {
@@ -174,6 +185,11 @@ fn spec_from(args: &Args) -> Result<BuildSpec> {
             args.cache_dir.clone().or_else(default_cache_dir)
         },
         import_media_type: !args.standard_media_type,
+        fallback: match args.fallback {
+            Some(FallbackArg::Index) => Fallback::Index,
+            Some(FallbackArg::None) => Fallback::None,
+            None => file.fallback.unwrap_or_default(),
+        },
     })
 }
 
@@ -207,5 +223,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         report.blocks.len(),
         bytes(block_bytes)
     );
+    if let Some(f) = &report.fallback {
+        println!(
+            "  fallback index {} (legacy manifest {}, GC anchor {})",
+            f.index, f.legacy_manifest, f.anchor
+        );
+        println!(
+            "  the legacy copy costs {} in layers only it uses",
+            bytes(f.legacy_only_bytes)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -696,7 +696,10 @@ fn block_globs_make_blocks_and_small_files_stay_in_the_layer() -> Result<()> {
     ok(&["validate", &out])?;
     let json: serde_json::Value =
         serde_json::from_slice(&oci_blocks(&["inspect", "--json", &out])?.stdout)?;
-    let m = &json["info"]["manifests"][0];
+    let m = json["info"]["manifests"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["kind"] == "blocks-manifest"))
+        .context("a blocks manifest")?;
     let titles: Vec<&str> = m["blocks"]
         .as_array()
         .context("blocks")?

@@ -48,13 +48,38 @@ pub fn ok(args: &[&str]) -> Result<String> {
     Ok(text(&out))
 }
 
-/// Every blob digest the image at `dir`:`tag` references (manifest, config,
-/// layers, blocks).
-pub fn blobs_of(dir: &Path, tag: &str) -> Result<BTreeMap<String, String>> {
-    let layout = OciDir::open(dir)?;
+/// The manifest `tag` names, or, for a fallback index, its entry with the
+/// variant `variant` (`blocks`) or without one (`legacy`).
+pub fn manifest_of(layout: &OciDir, tag: &str, variant: &str) -> Result<(Digest, Manifest)> {
     let roots = layout.resolve(Some(tag))?;
     let d = Digest::try_from(roots[0].digest())?;
-    let m = Manifest::from_bytes(layout.read_json_blob(&d, None)?)?;
+    let bytes = layout.read_json_blob(&d, None)?;
+    if roots[0].media_type().to_string() != oci_blocks_core::names::OCI_INDEX {
+        return Ok((d, Manifest::from_bytes(bytes)?));
+    }
+    let index = oci_blocks_core::manifest::Index::from_bytes(bytes)?;
+    let entry = if variant == "legacy" {
+        index
+            .typed()
+            .manifests()
+            .first()
+            .context("an entry")?
+            .clone()
+    } else {
+        index.variant(variant).context("a blocks entry")?.clone()
+    };
+    let d = Digest::try_from(entry.digest())?;
+    Ok((
+        d.clone(),
+        Manifest::from_bytes(layout.read_json_blob(&d, None)?)?,
+    ))
+}
+
+/// Every blob digest the image at `dir`:`tag` references (manifest, config,
+/// layers, blocks), for a fallback index those of its blocks manifest.
+pub fn blobs_of(dir: &Path, tag: &str) -> Result<BTreeMap<String, String>> {
+    let layout = OciDir::open(dir)?;
+    let (d, m) = manifest_of(&layout, tag, "blocks")?;
     let mut out = BTreeMap::new();
     out.insert(d.to_string(), "manifest".to_string());
     out.insert(
@@ -128,9 +153,7 @@ fn extract_entry(
 /// shim is the real, secure unpacker.
 pub fn materialize(dir: &Path, tag: &str, root: &Path) -> Result<()> {
     let layout = OciDir::open(dir)?;
-    let roots = layout.resolve(Some(tag))?;
-    let m =
-        Manifest::from_bytes(layout.read_json_blob(&Digest::try_from(roots[0].digest())?, None)?)?;
+    let (_, m) = manifest_of(&layout, tag, "blocks")?;
     let blocks: BTreeMap<String, _> = m
         .blocks()
         .iter()
