@@ -68,6 +68,8 @@ pub struct BuildSpec {
     /// How the image is published: a fallback index (the default) or the bare
     /// blocks manifest.
     pub fallback: Fallback,
+    /// At most this many layers: adjacent added layers are merged to fit.
+    pub max_layers: Option<usize>,
 }
 
 /// How a build publishes its image (`spec/fallback.md`).
@@ -95,6 +97,9 @@ pub struct BuildReport {
     pub layers: Vec<LayerReport>,
     /// The blocks.
     pub blocks: Vec<BlockReport>,
+    /// Added layers merged to respect `--max-layers`, by destination.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<Vec<String>>,
     /// The fallback index and its legacy part, when one was written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackReport>,
@@ -370,12 +375,20 @@ fn layer_path(dest: &str, rel: &[u8]) -> Vec<u8> {
 }
 
 /// What goes into a tar: an input entry, a synthesized directory, or an import.
+#[derive(Clone)]
 enum Item<'a> {
-    /// An input entry, with the `site-packages` of its Python block when the
-    /// canonical `.pyc` rule applies to it.
-    Input(&'a Entry, Option<&'a [u8]>),
+    /// An input entry, with what the canonical `.pyc` rule needs when it applies.
+    Input(&'a Entry, Option<Pyc<'a>>),
     Dir(u32),
-    Import(String),
+    /// An import entry's content, and the path it materializes.
+    Import(String, Vec<u8>),
+}
+
+/// The `site-packages` of a Python block, and the entries of its input tree.
+#[derive(Clone, Copy)]
+struct Pyc<'a> {
+    site: &'a [u8],
+    by_rel: &'a HashMap<&'a [u8], &'a Entry>,
 }
 
 struct HashingWriter<W> {
@@ -397,14 +410,14 @@ impl<W: Write> Write for HashingWriter<W> {
 fn write_items<W: Write>(
     tar: &mut CanonicalTar<W>,
     items: &[(Vec<u8>, Item<'_>)],
-    pyc: Option<&PycContext<'_>>,
+    epoch: u64,
 ) -> Result<()> {
     let mut first_path: HashMap<(u64, u64), &[u8]> = HashMap::new();
     for (path, item) in items {
         let io_err = |e| Error::io(String::from_utf8_lossy(path).into_owned(), e);
         match item {
             Item::Dir(mode) => tar.dir(path, *mode).map_err(io_err)?,
-            Item::Import(content) => tar
+            Item::Import(content, _) => tar
                 .file_bytes(path, 0o644, content.as_bytes())
                 .map_err(io_err)?,
             Item::Input(e, site) => match &e.kind {
@@ -423,9 +436,9 @@ fn write_items<W: Write>(
                         }
                         first_path.insert(e.dev_ino, path);
                     }
-                    let rewritten = match (pyc, site) {
-                        (Some(ctx), Some(site)) => ctx.rewrite(e, site).transpose()?,
-                        _ => None,
+                    let rewritten = match site {
+                        Some(pyc) => rewrite_pyc(e, *pyc, epoch).transpose()?,
+                        None => None,
                     };
                     if let Some(bytes) = rewritten {
                         tar.file_bytes(path, e.mode, &bytes)
@@ -442,38 +455,31 @@ fn write_items<W: Write>(
     Ok(())
 }
 
-/// What the pyc rule needs to know about a Python block's inputs.
-struct PycContext<'a> {
-    by_rel: &'a HashMap<&'a [u8], &'a Entry>,
-    epoch: u64,
-}
-
-impl PycContext<'_> {
-    fn rewrite(&self, e: &Entry, site_packages: &[u8]) -> Option<Result<Vec<u8>>> {
-        let name = e.name();
-        if !name.ends_with(b".pyc") || e.size < 16 {
-            return None;
-        }
-        let dir = e.rel.get(..e.rel.len() - name.len() - 1)?;
-        let pkg = dir
-            .strip_suffix(b"/__pycache__")
-            .or_else(|| (dir == b"__pycache__").then_some(&b""[..]))?;
-        let module = name.split(|&b| b == b'.').next()?;
-        let mut source_rel = pkg.to_vec();
-        if !source_rel.is_empty() {
-            source_rel.push(b'/');
-        }
-        source_rel.extend_from_slice(module);
-        source_rel.extend_from_slice(b".py");
-        let source = self.by_rel.get(&source_rel[..])?;
-        let in_site = source_rel.get(site_packages.len()..)?;
-        let in_site = std::str::from_utf8(in_site.strip_prefix(b"/").unwrap_or(in_site)).ok()?;
-        let data = match std::fs::read(&e.abs) {
-            Ok(d) => d,
-            Err(err) => return Some(Err(Error::io(&e.abs, err))),
-        };
-        python::canonical_pyc(&data, in_site, source.mtime, source.size, self.epoch).map(Ok)
+/// The canonical form of a `.pyc` input, or `None` when the rule leaves it alone.
+fn rewrite_pyc(e: &Entry, pyc: Pyc<'_>, epoch: u64) -> Option<Result<Vec<u8>>> {
+    let name = e.name();
+    if !name.ends_with(b".pyc") || e.size < 16 {
+        return None;
     }
+    let dir = e.rel.get(..e.rel.len() - name.len() - 1)?;
+    let pkg = dir
+        .strip_suffix(b"/__pycache__")
+        .or_else(|| (dir == b"__pycache__").then_some(&b""[..]))?;
+    let module = name.split(|&b| b == b'.').next()?;
+    let mut source_rel = pkg.to_vec();
+    if !source_rel.is_empty() {
+        source_rel.push(b'/');
+    }
+    source_rel.extend_from_slice(module);
+    source_rel.extend_from_slice(b".py");
+    let source = pyc.by_rel.get(&source_rel[..])?;
+    let in_site = source_rel.get(pyc.site.len()..)?;
+    let in_site = std::str::from_utf8(in_site.strip_prefix(b"/").unwrap_or(in_site)).ok()?;
+    let data = match std::fs::read(&e.abs) {
+        Ok(d) => d,
+        Err(err) => return Some(Err(Error::io(&e.abs, err))),
+    };
+    python::canonical_pyc(&data, in_site, source.mtime, source.size, epoch).map(Ok)
 }
 
 fn sort_items(items: &mut [(Vec<u8>, Item<'_>)]) {
@@ -504,15 +510,17 @@ fn write_block(
     by_rel: &HashMap<&[u8], &Entry>,
     epoch: u64,
 ) -> Result<(Digest, u64)> {
-    let site = plan.python.as_ref().map(|py| &py.site_packages[..]);
+    let pyc = plan.python.as_ref().map(|py| Pyc {
+        site: &py.site_packages,
+        by_rel,
+    });
     let items: Vec<(Vec<u8>, Item<'_>)> = plan
         .entries
         .iter()
-        .map(|(p, i)| (p.clone(), Item::Input(&entries[*i], site)))
+        .map(|(p, i)| (p.clone(), Item::Input(&entries[*i], pyc)))
         .collect();
-    let pyc = PycContext { by_rel, epoch };
     let mut tar = CanonicalTar::new(out.blob_writer()?, epoch);
-    write_items(&mut tar, &items, Some(&pyc))?;
+    write_items(&mut tar, &items, epoch)?;
     let writer = tar.finish().map_err(|e| Error::io(out.root(), e))?;
     Ok(writer.commit()?)
 }
@@ -538,7 +546,6 @@ fn parent_dirs(dest: &str) -> Vec<(Vec<u8>, Item<'static>)> {
 fn write_layer(
     out: &OciDir,
     items: &mut [(Vec<u8>, Item<'_>)],
-    pyc: Option<&PycContext<'_>>,
     epoch: u64,
 ) -> Result<(Digest, u64, Digest)> {
     sort_items(items);
@@ -553,7 +560,7 @@ fn write_layer(
         },
         epoch,
     );
-    write_items(&mut tar, items, pyc)?;
+    write_items(&mut tar, items, epoch)?;
     let hashing = tar.finish().map_err(|e| Error::io(out.root(), e))?;
     let diff_id = hashing.hasher.finish();
     let blob = hashing
@@ -562,6 +569,112 @@ fn write_layer(
         .map_err(|e| Error::io(out.root(), e))?;
     let (digest, size) = blob.commit()?;
     Ok((digest, size, diff_id))
+}
+
+/// Which adds share a layer: each add alone, unless `max_layers` asks for fewer
+/// layers, in which case the bottom adds are merged into one. Base layers are
+/// never merged: they stay shared, byte for byte, with the base image.
+fn layer_groups(
+    max_layers: Option<usize>,
+    base: usize,
+    adds: usize,
+) -> Result<Vec<std::ops::Range<usize>>> {
+    let singles = || (0..adds).map(|i| i..i + 1).collect();
+    let Some(max) = max_layers else {
+        return Ok(singles());
+    };
+    let needed = base + usize::from(adds > 0);
+    if max < needed {
+        return Err(Error::option(
+            format!("--max-layers {max}"),
+            format!(
+                "the base image has {base} layers, which are kept as they are, and the added layers need at least one more: the cap can be at least {needed}"
+            ),
+        ));
+    }
+    let room = max - base;
+    if adds <= room {
+        return Ok(singles());
+    }
+    let first = adds - room + 1;
+    Ok(std::iter::once(0..first)
+        .chain((first..adds).map(|i| i..i + 1))
+        .collect())
+}
+
+/// The entries of one layer, merged from several adds as the layers would have
+/// stacked: a later path replaces an earlier one (and its subtree when the
+/// types differ), and an import replaces what the earlier adds had at its path.
+#[derive(Default)]
+struct Merged<'a> {
+    items: BTreeMap<Vec<u8>, Item<'a>>,
+}
+
+impl<'a> Merged<'a> {
+    fn is_dir(item: &Item<'_>) -> bool {
+        matches!(
+            item,
+            Item::Dir(_)
+                | Item::Input(
+                    Entry {
+                        kind: Kind::Dir,
+                        ..
+                    },
+                    _
+                )
+        )
+    }
+
+    fn remove_subtree(&mut self, path: &[u8]) {
+        let mut prefix = path.to_vec();
+        prefix.push(b'/');
+        let below: Vec<Vec<u8>> = self
+            .items
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in below {
+            self.items.remove(&k);
+        }
+    }
+
+    fn add(&mut self, items: Vec<(Vec<u8>, Item<'a>)>, dest: &str) -> Result<()> {
+        for (path, item) in items {
+            // A path at or below an import of an earlier add would modify the
+            // imported tree, which one layer cannot express.
+            let into_import = self.items.values().any(|existing| match existing {
+                Item::Import(_, target) => {
+                    plan::is_under(&path, target) && !matches!(item, Item::Import(..))
+                }
+                _ => false,
+            });
+            if into_import {
+                return Err(Error::option(
+                    format!("--max-layers (merging the layer of {dest})"),
+                    format!(
+                        "{} would change a tree an earlier layer imports; raise the cap",
+                        String::from_utf8_lossy(&path)
+                    ),
+                ));
+            }
+            if let Item::Import(_, target) = &item {
+                self.items.remove(target);
+                self.remove_subtree(target);
+            }
+            if let Some(existing) = self.items.get(&path) {
+                if !(Self::is_dir(existing) && Self::is_dir(&item)) {
+                    self.remove_subtree(&path);
+                }
+            }
+            self.items.insert(path, item);
+        }
+        Ok(())
+    }
+
+    fn into_vec(self) -> Vec<(Vec<u8>, Item<'a>)> {
+        self.items.into_iter().collect()
+    }
 }
 
 struct AddResult<'a> {
@@ -675,62 +788,85 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
         }
         Some(_) => (Vec::new(), Vec::new()),
     };
-    for (ai, a) in adds.iter().enumerate() {
-        let dest = a.add.dest.trim_matches('/');
-        let mut items = parent_dirs(dest);
-        let mut legacy_items = parent_dirs(dest);
-        let python_roots: Vec<(&[u8], &[u8])> = a
-            .plan
-            .blocks
-            .iter()
-            .filter_map(|b| b.python.as_ref().map(|py| (b, &py.site_packages[..])))
-            .flat_map(|(b, site)| b.imports.iter().map(move |(root, _)| (&root[..], site)))
-            .collect();
-        for e in &a.entries {
-            if e.rel.is_empty() && dest.is_empty() {
-                continue;
-            }
-            let path = layer_path(dest, &e.rel);
-            if !a.plan.is_owned(&e.rel) {
-                items.push((path.clone(), Item::Input(e, None)));
-            }
-            if fallback {
-                let site = python_roots
-                    .iter()
-                    .find(|(root, _)| plan::is_under(&e.rel, root))
-                    .map(|(_, site)| *site);
-                legacy_items.push((path, Item::Input(e, site)));
-            }
-        }
+    let groups = layer_groups(
+        spec.max_layers,
+        base.as_ref().map_or(0, |b| b.layers.len()),
+        adds.len(),
+    )?;
+    let mut merged = Vec::new();
+    for group in &groups {
+        let mut items = Merged::default();
+        let mut legacy_items = Merged::default();
         let mut imports = 0;
-        for (bi, b) in a.plan.blocks.iter().enumerate() {
-            let cached = block_of[&(ai, bi)];
-            for (target, source) in &b.imports {
-                let path = layer_path(dest, target);
-                let (dir, name) = match path.iter().rposition(|&c| c == b'/') {
-                    Some(i) => (&path[..=i], &path[i + 1..]),
-                    None => (&b""[..], &path[..]),
-                };
-                let mut entry_path = dir.to_vec();
-                entry_path.extend_from_slice(IMPORT_PREFIX.as_bytes());
-                entry_path.extend_from_slice(name);
-                items.push((
-                    entry_path,
-                    Item::Import(format!("{source} from {}\n", cached.digest)),
-                ));
-                imports += 1;
+        for ai in group.clone() {
+            let a = &adds[ai];
+            let dest = a.add.dest.trim_matches('/');
+            let mut add_items = parent_dirs(dest);
+            let mut add_legacy = parent_dirs(dest);
+            let python: Vec<(&[u8], Pyc<'_>)> = a
+                .plan
+                .blocks
+                .iter()
+                .filter_map(|b| {
+                    b.python.as_ref().map(|py| {
+                        (
+                            b,
+                            Pyc {
+                                site: &py.site_packages,
+                                by_rel: &by_rel[ai],
+                            },
+                        )
+                    })
+                })
+                .flat_map(|(b, pyc)| b.imports.iter().map(move |(root, _)| (&root[..], pyc)))
+                .collect();
+            for e in &a.entries {
+                if e.rel.is_empty() && dest.is_empty() {
+                    continue;
+                }
+                let path = layer_path(dest, &e.rel);
+                if !a.plan.is_owned(&e.rel) {
+                    add_items.push((path.clone(), Item::Input(e, None)));
+                }
+                if fallback {
+                    let pyc = python
+                        .iter()
+                        .find(|(root, _)| plan::is_under(&e.rel, root))
+                        .map(|(_, p)| *p);
+                    add_legacy.push((path, Item::Input(e, pyc)));
+                }
             }
+            for (bi, b) in a.plan.blocks.iter().enumerate() {
+                let cached = block_of[&(ai, bi)];
+                for (target, source) in &b.imports {
+                    let path = layer_path(dest, target);
+                    let (dir, name) = match path.iter().rposition(|&c| c == b'/') {
+                        Some(i) => (&path[..=i], &path[i + 1..]),
+                        None => (&b""[..], &path[..]),
+                    };
+                    let mut entry_path = dir.to_vec();
+                    entry_path.extend_from_slice(IMPORT_PREFIX.as_bytes());
+                    entry_path.extend_from_slice(name);
+                    add_items.push((
+                        entry_path,
+                        Item::Import(format!("{source} from {}\n", cached.digest), path.clone()),
+                    ));
+                    imports += 1;
+                }
+            }
+            items.add(add_items, &a.add.dest)?;
+            legacy_items.add(add_legacy, &a.add.dest)?;
+        }
+        let dests: Vec<&str> = group.clone().map(|ai| adds[ai].add.dest.as_str()).collect();
+        if dests.len() > 1 {
+            merged.push(dests.iter().map(|d| d.to_string()).collect::<Vec<_>>());
         }
         let media_type = if imports > 0 && spec.import_media_type {
             IMPORT_LAYER_TAR_GZIP
         } else {
             OCI_LAYER_TAR_GZIP
         };
-        let pyc = PycContext {
-            by_rel: &by_rel[ai],
-            epoch,
-        };
-        let (digest, size, diff_id) = write_layer(&out, &mut items, None, epoch)?;
+        let (digest, size, diff_id) = write_layer(&out, &mut items.into_vec(), epoch)?;
         layers.push(descriptor(media_type, &digest, size));
         diff_ids.push(Value::String(diff_id.to_string()));
         if fallback {
@@ -738,7 +874,7 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
                 legacy_layers.push(descriptor(OCI_LAYER_TAR_GZIP, &digest, size));
                 legacy_diff_ids.push(Value::String(diff_id.to_string()));
             } else {
-                let (ld, ls, lid) = write_layer(&out, &mut legacy_items, Some(&pyc), epoch)?;
+                let (ld, ls, lid) = write_layer(&out, &mut legacy_items.into_vec(), epoch)?;
                 legacy_layers.push(descriptor(OCI_LAYER_TAR_GZIP, &ld, ls));
                 legacy_diff_ids.push(Value::String(lid.to_string()));
             }
@@ -746,16 +882,22 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
         history.push(json!({
             "created": created(epoch),
             // The source path would make the config depend on the build directory.
-            "created_by": format!("oci-blocks build: add {}", a.add.dest),
+            "created_by": format!("oci-blocks build: add {}", dests.join(", ")),
             "comment": format!("{imports} imports"),
         }));
         report_layers.push(LayerReport {
             digest,
             size,
             media_type: media_type.to_string(),
-            source: a.add.dest.clone(),
+            source: dests.join(", "),
             imports,
         });
+    }
+    if layers.len() > 125 && spec.max_layers.is_none() {
+        tracing::warn!(
+            "the image has {} layers; overlayfs stacks about 125 to 127: --max-layers merges adjacent added layers",
+            layers.len()
+        );
     }
 
     // Blocks of the manifest: the base's, then ours in first-use order, each once.
@@ -890,6 +1032,7 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
         config: config_digest,
         layers: report_layers,
         blocks: report_blocks,
+        merged,
         fallback: fallback_report,
     })
 }

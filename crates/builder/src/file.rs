@@ -37,6 +37,8 @@ pub struct BuildFile {
     /// Explicit block globs.
     #[serde(default)]
     pub blocks: Vec<String>,
+    /// At most this many layers.
+    pub max_layers: Option<usize>,
     /// `index` (the default) or `none`.
     pub fallback: Option<crate::build::Fallback>,
     /// Layers to add, in order.

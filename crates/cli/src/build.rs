@@ -77,6 +77,10 @@ pub struct Args {
     /// and registries handle; `none` writes the bare blocks manifest.
     #[arg(long, value_enum, value_name = "index|none")]
     fallback: Option<FallbackArg>,
+    /// At most N layers: adjacent added layers are merged to fit (base layers
+    /// stay shared). Without it, more than 125 layers draws a warning.
+    #[arg(long, value_name = "N")]
+    max_layers: Option<usize>,
     /// Print the build report as JSON.
     #[arg(long)]
     json: bool,
@@ -185,6 +189,7 @@ fn spec_from(args: &Args) -> Result<BuildSpec> {
             args.cache_dir.clone().or_else(default_cache_dir)
         },
         import_media_type: !args.standard_media_type,
+        max_layers: args.max_layers.or(file.max_layers),
         fallback: match args.fallback {
             Some(FallbackArg::Index) => Fallback::Index,
             Some(FallbackArg::None) => Fallback::None,
@@ -223,6 +228,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         report.blocks.len(),
         bytes(block_bytes)
     );
+    for group in &report.merged {
+        println!(
+            "  merged   {} into one layer (--max-layers)",
+            group.join(", ")
+        );
+    }
     if let Some(f) = &report.fallback {
         println!(
             "  fallback index {} (legacy manifest {}, GC anchor {})",

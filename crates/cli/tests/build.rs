@@ -743,3 +743,94 @@ fn block_globs_make_blocks_and_small_files_stay_in_the_layer() -> Result<()> {
 fn expected_tree_of(src: &Path, dest: &str) -> Result<BTreeMap<String, Node>> {
     expected_tree(&[(src, dest)], &|_, b| b)
 }
+
+#[test]
+fn max_layers_merges_added_layers_and_keeps_the_tree() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut adds = Vec::new();
+    for i in 0..130 {
+        let dir = tmp.path().join(format!("in/{i:03}"));
+        fs::create_dir_all(dir.join("nested"))?;
+        if i % 2 == 0 {
+            fs::write(dir.join("nested/shared.txt"), format!("written by {i}\n"))?;
+            fs::write(dir.join("data.txt"), format!("layer {i}\n"))?;
+            if i % 10 == 0 {
+                make_jar(
+                    &dir.join(format!("dep-{i}.jar")),
+                    "org.example",
+                    &format!("dep-{i}"),
+                    "1.0",
+                )?;
+            }
+            adds.push(format!("{}:/opt/d{i}", dir.display()));
+        } else {
+            // Odd layers land inside the previous one: they overwrite its files.
+            fs::write(dir.join("shared.txt"), format!("written by {i}\n"))?;
+            adds.push(format!("{}:/opt/d{}/nested", dir.display(), i - 1));
+        }
+    }
+    let build = |dir: &str, extra: &[&str]| -> Result<serde_json::Value> {
+        let mut args = vec![
+            "build",
+            "--no-cache",
+            "--fallback",
+            "none",
+            "--json",
+            "--out",
+        ];
+        let out = format!("oci:{}:t", tmp.path().join(dir).display());
+        args.push(&out);
+        for a in &adds {
+            args.push("--add");
+            args.push(a);
+        }
+        args.extend_from_slice(extra);
+        let o = oci_blocks(&args)?;
+        ensure!(o.status.success(), "{}", text(&o));
+        ok(&["validate", &out])?;
+        Ok(serde_json::from_slice(&o.stdout)?)
+    };
+    let uncapped = build("uncapped", &[]).context("uncapped build")?;
+    ensure!(uncapped["layers"].as_array().map(Vec::len) == Some(130));
+    let capped = build("capped", &["--max-layers", "127"])?;
+    ensure!(
+        capped["layers"].as_array().map(Vec::len) == Some(127),
+        "{}",
+        capped["layers"]
+    );
+    ensure!(
+        capped["merged"][0].as_array().map(Vec::len) == Some(4),
+        "{}",
+        capped["merged"]
+    );
+    let (a, b) = (tmp.path().join("root-a"), tmp.path().join("root-b"));
+    materialize(&tmp.path().join("uncapped"), "t", &a)?;
+    materialize(&tmp.path().join("capped"), "t", &b)?;
+    assert_same(
+        &describe(&a, &|_, x| x)?,
+        &describe(&b, &|_, x| x)?,
+        "capped against uncapped",
+    )?;
+    let tree = describe(&b, &|_, x| x)?;
+    ensure!(
+        tree.get("opt/d0/nested/shared.txt")
+            .map(|n| n.content.clone())
+            == Some(oci_blocks_core::Digest::sha256(b"written by 1\n").to_string()),
+        "the later layer's file must win: {:?}",
+        tree.get("opt/d0/nested/shared.txt")
+    );
+    // A cap below what the added layers need is refused.
+    fails_naming(
+        &[
+            "build",
+            "--no-cache",
+            "--add",
+            &adds[0],
+            "--max-layers",
+            "0",
+            "--out",
+            &format!("oci:{}:x", tmp.path().join("x").display()),
+        ],
+        &["--max-layers 0", "at least 1"],
+    )
+}
