@@ -70,6 +70,9 @@ pub struct BuildSpec {
     pub fallback: Fallback,
     /// At most this many layers: adjacent added layers are merged to fit.
     pub max_layers: Option<usize>,
+    /// Leave the base image's blobs out of the output layout (they stay
+    /// referenced; the layout entry is marked `io.oci-blocks.sparse`).
+    pub sparse: bool,
 }
 
 /// How a build publishes its image (`spec/fallback.md`).
@@ -154,6 +157,12 @@ fn descriptor(media_type: &str, digest: &Digest, size: u64) -> Value {
 }
 
 fn check_options(spec: &BuildSpec) -> Result<()> {
+    if spec.sparse && spec.base.is_none() {
+        return Err(Error::option(
+            "--sparse",
+            "a sparse layout leaves out the base image's blobs, and there is no --base",
+        ));
+    }
     let mut seen = HashSet::new();
     for add in &spec.adds {
         let option = format!("--add {}:{}", add.src.display(), add.dest);
@@ -212,7 +221,12 @@ struct Base {
     legacy: Option<(Vec<Value>, Vec<Value>)>,
 }
 
-fn load_base(reference: &OciRef, platform: Option<&str>, out: &OciDir) -> Result<Base> {
+fn load_base(
+    reference: &OciRef,
+    platform: Option<&str>,
+    out: &OciDir,
+    sparse: bool,
+) -> Result<Base> {
     let dir = OciDir::open(&reference.path)?;
     let checked = check_image(&dir, reference.tag.as_deref())?;
     if !checked.report.is_valid() {
@@ -295,12 +309,12 @@ fn load_base(reference: &OciRef, platform: Option<&str>, out: &OciDir) -> Result
             .unwrap_or_default()
     };
     let legacy = match legacy_entry {
-        Some(entry) => Some(load_legacy(&dir, out, reference, &entry)?),
+        Some(entry) => Some(load_legacy(&dir, out, reference, &entry, sparse)?),
         None if blocks.is_empty() => Some((layers.clone(), diff_ids(&config))),
         None => None,
     };
     // Reuse the base's blobs byte for byte, verified as they are copied.
-    if dir.root() != out.root() {
+    if dir.root() != out.root() && !sparse {
         for d in manifest.layers().iter().chain(manifest.blocks()) {
             let digest = Digest::try_from(d.digest())?;
             if !out.has_blob(&digest) {
@@ -326,6 +340,7 @@ fn load_legacy(
     out: &OciDir,
     reference: &OciRef,
     entry: &oci_spec::image::Descriptor,
+    sparse: bool,
 ) -> Result<(Vec<Value>, Vec<Value>)> {
     let invalid = |report: String| Error::InvalidBase {
         reference: reference.to_string(),
@@ -337,7 +352,7 @@ fn load_legacy(
     let cd = Digest::try_from(c.digest())?;
     let config: Value = serde_json::from_slice(&dir.read_json_blob(&cd, Some(c.size()))?)
         .map_err(|e| invalid(format!("legacy config: {e}")))?;
-    if dir.root() != out.root() {
+    if dir.root() != out.root() && !sparse {
         for l in legacy.layers() {
             let digest = Digest::try_from(l.digest())?;
             if !out.has_blob(&digest) {
@@ -692,7 +707,7 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
     let base = spec
         .base
         .as_ref()
-        .map(|b| load_base(b, spec.platform.as_deref(), &out))
+        .map(|b| load_base(b, spec.platform.as_deref(), &out, spec.sparse))
         .transpose()?;
 
     let adds: Vec<AddResult<'_>> = spec
@@ -1022,6 +1037,11 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
         oci_spec::image::Descriptor::new(root.0.clone(), root.2, root.1.as_oci().clone());
     if root.0 == oci_spec::image::MediaType::ImageManifest {
         desc.set_platform(serde_json::from_value(platform).ok());
+    }
+    if spec.sparse {
+        desc.set_annotations(Some(
+            [(ANNOTATION_SPARSE.to_string(), "true".to_string())].into(),
+        ));
     }
     // index.json last: until here, the layout shows the previous image.
     out.set_tag(tag, desc)?;

@@ -81,6 +81,10 @@ pub struct Args {
     /// stay shared). Without it, more than 125 layers draws a warning.
     #[arg(long, value_name = "N")]
     max_layers: Option<usize>,
+    /// Leave the base image's blobs out of the output layout (they stay
+    /// referenced; validate reports them as absent by design).
+    #[arg(long)]
+    sparse: bool,
     /// Print the build report as JSON.
     #[arg(long)]
     json: bool,
@@ -190,6 +194,7 @@ fn spec_from(args: &Args) -> Result<BuildSpec> {
         },
         import_media_type: !args.standard_media_type,
         max_layers: args.max_layers.or(file.max_layers),
+        sparse: args.sparse,
         fallback: match args.fallback {
             Some(FallbackArg::Index) => Fallback::Index,
             Some(FallbackArg::None) => Fallback::None,

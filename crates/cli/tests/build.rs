@@ -834,3 +834,93 @@ fn max_layers_merges_added_layers_and_keeps_the_tree() -> Result<()> {
         &["--max-layers 0", "at least 1"],
     )
 }
+
+#[test]
+fn sparse_output_omits_exactly_the_base_blobs() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let base_dir = tmp.path().join("base");
+    let base = format!("oci:{}:base", base_dir.display());
+    ok(&[
+        "build",
+        "--no-cache",
+        "-f",
+        "examples/python-app/build.toml",
+        "--out",
+        &base,
+    ])?;
+    let out_dir = tmp.path().join("app");
+    let app = format!("oci:{}:app", out_dir.display());
+    ok(&[
+        "build",
+        "--no-cache",
+        "--sparse",
+        "--base",
+        &base,
+        "--add",
+        "examples/java-app/lib:/app/lib",
+        "--out",
+        &app,
+    ])?;
+    let base_blobs: BTreeSet<String> = fs::read_dir(base_dir.join("blobs/sha256"))?
+        .filter_map(|e| e.ok())
+        .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
+        .collect();
+    // Every blob of the base that the app's images reference (layers, blocks,
+    // legacy layers), and only those, is absent.
+    let present: BTreeSet<String> = fs::read_dir(out_dir.join("blobs/sha256"))?
+        .filter_map(|e| e.ok())
+        .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
+        .collect();
+    let out = oci_blocks(&["validate", "--json", &app])?;
+    ensure!(
+        out.status.success(),
+        "a sparse layout is valid: {}",
+        text(&out)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let absent: BTreeSet<String> = json["violations"]
+        .as_array()
+        .context("violations")?
+        .iter()
+        .filter(|v| v["rule"] == "blob.absent-sparse")
+        .filter_map(|v| {
+            v["message"]
+                .as_str()?
+                .split_whitespace()
+                .nth(1)
+                .map(str::to_string)
+        })
+        .collect();
+    let base_referenced: BTreeSet<String> = {
+        let b = blobs_of(&base_dir, "base")?;
+        let layout = oci_blocks_core::layout::OciDir::open(&base_dir)?;
+        let (_, legacy) = manifest_of(&layout, "base", "legacy")?;
+        b.into_iter()
+            .filter(|(_, k)| k == "layer" || k.starts_with("block"))
+            .map(|(d, _)| d)
+            .chain(legacy.layers().iter().map(|l| l.digest().to_string()))
+            .collect()
+    };
+    ensure!(
+        absent == base_referenced,
+        "absent {absent:#?}\nbase {base_referenced:#?}"
+    );
+    ensure!(
+        absent
+            .iter()
+            .all(|d| !present.contains(d) && base_blobs.contains(d))
+    );
+    // --sparse needs a base.
+    fails_naming(
+        &[
+            "build",
+            "--no-cache",
+            "--sparse",
+            "--add",
+            "examples/java-app/lib:/lib",
+            "--out",
+            &app,
+        ],
+        &["--sparse", "no --base"],
+    )
+}

@@ -37,6 +37,9 @@ pub struct ImageSpec {
     /// How the image is published in the layout.
     #[serde(default)]
     pub index: IndexMode,
+    /// Mark the layout entry sparse (`io.oci-blocks.sparse`).
+    #[serde(default)]
+    pub sparse: bool,
 }
 
 /// The expected verdict of a spec example.
@@ -115,6 +118,9 @@ pub struct LayerSpec {
     /// Store these bytes instead of a tar.
     #[serde(default)]
     pub raw: Option<String>,
+    /// Leave the blob out of the layout.
+    #[serde(default)]
+    pub missing: bool,
     /// The entries.
     #[serde(default)]
     pub entries: Vec<EntrySpec>,
@@ -375,6 +381,10 @@ pub fn build(spec: &ImageSpec, path: &Path, tag: &str) -> Result<Built> {
         if l.corrupt {
             corrupt(&dir, &digest)?;
         }
+        if l.missing {
+            let path = dir.blob_path(&digest);
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
         layers.push((descriptor(media_type, &digest, size), diff_id.to_string()));
     }
     let blocks_field = (!spec.blocks.is_empty()).then_some(&declared[..]);
@@ -422,10 +432,13 @@ pub fn build(spec: &ImageSpec, path: &Path, tag: &str) -> Result<Built> {
     } else {
         oci_spec::image::MediaType::ImageManifest
     };
-    dir.set_tag(
-        tag,
-        oci_spec::image::Descriptor::new(media, root.2, root.1.as_oci().clone()),
-    )?;
+    let mut descriptor = oci_spec::image::Descriptor::new(media, root.2, root.1.as_oci().clone());
+    if spec.sparse {
+        descriptor.set_annotations(Some(
+            [(ANNOTATION_SPARSE.to_string(), "true".to_string())].into(),
+        ));
+    }
+    dir.set_tag(tag, descriptor)?;
     Ok(Built {
         root: root.1,
         manifest: md,

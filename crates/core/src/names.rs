@@ -55,6 +55,10 @@ pub const VARIANT_ANCHOR: &str = "anchor";
 pub const ANNOTATION_MAVEN_COORDINATES: &str = "io.oci-blocks.maven.coordinates";
 /// Block descriptor annotation: `name==version` of a Python distribution block.
 pub const ANNOTATION_PYTHON_DISTRIBUTION: &str = "io.oci-blocks.python.distribution";
+/// Annotation on an `index.json` entry of an OCI layout: `true` when the layout
+/// omits blobs of the image on purpose (a sparse export without its base image's
+/// blobs, `spec/blocks.md`).
+pub const ANNOTATION_SPARSE: &str = "io.oci-blocks.sparse";
 /// The image-spec's tag annotation in an OCI layout's `index.json`.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// The image-spec's title annotation.

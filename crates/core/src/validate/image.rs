@@ -18,7 +18,7 @@ use super::rules::{Report, Rule, Violation};
 use super::scan::{BlobProblem, FoundImport, TarScan, scan_blob};
 use crate::digest::Digest;
 use crate::layout::OciDir;
-use crate::names::{ANCHOR_ARTIFACT_TYPE, VARIANT_BLOCKS, is_import_layer};
+use crate::names::{ANCHOR_ARTIFACT_TYPE, ANNOTATION_SPARSE, VARIANT_BLOCKS, is_import_layer};
 use crate::{Error, Result};
 
 /// What an image holds, as `oci-blocks inspect` shows it.
@@ -122,8 +122,14 @@ pub fn check_image(dir: &OciDir, tag: Option<&str>) -> Result<ImageReport> {
         scans: HashMap::new(),
         blocks_of: HashMap::new(),
         layers_of: HashMap::new(),
+        sparse: false,
     };
     for (i, root) in roots.iter().enumerate() {
+        walker.sparse = root
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_SPARSE))
+            .is_some_and(|v| v == "true");
         walker.visit(root, &format!("index.json /manifests/{i}"))?;
     }
     Ok(walker.out)
@@ -136,10 +142,24 @@ struct Walker<'a> {
     scans: HashMap<Digest, TarScan>,
     blocks_of: HashMap<Digest, Vec<(Digest, u64)>>,
     layers_of: HashMap<Digest, Vec<(Digest, u64)>>,
+    /// The image being walked is in a sparse layout.
+    sparse: bool,
 }
 
-fn blob_violation(problem: &BlobProblem, subject: &str, digest: &Digest) -> Violation {
+fn blob_violation(
+    problem: &BlobProblem,
+    subject: &str,
+    digest: &Digest,
+    sparse: bool,
+) -> Violation {
     match problem {
+        BlobProblem::Missing if sparse => Violation::new(
+            Rule::BlobAbsentSparse,
+            subject,
+            format!(
+                "blob {digest} is absent by design: the layout is sparse ({ANNOTATION_SPARSE})"
+            ),
+        ),
         BlobProblem::Missing => Violation::new(
             Rule::BlobMissing,
             subject,
@@ -212,7 +232,9 @@ impl Walker<'_> {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) => match problem_of(&e) {
                 Some(p) => {
-                    self.out.report.push(blob_violation(&p, subject, digest));
+                    self.out
+                        .report
+                        .push(blob_violation(&p, subject, digest, self.sparse));
                     Ok(None)
                 }
                 None => Err(e),
@@ -476,7 +498,7 @@ impl Walker<'_> {
         let scan = scan_blob(self.dir, digest, d.size(), &media_type)?;
         let report = &mut self.out.report;
         if let Some(p) = &scan.blob_problem {
-            report.push(blob_violation(p, subject, digest));
+            report.push(blob_violation(p, subject, digest, self.sparse));
         } else if let Some(e) = &scan.tar_error {
             report.push(Violation::new(
                 Rule::LayerTarMalformed,

@@ -63,6 +63,8 @@ rules! {
     FallbackAnchorIncomplete = "fallback.anchor-incomplete", Error, "fallback.md";
     /// A referenced blob is not in the layout.
     BlobMissing = "blob.missing", Error, "blocks.md";
+    /// A blob a sparse layout omits on purpose.
+    BlobAbsentSparse = "blob.absent-sparse", Warning, "blocks.md";
     /// A blob's content does not hash to its digest.
     BlobDigestMismatch = "blob.digest-mismatch", Error, "blocks.md";
     /// A blob's size differs from its descriptor.
