@@ -51,8 +51,11 @@ pub struct BuildSpec {
     pub user: Option<String>,
     /// `config.Labels` to add.
     pub labels: BTreeMap<String, String>,
-    /// `OS/ARCH[/VARIANT]`; the base's, or linux/amd64.
-    pub platform: Option<String>,
+    /// `OS/ARCH[/VARIANT]` of each image to build; none: the base's, or
+    /// linux/amd64. Several give one index.
+    pub platforms: Vec<String>,
+    /// Layers added only for one platform (after the common ones).
+    pub adds_for: Vec<(String, Add)>,
     /// Where the image goes.
     pub out: OciRef,
     /// Explicit block globs.
@@ -92,7 +95,19 @@ pub enum Fallback {
 pub struct BuildReport {
     /// The image reference written.
     pub image: String,
-    /// The manifest's digest.
+    /// Each platform's image, in index order.
+    pub platforms: Vec<PlatformReport>,
+    /// The fallback index, when one was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackReport>,
+}
+
+/// One platform's image.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlatformReport {
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    /// The (blocks) manifest's digest.
     pub manifest: Digest,
     /// The config's digest.
     pub config: Digest,
@@ -103,9 +118,9 @@ pub struct BuildReport {
     /// Added layers merged to respect `--max-layers`, by destination.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub merged: Vec<Vec<String>>,
-    /// The fallback index and its legacy part, when one was written.
+    /// The legacy manifest's digest, when a fallback was built.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fallback: Option<FallbackReport>,
+    pub legacy_manifest: Option<Digest>,
 }
 
 /// The fallback index of a build.
@@ -113,11 +128,9 @@ pub struct BuildReport {
 pub struct FallbackReport {
     /// The index's digest (what the tag names).
     pub index: Digest,
-    /// The legacy manifest's digest.
-    pub legacy_manifest: Digest,
     /// The GC anchor's digest.
     pub anchor: Digest,
-    /// Bytes of the layers only the legacy manifest uses: what the legacy copy
+    /// Bytes of the layers only the legacy manifests use: what the legacy copy
     /// costs in storage and transfer.
     pub legacy_only_bytes: u64,
 }
@@ -157,6 +170,24 @@ fn descriptor(media_type: &str, digest: &Digest, size: u64) -> Value {
 }
 
 fn check_options(spec: &BuildSpec) -> Result<()> {
+    let mut platforms = HashSet::new();
+    for p in &spec.platforms {
+        parse_platform(p)?;
+        if !platforms.insert(p.as_str()) {
+            return Err(Error::option(
+                format!("--platform {p}"),
+                "the platform is given twice",
+            ));
+        }
+    }
+    for (p, add) in &spec.adds_for {
+        if !platforms.contains(p.as_str()) {
+            return Err(Error::option(
+                format!("--add-for {p} {}:{}", add.src.display(), add.dest),
+                format!("{p} is not a platform being built (give it with --platform)"),
+            ));
+        }
+    }
     if spec.sparse && spec.base.is_none() {
         return Err(Error::option(
             "--sparse",
@@ -164,7 +195,12 @@ fn check_options(spec: &BuildSpec) -> Result<()> {
         ));
     }
     let mut seen = HashSet::new();
-    for add in &spec.adds {
+    let all_adds = spec
+        .adds
+        .iter()
+        .map(|a| (None, a))
+        .chain(spec.adds_for.iter().map(|(p, a)| (Some(p), a)));
+    for (platform, add) in all_adds {
         let option = format!("--add {}:{}", add.src.display(), add.dest);
         if !add.dest.starts_with('/') {
             return Err(Error::option(
@@ -179,7 +215,7 @@ fn check_options(spec: &BuildSpec) -> Result<()> {
             ));
         }
         let clean = add.dest.trim_end_matches('/');
-        if !seen.insert(clean.to_string()) {
+        if !seen.insert((platform, clean.to_string())) {
             return Err(Error::option(
                 option,
                 format!("DEST {:?} is given by two --add options", add.dest),
@@ -698,30 +734,44 @@ struct AddResult<'a> {
     plan: Plan,
 }
 
-/// Builds the image `spec` describes and tags it in the output layout.
-pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
-    check_options(spec)?;
+/// What one platform's build produced, for the index.
+struct PlatformBuild {
+    report: PlatformReport,
+    /// The blocks manifest's index entry (with its platform).
+    entry: Value,
+    /// The legacy manifest's index entry, when a fallback was built.
+    legacy_entry: Option<Value>,
+    /// The block descriptors of the blocks manifest.
+    blocks: Vec<Value>,
+    /// Bytes of the layers only the legacy manifest uses.
+    legacy_only_bytes: u64,
+}
+
+fn build_platform(
+    spec: &BuildSpec,
+    platform: Option<&str>,
+    add_list: &[Add],
+    out: &OciDir,
+    cache: &mut Cache,
+    rules: &Rules,
+) -> Result<PlatformBuild> {
     let epoch = spec.source_date_epoch;
-    let rules = Rules::new(&spec.block_globs, spec.block_min_size)?;
-    let out = OciDir::create(&spec.out.path)?;
     let base = spec
         .base
         .as_ref()
-        .map(|b| load_base(b, spec.platform.as_deref(), &out, spec.sparse))
+        .map(|b| load_base(b, platform, out, spec.sparse))
         .transpose()?;
 
-    let adds: Vec<AddResult<'_>> = spec
-        .adds
+    let adds: Vec<AddResult<'_>> = add_list
         .iter()
         .map(|add| {
             let entries = input::walk(&add.src)?;
-            let plan = plan::plan(&entries, &rules)?;
+            let plan = plan::plan(&entries, rules)?;
             Ok(AddResult { add, entries, plan })
         })
         .collect::<Result<_>>()?;
 
     // Blocks, in parallel; the cache spares unchanged ones.
-    let mut cache = Cache::load(spec.cache_dir.as_deref());
     let jobs: Vec<(usize, usize)> = adds
         .iter()
         .enumerate()
@@ -740,7 +790,7 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
                 return Ok((key, hit.clone(), true));
             }
             let annotations = b.annotate(&a.entries)?;
-            let (digest, size) = write_block(&out, b, &a.entries, &by_rel[ai], epoch)?;
+            let (digest, size) = write_block(out, b, &a.entries, &by_rel[ai], epoch)?;
             Ok((
                 key,
                 Cached {
@@ -881,7 +931,7 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
         } else {
             OCI_LAYER_TAR_GZIP
         };
-        let (digest, size, diff_id) = write_layer(&out, &mut items.into_vec(), epoch)?;
+        let (digest, size, diff_id) = write_layer(out, &mut items.into_vec(), epoch)?;
         layers.push(descriptor(media_type, &digest, size));
         diff_ids.push(Value::String(diff_id.to_string()));
         if fallback {
@@ -889,7 +939,7 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
                 legacy_layers.push(descriptor(OCI_LAYER_TAR_GZIP, &digest, size));
                 legacy_diff_ids.push(Value::String(diff_id.to_string()));
             } else {
-                let (ld, ls, lid) = write_layer(&out, &mut legacy_items.into_vec(), epoch)?;
+                let (ld, ls, lid) = write_layer(out, &mut legacy_items.into_vec(), epoch)?;
                 legacy_layers.push(descriptor(OCI_LAYER_TAR_GZIP, &ld, ls));
                 legacy_diff_ids.push(Value::String(lid.to_string()));
             }
@@ -943,6 +993,7 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
 
     let config = make_config(
         spec,
+        platform,
         base.as_ref().map(|b| &b.config),
         diff_ids,
         history.clone(),
@@ -962,82 +1013,158 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
     let manifest_bytes =
         serde_json::to_vec(&manifest).map_err(|e| Error::option("manifest", e.to_string()))?;
     let (manifest_digest, manifest_size) = out.write_blob_bytes(&manifest_bytes)?;
+    let platform_value = platform_json(&config);
+    let mut entry = descriptor(OCI_MANIFEST, &manifest_digest, manifest_size);
+    entry["platform"] = platform_value.clone();
+    let mut report = PlatformReport {
+        platform: platform_text(&platform_value),
+        manifest: manifest_digest,
+        config: config_digest,
+        layers: report_layers,
+        blocks: report_blocks,
+        merged,
+        legacy_manifest: None,
+    };
+    let blocks_list = manifest["blocks"].as_array().cloned().unwrap_or_default();
+    if !fallback {
+        return Ok(PlatformBuild {
+            report,
+            entry,
+            legacy_entry: None,
+            blocks: blocks_list,
+            legacy_only_bytes: 0,
+        });
+    }
+    let legacy_config = make_config(
+        spec,
+        platform,
+        base.as_ref().map(|b| &b.config),
+        legacy_diff_ids,
+        history,
+    )?;
+    let (lcd, lcs) = out.write_blob_bytes(&to_json(&legacy_config)?)?;
+    let legacy = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, &lcd, lcs),
+        "layers": legacy_layers,
+    });
+    let (lmd, lms) = out.write_blob_bytes(&to_json(&legacy)?)?;
+    let mut legacy_entry = descriptor(OCI_MANIFEST, &lmd, lms);
+    legacy_entry["platform"] = platform_value;
+    entry["annotations"] = json!({ANNOTATION_VARIANT: VARIANT_BLOCKS});
+    let blocks_layers: HashSet<&str> = manifest["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["digest"].as_str())
+        .collect();
+    let legacy_only_bytes = legacy["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| {
+            !l["digest"]
+                .as_str()
+                .is_some_and(|d| blocks_layers.contains(d))
+        })
+        .filter_map(|l| l["size"].as_u64())
+        .sum();
+    report.legacy_manifest = Some(lmd);
+    Ok(PlatformBuild {
+        report,
+        entry,
+        legacy_entry: Some(legacy_entry),
+        blocks: blocks_list,
+        legacy_only_bytes,
+    })
+}
+
+/// Builds the image `spec` describes, for each of its platforms, and tags it in
+/// the output layout: a manifest (or fallback index) for one platform, one index
+/// for several.
+pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
+    check_options(spec)?;
+    let rules = Rules::new(&spec.block_globs, spec.block_min_size)?;
+    let out = OciDir::create(&spec.out.path)?;
+    let mut cache = Cache::load(spec.cache_dir.as_deref());
+    let platforms: Vec<Option<&str>> = if spec.platforms.is_empty() {
+        vec![None]
+    } else {
+        spec.platforms.iter().map(|p| Some(p.as_str())).collect()
+    };
+    let mut builds = Vec::new();
+    for platform in &platforms {
+        let mut adds = spec.adds.clone();
+        adds.extend(
+            spec.adds_for
+                .iter()
+                .filter(|(p, _)| Some(p.as_str()) == *platform)
+                .map(|(_, a)| a.clone()),
+        );
+        builds.push(build_platform(
+            spec, *platform, &adds, &out, &mut cache, &rules,
+        )?);
+    }
     let tag = spec.out.tag.as_deref().unwrap_or("latest");
-    let platform = platform_json(&config);
-    let mut root = (
-        oci_spec::image::MediaType::ImageManifest,
-        manifest_digest.clone(),
-        manifest_size,
-    );
+    let any_fallback = builds.iter().any(|b| b.legacy_entry.is_some());
     let mut fallback_report = None;
-    if fallback {
-        let legacy_config = make_config(
-            spec,
-            base.as_ref().map(|b| &b.config),
-            legacy_diff_ids,
-            history,
-        )?;
-        let (lcd, lcs) = out.write_blob_bytes(&to_json(&legacy_config)?)?;
-        let legacy = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": descriptor(OCI_CONFIG, &lcd, lcs),
-            "layers": legacy_layers,
-        });
-        let (lmd, lms) = out.write_blob_bytes(&to_json(&legacy)?)?;
-        out.write_blob_bytes(b"{}")?;
-        let anchor = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": ANCHOR_ARTIFACT_TYPE,
-            "config": {"mediaType": OCI_EMPTY, "digest": OCI_EMPTY_DIGEST, "size": OCI_EMPTY_SIZE},
-            "layers": manifest["blocks"].clone(),
-        });
-        let (amd, ams) = out.write_blob_bytes(&to_json(&anchor)?)?;
-        let mut legacy_desc = descriptor(OCI_MANIFEST, &lmd, lms);
-        legacy_desc["platform"] = platform.clone();
-        let mut blocks_desc = descriptor(OCI_MANIFEST, &manifest_digest, manifest_size);
-        blocks_desc["platform"] = platform.clone();
-        blocks_desc["annotations"] = json!({ANNOTATION_VARIANT: VARIANT_BLOCKS});
-        let mut anchor_desc = descriptor(OCI_MANIFEST, &amd, ams);
-        anchor_desc["platform"] = json!({"architecture": "unknown", "os": "unknown"});
-        anchor_desc["annotations"] = json!({ANNOTATION_VARIANT: VARIANT_ANCHOR});
-        let index = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": [legacy_desc, blocks_desc, anchor_desc],
-        });
+    let mut desc = if !any_fallback && builds.len() == 1 {
+        let b = &builds[0];
+        let mut desc = oci_spec::image::Descriptor::new(
+            oci_spec::image::MediaType::ImageManifest,
+            b.entry["size"].as_u64().unwrap_or_default(),
+            b.report.manifest.as_oci().clone(),
+        );
+        desc.set_platform(serde_json::from_value(b.entry["platform"].clone()).ok());
+        desc
+    } else {
+        // Per platform the legacy manifest first, then the blocks manifest; one
+        // anchor for all, listing each block once.
+        let mut manifests = Vec::new();
+        let mut anchor_layers: Vec<Value> = Vec::new();
+        let mut seen = HashSet::new();
+        for b in &builds {
+            manifests.extend(b.legacy_entry.clone());
+            manifests.push(b.entry.clone());
+            for block in &b.blocks {
+                if seen.insert(block["digest"].as_str().unwrap_or_default().to_string()) {
+                    anchor_layers.push(block.clone());
+                }
+            }
+        }
+        let mut anchor_digest = None;
+        if any_fallback {
+            out.write_blob_bytes(b"{}")?;
+            let anchor = json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "artifactType": ANCHOR_ARTIFACT_TYPE,
+                "config": {"mediaType": OCI_EMPTY, "digest": OCI_EMPTY_DIGEST, "size": OCI_EMPTY_SIZE},
+                "layers": anchor_layers,
+            });
+            let (amd, ams) = out.write_blob_bytes(&to_json(&anchor)?)?;
+            let mut anchor_entry = descriptor(OCI_MANIFEST, &amd, ams);
+            anchor_entry["platform"] = json!({"architecture": "unknown", "os": "unknown"});
+            anchor_entry["annotations"] = json!({ANNOTATION_VARIANT: VARIANT_ANCHOR});
+            manifests.push(anchor_entry);
+            anchor_digest = Some(amd);
+        }
+        let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
         let (id, is) = out.write_blob_bytes(&to_json(&index)?)?;
-        let blocks_layers: HashSet<&str> = manifest["layers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|l| l["digest"].as_str())
-            .collect();
-        let legacy_only_bytes = legacy["layers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|l| {
-                !l["digest"]
-                    .as_str()
-                    .is_some_and(|d| blocks_layers.contains(d))
-            })
-            .filter_map(|l| l["size"].as_u64())
-            .sum();
-        fallback_report = Some(FallbackReport {
-            index: id.clone(),
-            legacy_manifest: lmd,
-            anchor: amd,
-            legacy_only_bytes,
-        });
-        root = (oci_spec::image::MediaType::ImageIndex, id, is);
-    }
-    let mut desc =
-        oci_spec::image::Descriptor::new(root.0.clone(), root.2, root.1.as_oci().clone());
-    if root.0 == oci_spec::image::MediaType::ImageManifest {
-        desc.set_platform(serde_json::from_value(platform).ok());
-    }
+        if let Some(anchor) = anchor_digest {
+            fallback_report = Some(FallbackReport {
+                index: id.clone(),
+                anchor,
+                legacy_only_bytes: builds.iter().map(|b| b.legacy_only_bytes).sum(),
+            });
+        }
+        oci_spec::image::Descriptor::new(
+            oci_spec::image::MediaType::ImageIndex,
+            is,
+            id.as_oci().clone(),
+        )
+    };
     if spec.sparse {
         desc.set_annotations(Some(
             [(ANNOTATION_SPARSE.to_string(), "true".to_string())].into(),
@@ -1048,13 +1175,24 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
     cache.save();
     Ok(BuildReport {
         image: format!("oci:{}:{tag}", spec.out.path.display()),
-        manifest: manifest_digest,
-        config: config_digest,
-        layers: report_layers,
-        blocks: report_blocks,
-        merged,
+        platforms: builds.into_iter().map(|b| b.report).collect(),
         fallback: fallback_report,
     })
+}
+
+fn platform_text(p: &Value) -> String {
+    let s = |k: &str| {
+        p.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut t = format!("{}/{}", s("os"), s("architecture"));
+    if let Some(v) = p.get("variant").and_then(Value::as_str) {
+        t.push('/');
+        t.push_str(v);
+    }
+    t
 }
 
 fn to_json(value: &Value) -> Result<Vec<u8>> {
@@ -1085,6 +1223,7 @@ fn platform_of(config: &Value) -> (String, String, Option<String>) {
 
 fn make_config(
     spec: &BuildSpec,
+    platform: Option<&str>,
     base: Option<&Value>,
     diff_ids: Vec<Value>,
     history: Vec<Value>,
@@ -1092,7 +1231,7 @@ fn make_config(
     let mut config = base
         .cloned()
         .unwrap_or_else(|| json!({"architecture": "amd64", "os": "linux", "config": {}}));
-    if let Some(p) = &spec.platform {
+    if let Some(p) = platform {
         let (os, arch, variant) = parse_platform(p)?;
         if base.is_some() {
             let (bos, barch, _) = platform_of(&config);

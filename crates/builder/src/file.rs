@@ -18,6 +18,12 @@ pub struct BuildFile {
     pub out: Option<String>,
     /// `OS/ARCH[/VARIANT]`.
     pub platform: Option<String>,
+    /// Several platforms (one index).
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// Per-platform tables: `[for."linux/arm64"]` with their own `add` list.
+    #[serde(default, rename = "for")]
+    pub per_platform: BTreeMap<String, PlatformTable>,
     /// `config.Entrypoint`.
     pub entrypoint: Option<Vec<String>>,
     /// `config.Cmd`.
@@ -42,6 +48,15 @@ pub struct BuildFile {
     /// `index` (the default) or `none`.
     pub fallback: Option<crate::build::Fallback>,
     /// Layers to add, in order.
+    #[serde(default)]
+    pub add: Vec<FileAdd>,
+}
+
+/// A `[for."OS/ARCH"]` table.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformTable {
+    /// Layers added only for this platform, after the common ones.
     #[serde(default)]
     pub add: Vec<FileAdd>,
 }
@@ -74,7 +89,11 @@ impl BuildFile {
         };
         resolve_ref(&mut file.base);
         resolve_ref(&mut file.out);
-        for add in &mut file.add {
+        let per_platform = file
+            .per_platform
+            .values_mut()
+            .flat_map(|t| t.add.iter_mut());
+        for add in file.add.iter_mut().chain(per_platform) {
             if add.src.is_relative() {
                 add.src = dir.join(&add.src);
             }

@@ -26,5 +26,5 @@ pub mod jar;
 pub mod plan;
 pub mod python;
 
-pub use build::{Add, BuildReport, BuildSpec, Fallback, build};
+pub use build::{Add, BuildReport, BuildSpec, Fallback, PlatformReport, build};
 pub use error::{Error, Result};

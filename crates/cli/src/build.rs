@@ -48,8 +48,13 @@ pub struct Args {
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
     /// Platform OS/ARCH[/VARIANT] (default: the base's, or linux/amd64).
-    #[arg(long)]
-    platform: Option<String>,
+    /// Repeatable: several platforms give one index, identical content across
+    /// them giving the same blocks, stored once.
+    #[arg(long = "platform", value_name = "OS/ARCH")]
+    platforms: Vec<String>,
+    /// Add SRC at DEST only for one platform (after the common layers). Repeatable.
+    #[arg(long = "add-for", num_args = 2, value_names = ["OS/ARCH", "SRC:DEST"])]
+    add_for: Vec<String>,
     /// Output image, oci:DIR[:TAG] (created, or added to if it exists).
     #[arg(long, value_name = "oci:DIR[:TAG]")]
     out: Option<String>,
@@ -182,7 +187,33 @@ fn spec_from(args: &Args) -> Result<BuildSpec> {
         workdir: args.workdir.clone().or(file.workdir.clone()),
         user: args.user.clone().or(file.user.clone()),
         labels,
-        platform: args.platform.clone().or(file.platform.clone()),
+        platforms: if !args.platforms.is_empty() {
+            args.platforms.clone()
+        } else if !file.platforms.is_empty() {
+            file.platforms.clone()
+        } else {
+            file.platform.iter().cloned().collect()
+        },
+        adds_for: {
+            let mut adds_for = Vec::new();
+            for (p, table) in &file.per_platform {
+                for a in &table.add {
+                    adds_for.push((
+                        p.clone(),
+                        Add {
+                            src: a.src.clone(),
+                            dest: a.dest.clone(),
+                        },
+                    ));
+                }
+            }
+            for pair in args.add_for.chunks(2) {
+                if let [p, a] = pair {
+                    adds_for.push((p.clone(), parse_add(a)?));
+                }
+            }
+            adds_for
+        },
         out: OciRef::parse(&out)?,
         block_globs: file.blocks.iter().chain(&args.blocks).cloned().collect(),
         block_min_size: args.block_min_size.or(file.block_min_size).unwrap_or(0),
@@ -210,40 +241,43 @@ pub fn run(args: Args) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let block_bytes: u64 = report.blocks.iter().map(|b| b.size).sum();
-    let cached = report.blocks.iter().filter(|b| b.cached).count();
     println!("{}", report.image);
-    println!("  manifest {}", report.manifest);
-    println!("  config   {}", report.config);
-    for l in &report.layers {
-        let imports = if l.imports > 0 {
-            format!(", {} imports", l.imports)
-        } else {
-            String::new()
-        };
+    for p in &report.platforms {
+        let block_bytes: u64 = p.blocks.iter().map(|b| b.size).sum();
+        let cached = p.blocks.iter().filter(|b| b.cached).count();
+        println!("  {}", p.platform);
+        println!("    manifest {}", p.manifest);
+        println!("    config   {}", p.config);
+        for l in &p.layers {
+            let imports = if l.imports > 0 {
+                format!(", {} imports", l.imports)
+            } else {
+                String::new()
+            };
+            println!(
+                "    layer    {} {:>10}  {}{imports}",
+                l.digest,
+                bytes(l.size),
+                l.source
+            );
+        }
         println!(
-            "  layer    {} {:>10}  {}{imports}",
-            l.digest,
-            bytes(l.size),
-            l.source
+            "    blocks   {} ({}), {cached} unchanged since the last build",
+            p.blocks.len(),
+            bytes(block_bytes)
         );
-    }
-    println!(
-        "  blocks   {} ({}), {cached} unchanged since the last build",
-        report.blocks.len(),
-        bytes(block_bytes)
-    );
-    for group in &report.merged {
-        println!(
-            "  merged   {} into one layer (--max-layers)",
-            group.join(", ")
-        );
+        for group in &p.merged {
+            println!(
+                "    merged   {} into one layer (--max-layers)",
+                group.join(", ")
+            );
+        }
+        if let Some(legacy) = &p.legacy_manifest {
+            println!("    legacy   {legacy}");
+        }
     }
     if let Some(f) = &report.fallback {
-        println!(
-            "  fallback index {} (legacy manifest {}, GC anchor {})",
-            f.index, f.legacy_manifest, f.anchor
-        );
+        println!("  fallback index {} (GC anchor {})", f.index, f.anchor);
         println!(
             "  the legacy copy costs {} in layers only it uses",
             bytes(f.legacy_only_bytes)

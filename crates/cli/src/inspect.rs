@@ -74,6 +74,12 @@ fn print_text(reference: &str, info: &ImageInfo) {
             }
             println!("{line}");
         }
+        if let Some((n, shared)) = index.shared_across_platforms {
+            println!(
+                "  shared across platforms: {n} blocks, {} stored once",
+                bytes(shared)
+            );
+        }
         if let Some(cost) = index.legacy_only_bytes {
             println!(
                 "  legacy copy: {} in layers that only the legacy manifest uses",

@@ -418,7 +418,7 @@ fn a_rebuild_of_unchanged_inputs_is_served_by_the_cache() -> Result<()> {
     };
     let (cold, warm) = (run()?, run()?);
     let cached = |r: &serde_json::Value| {
-        r["blocks"]
+        r["platforms"][0]["blocks"]
             .as_array()
             .map(|b| b.iter().filter(|b| b["cached"] == true).count())
     };
@@ -427,7 +427,7 @@ fn a_rebuild_of_unchanged_inputs_is_served_by_the_cache() -> Result<()> {
         "cold {cold}\nwarm {warm}"
     );
     ensure!(
-        cold["manifest"] == warm["manifest"],
+        cold["platforms"][0]["manifest"] == warm["platforms"][0]["manifest"],
         "the cache changed the image"
     );
     Ok(())
@@ -791,17 +791,17 @@ fn max_layers_merges_added_layers_and_keeps_the_tree() -> Result<()> {
         Ok(serde_json::from_slice(&o.stdout)?)
     };
     let uncapped = build("uncapped", &[]).context("uncapped build")?;
-    ensure!(uncapped["layers"].as_array().map(Vec::len) == Some(130));
+    ensure!(uncapped["platforms"][0]["layers"].as_array().map(Vec::len) == Some(130));
     let capped = build("capped", &["--max-layers", "127"])?;
     ensure!(
-        capped["layers"].as_array().map(Vec::len) == Some(127),
+        capped["platforms"][0]["layers"].as_array().map(Vec::len) == Some(127),
         "{}",
-        capped["layers"]
+        capped["platforms"][0]["layers"]
     );
     ensure!(
-        capped["merged"][0].as_array().map(Vec::len) == Some(4),
+        capped["platforms"][0]["merged"][0].as_array().map(Vec::len) == Some(4),
         "{}",
-        capped["merged"]
+        capped["platforms"][0]["merged"]
     );
     let (a, b) = (tmp.path().join("root-a"), tmp.path().join("root-b"));
     materialize(&tmp.path().join("uncapped"), "t", &a)?;
@@ -923,4 +923,221 @@ fn sparse_output_omits_exactly_the_base_blobs() -> Result<()> {
         ],
         &["--sparse", "no --base"],
     )
+}
+
+/// The Python corpus's v1 set installed for linux/arm64 (wheels for aarch64,
+/// the same pure-Python wheels), made once under target/.
+fn python_corpus_arm64() -> Result<Option<PathBuf>> {
+    let dir = repo().join("target/corpus/python-arm64");
+    if dir.join("site-packages").is_dir() {
+        return Ok(Some(dir));
+    }
+    let script = fs::read_to_string(repo().join("../shared/corpus/python-env.sh"))?;
+    let set = script
+        .split("set1=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .context("set1 in python-env.sh")?;
+    let tmp = dir.with_extension("tmp");
+    let _ = fs::remove_dir_all(&tmp);
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        "--implementation",
+        "cp",
+    ])
+    .args([
+        "--platform",
+        "manylinux2014_aarch64",
+        "--platform",
+        "manylinux_2_28_aarch64",
+        "--platform",
+        "manylinux_2_17_aarch64",
+    ])
+    .arg("--target")
+    .arg(tmp.join("site-packages"))
+    .args(set.split_whitespace());
+    let out = cmd.output()?;
+    if !out.status.success() {
+        let why = text(&out);
+        if std::env::var("CI").as_deref() == Ok("true") {
+            bail!("cannot install the arm64 Python set in CI: {why}");
+        }
+        eprintln!("SKIPPED: the arm64 Python set could not be installed here: {why}");
+        return Ok(None);
+    }
+    fs::rename(&tmp, &dir)?;
+    Ok(Some(dir))
+}
+
+#[test]
+fn a_two_platform_python_build_shares_every_pure_python_block() -> Result<()> {
+    let (Some(amd64), Some(arm64)) = (corpus("python")?, python_corpus_arm64()?) else {
+        return Ok(());
+    };
+    let amd64 = amd64.join("v1/site-packages");
+    let arm64 = arm64.join("site-packages");
+    let tmp = tempfile::tempdir()?;
+    let out = format!("oci:{}:multi", tmp.path().join("out").display());
+    let dest = "/usr/lib/python3/site-packages";
+    let o = oci_blocks(&[
+        "build",
+        "--no-cache",
+        "--json",
+        "--out",
+        &out,
+        "--platform",
+        "linux/amd64",
+        "--platform",
+        "linux/arm64",
+        "--add-for",
+        "linux/amd64",
+        &format!("{}:{dest}", amd64.display()),
+        "--add-for",
+        "linux/arm64",
+        &format!("{}:{dest}", arm64.display()),
+    ])?;
+    ensure!(o.status.success(), "{}", text(&o));
+    ok(&["validate", &out])?;
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    let blocks = |i: usize| -> BTreeMap<String, String> {
+        report["platforms"][i]["blocks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| {
+                Some((
+                    b["annotations"]["io.oci-blocks.python.distribution"]
+                        .as_str()?
+                        .to_string(),
+                    b["digest"].as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    };
+    let (a, b) = (blocks(0), blocks(1));
+    ensure!(a.len() == 12 && b.len() == 12, "{a:#?} {b:#?}");
+    // Pure-Python distributions say so in their WHEEL file.
+    let mut pure = BTreeSet::new();
+    for e in fs::read_dir(&amd64)? {
+        let e = e?;
+        let wheel = e.path().join("WHEEL");
+        if wheel.is_file() && fs::read_to_string(&wheel)?.contains("Root-Is-Purelib: true") {
+            let meta = fs::read_to_string(e.path().join("METADATA"))?;
+            let field = |k: &str| {
+                meta.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_string())
+            };
+            pure.insert(format!(
+                "{}=={}",
+                field("Name:").context("Name")?,
+                field("Version:").context("Version")?
+            ));
+        }
+    }
+    ensure!(pure.len() >= 6, "pure distributions: {pure:?}");
+    let shared: BTreeSet<String> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) == Some(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    ensure!(
+        shared == pure,
+        "shared blocks {shared:?}, pure-Python distributions {pure:?}"
+    );
+    let inspect = ok(&["inspect", &out])?;
+    ensure!(
+        inspect.contains(&format!("shared across platforms: {} blocks", pure.len())),
+        "{inspect}"
+    );
+
+    // A platform given twice, and --add-for a platform not being built, are refused.
+    let add = format!("{}:{dest}", amd64.display());
+    fails_naming(
+        &[
+            "build",
+            "--no-cache",
+            "--platform",
+            "linux/amd64",
+            "--platform",
+            "linux/amd64",
+            "--add",
+            &add,
+            "--out",
+            &out,
+        ],
+        &["linux/amd64", "twice"],
+    )?;
+    fails_naming(
+        &[
+            "build",
+            "--no-cache",
+            "--platform",
+            "linux/amd64",
+            "--add-for",
+            "linux/s390x",
+            &add,
+            "--out",
+            &out,
+        ],
+        &["linux/s390x", "not a platform being built"],
+    )
+}
+
+#[test]
+fn max_layers_below_the_base_layers_is_refused() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let base = format!("oci:{}:b", tmp.path().join("base").display());
+    ok(&[
+        "build",
+        "--no-cache",
+        "-f",
+        "examples/python-app/build.toml",
+        "--out",
+        &base,
+    ])?;
+    let out = format!("oci:{}:x", tmp.path().join("x").display());
+    fails_naming(
+        &[
+            "build",
+            "--no-cache",
+            "--base",
+            &base,
+            "--add",
+            "examples/java-app/lib:/lib",
+            "--max-layers",
+            "3",
+            "--out",
+            &out,
+        ],
+        &[
+            "--max-layers 3",
+            "the base image has 3 layers",
+            "at least 4",
+        ],
+    )?;
+    ok(&[
+        "build",
+        "--no-cache",
+        "--base",
+        &base,
+        "--add",
+        "examples/java-app/lib:/lib",
+        "--add",
+        "examples/java-app/app:/classes",
+        "--max-layers",
+        "4",
+        "--out",
+        &out,
+    ])?;
+    ok(&["validate", &out])?;
+    Ok(())
 }

@@ -113,7 +113,7 @@ fn skopeo_picks_the_legacy_manifest_and_umoci_unpacks_the_inputs() -> Result<()>
     let tmp = tempfile::tempdir()?;
     let out = tmp.path().join("out");
     let report = build_python_sample(&out, &[])?;
-    let legacy = report["fallback"]["legacy_manifest"]
+    let legacy = report["platforms"][0]["legacy_manifest"]
         .as_str()
         .context("a fallback index")?
         .to_string();
@@ -279,7 +279,7 @@ impl Drop for Registry {
 }
 
 fn blocks_of(report: &serde_json::Value) -> Result<Vec<String>> {
-    Ok(report["blocks"]
+    Ok(report["platforms"][0]["blocks"]
         .as_array()
         .context("blocks")?
         .iter()

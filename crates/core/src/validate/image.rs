@@ -45,6 +45,10 @@ pub struct IndexInfo {
     /// use, i.e. what the legacy copy costs in storage and transfer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub legacy_only_bytes: Option<u64>,
+    /// With blocks manifests for several platforms: the blocks they share, which
+    /// are stored and transferred once, and their bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_across_platforms: Option<(usize, u64)>,
 }
 
 /// One entry of an index.
@@ -291,6 +295,7 @@ impl Walker<'_> {
             kind,
             entries: Vec::new(),
             legacy_only_bytes: None,
+            shared_across_platforms: None,
         };
         for (i, (child, variant)) in entries.iter().enumerate() {
             info.entries.push(EntryInfo {
@@ -302,6 +307,27 @@ impl Walker<'_> {
         }
         if kind == DocumentKind::FallbackIndex {
             info.legacy_only_bytes = Some(self.check_fallback(&subject, &entries));
+        }
+        let block_lists: Vec<&Vec<(Digest, u64)>> = entries
+            .iter()
+            .filter(|(_, v)| v.as_deref() != Some(crate::names::VARIANT_ANCHOR))
+            .filter_map(|(d, _)| Digest::try_from(d.digest()).ok())
+            .filter_map(|d| self.blocks_of.get(&d))
+            .filter(|b| !b.is_empty())
+            .collect();
+        if block_lists.len() > 1 {
+            let mut count: HashMap<&Digest, (usize, u64)> = HashMap::new();
+            for list in &block_lists {
+                for (d, size) in list.iter().collect::<HashSet<_>>() {
+                    count.entry(d).or_insert((0, *size)).0 += 1;
+                }
+            }
+            let shared: Vec<u64> = count
+                .values()
+                .filter(|(n, _)| *n > 1)
+                .map(|(_, s)| *s)
+                .collect();
+            info.shared_across_platforms = Some((shared.len(), shared.iter().sum()));
         }
         self.out.info.indexes.push(info);
         Ok(())
