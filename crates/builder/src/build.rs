@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use oci_blocks_core::Digest;
 use oci_blocks_core::digest::{Algorithm, Hasher};
 use oci_blocks_core::layout::{OciDir, OciRef};
-use oci_blocks_core::manifest::{Index, Manifest};
+use oci_blocks_core::manifest::{Index, Manifest, anchor_manifest};
 use oci_blocks_core::names::*;
 use oci_blocks_core::oci_spec;
 use oci_blocks_core::validate::check_image;
@@ -1136,13 +1136,7 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
         let mut anchor_digest = None;
         if any_fallback {
             out.write_blob_bytes(b"{}")?;
-            let anchor = json!({
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "artifactType": ANCHOR_ARTIFACT_TYPE,
-                "config": {"mediaType": OCI_EMPTY, "digest": OCI_EMPTY_DIGEST, "size": OCI_EMPTY_SIZE},
-                "layers": anchor_layers,
-            });
+            let anchor = anchor_manifest(anchor_layers);
             let (amd, ams) = out.write_blob_bytes(&to_json(&anchor)?)?;
             let mut anchor_entry = descriptor(OCI_MANIFEST, &amd, ams);
             anchor_entry["platform"] = json!({"architecture": "unknown", "os": "unknown"});

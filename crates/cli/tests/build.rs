@@ -305,38 +305,6 @@ fn canonical_pyc_of(site: &Path) -> impl Fn(&Path, Vec<u8>) -> Vec<u8> + '_ {
     }
 }
 
-fn expected_tree(
-    adds: &[(&Path, &str)],
-    transform: &dyn Fn(&Path, Vec<u8>) -> Vec<u8>,
-) -> Result<BTreeMap<String, Node>> {
-    let mut out = BTreeMap::new();
-    for (src, dest) in adds {
-        let dest = dest.trim_matches('/');
-        let mut prefix = String::new();
-        for c in dest.split('/') {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(c);
-            out.entry(prefix.clone()).or_insert(Node {
-                kind: "dir",
-                mode: 0o755,
-                size: 0,
-                content: String::new(),
-            });
-        }
-        for (rel, node) in describe(src, transform)? {
-            let key = if rel.is_empty() {
-                dest.to_string()
-            } else {
-                format!("{dest}/{rel}")
-            };
-            out.insert(key, node);
-        }
-    }
-    Ok(out)
-}
-
 fn check_materialized(
     adds: &[(&Path, &str)],
     transform: &dyn Fn(&Path, Vec<u8>) -> Vec<u8>,
@@ -436,16 +404,7 @@ fn a_rebuild_of_unchanged_inputs_is_served_by_the_cache() -> Result<()> {
 #[test]
 fn a_base_image_is_reused_byte_for_byte_and_its_config_inherited() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let base_dir = tmp.path().join("base");
-    let base = format!("oci:{}:base", base_dir.display());
-    ok(&[
-        "build",
-        "--no-cache",
-        "-f",
-        "examples/python-app/build.toml",
-        "--out",
-        &base,
-    ])?;
+    let (base_dir, base) = build_python_base(tmp.path())?;
     let out_dir = tmp.path().join("app");
     let app = format!("oci:{}:app", out_dir.display());
     ok(&[
@@ -496,6 +455,21 @@ fn a_base_image_is_reused_byte_for_byte_and_its_config_inherited() -> Result<()>
         "{config}"
     );
     Ok(())
+}
+
+/// The Python sample built as a base image under `dir`: its layout and reference.
+fn build_python_base(dir: &Path) -> Result<(PathBuf, String)> {
+    let base_dir = dir.join("base");
+    let base = format!("oci:{}:base", base_dir.display());
+    ok(&[
+        "build",
+        "--no-cache",
+        "-f",
+        "examples/python-app/build.toml",
+        "--out",
+        &base,
+    ])?;
+    Ok((base_dir, base))
 }
 
 fn fails_naming(args: &[&str], needles: &[&str]) -> Result<()> {
@@ -838,16 +812,7 @@ fn max_layers_merges_added_layers_and_keeps_the_tree() -> Result<()> {
 #[test]
 fn sparse_output_omits_exactly_the_base_blobs() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let base_dir = tmp.path().join("base");
-    let base = format!("oci:{}:base", base_dir.display());
-    ok(&[
-        "build",
-        "--no-cache",
-        "-f",
-        "examples/python-app/build.toml",
-        "--out",
-        &base,
-    ])?;
+    let (base_dir, base) = build_python_base(tmp.path())?;
     let out_dir = tmp.path().join("app");
     let app = format!("oci:{}:app", out_dir.display());
     ok(&[
@@ -1095,15 +1060,7 @@ fn a_two_platform_python_build_shares_every_pure_python_block() -> Result<()> {
 #[test]
 fn max_layers_below_the_base_layers_is_refused() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let base = format!("oci:{}:b", tmp.path().join("base").display());
-    ok(&[
-        "build",
-        "--no-cache",
-        "-f",
-        "examples/python-app/build.toml",
-        "--out",
-        &base,
-    ])?;
+    let (_, base) = build_python_base(tmp.path())?;
     let out = format!("oci:{}:x", tmp.path().join("x").display());
     fails_naming(
         &[

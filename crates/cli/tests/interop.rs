@@ -75,34 +75,9 @@ fn sample_adds() -> Vec<(PathBuf, &'static str)> {
 }
 
 fn expected_sample_tree() -> Result<BTreeMap<String, Node>> {
-    let mut out = BTreeMap::new();
-    for (src, dest) in sample_adds() {
-        let dest = dest.trim_matches('/');
-        let mut prefix = String::new();
-        for c in dest.split('/') {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(c);
-            out.entry(prefix.clone()).or_insert(Node {
-                kind: "dir",
-                mode: 0o755,
-                size: 0,
-                content: String::new(),
-            });
-        }
-        for (rel, node) in describe(&src, &|_, b| b)? {
-            out.insert(
-                if rel.is_empty() {
-                    dest.to_string()
-                } else {
-                    format!("{dest}/{rel}")
-                },
-                node,
-            );
-        }
-    }
-    Ok(out)
+    let adds = sample_adds();
+    let refs: Vec<(&Path, &str)> = adds.iter().map(|(p, d)| (p.as_path(), *d)).collect();
+    expected_tree(&refs, &|_, b| b)
 }
 
 #[test]

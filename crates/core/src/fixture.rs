@@ -402,13 +402,7 @@ pub fn build(spec: &ImageSpec, path: &Path, tag: &str) -> Result<Built> {
         if spec.index == IndexMode::FallbackIncompleteAnchor {
             anchor_layers.pop();
         }
-        let anchor = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": ANCHOR_ARTIFACT_TYPE,
-            "config": {"mediaType": OCI_EMPTY, "digest": OCI_EMPTY_DIGEST, "size": OCI_EMPTY_SIZE},
-            "layers": anchor_layers,
-        });
+        let anchor = crate::manifest::anchor_manifest(anchor_layers);
         let (ad, as_) = write_json(&dir, &anchor)?;
         let platform = json!({"architecture": "amd64", "os": "linux"});
         let mut legacy = descriptor(OCI_MANIFEST, &ld, ls);

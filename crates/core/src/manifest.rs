@@ -144,6 +144,22 @@ impl Index {
     }
 }
 
+/// The GC anchor manifest of `spec/fallback.md` for these block descriptors:
+/// an artifact manifest whose config is the empty descriptor and whose layers
+/// are the blocks, so that a registry unaware of blocks keeps them.
+pub fn anchor_manifest(blocks: Vec<Value>) -> Value {
+    use crate::names::{
+        ANCHOR_ARTIFACT_TYPE, OCI_EMPTY, OCI_EMPTY_DIGEST, OCI_EMPTY_SIZE, OCI_MANIFEST,
+    };
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": ANCHOR_ARTIFACT_TYPE,
+        "config": {"mediaType": OCI_EMPTY, "digest": OCI_EMPTY_DIGEST, "size": OCI_EMPTY_SIZE},
+        "layers": blocks,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

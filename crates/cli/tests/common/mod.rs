@@ -319,3 +319,37 @@ pub fn assert_same(
     );
     Ok(())
 }
+
+/// The tree the inputs `adds` (SRC, DEST) make when placed, with the directories
+/// above each DEST as the builder writes them (0755).
+pub fn expected_tree(
+    adds: &[(&Path, &str)],
+    transform: &dyn Fn(&Path, Vec<u8>) -> Vec<u8>,
+) -> Result<BTreeMap<String, Node>> {
+    let mut out = BTreeMap::new();
+    for (src, dest) in adds {
+        let dest = dest.trim_matches('/');
+        let mut prefix = String::new();
+        for c in dest.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(c);
+            out.entry(prefix.clone()).or_insert(Node {
+                kind: "dir",
+                mode: 0o755,
+                size: 0,
+                content: String::new(),
+            });
+        }
+        for (rel, node) in describe(src, transform)? {
+            let key = if rel.is_empty() {
+                dest.to_string()
+            } else {
+                format!("{dest}/{rel}")
+            };
+            out.insert(key, node);
+        }
+    }
+    Ok(out)
+}
