@@ -734,6 +734,22 @@ struct AddResult<'a> {
     plan: Plan,
 }
 
+/// Receives a build's progress (from several threads at once).
+pub trait Progress: Sync {
+    /// The blocks of one platform are about to be written: how many, and the
+    /// bytes of input they hold.
+    fn start(&self, _platform: &str, _blocks: usize, _bytes: u64) {}
+    /// One block is done (written, or found in the build cache).
+    fn block_done(&self, _bytes: u64) {}
+    /// The platform's blocks are all done.
+    fn finish(&self) {}
+}
+
+/// Progress that goes nowhere.
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
+
 /// What one platform's build produced, for the index.
 struct PlatformBuild {
     report: PlatformReport,
@@ -754,6 +770,7 @@ fn build_platform(
     out: &OciDir,
     cache: &mut Cache,
     rules: &Rules,
+    progress: &dyn Progress,
 ) -> Result<PlatformBuild> {
     let epoch = spec.source_date_epoch;
     let base = spec
@@ -781,16 +798,31 @@ fn build_platform(
         .iter()
         .map(|a| a.entries.iter().map(|e| (&e.rel[..], e)).collect())
         .collect();
+    let total: u64 = jobs
+        .iter()
+        .map(|&(ai, bi)| {
+            let a = &adds[ai];
+            a.plan.blocks[bi]
+                .entries
+                .iter()
+                .map(|(_, i)| a.entries[*i].size)
+                .sum::<u64>()
+        })
+        .sum();
+    progress.start(platform.unwrap_or("default platform"), jobs.len(), total);
     let written: Vec<(String, Cached, bool)> = jobs
         .par_iter()
         .map(|&(ai, bi)| {
             let (a, b) = (&adds[ai], &adds[ai].plan.blocks[bi]);
             let key = Cache::key(b, &a.entries, epoch);
+            let bytes: u64 = b.entries.iter().map(|(_, i)| a.entries[*i].size).sum();
             if let Some(hit) = cache.get(&key).filter(|c| out.has_blob(&c.digest)) {
+                progress.block_done(bytes);
                 return Ok((key, hit.clone(), true));
             }
             let annotations = b.annotate(&a.entries)?;
             let (digest, size) = write_block(out, b, &a.entries, &by_rel[ai], epoch)?;
+            progress.block_done(bytes);
             Ok((
                 key,
                 Cached {
@@ -802,6 +834,7 @@ fn build_platform(
             ))
         })
         .collect::<Result<_>>()?;
+    progress.finish();
     for (key, cached, _) in &written {
         cache.put(key.clone(), cached.clone());
     }
@@ -1084,6 +1117,11 @@ fn build_platform(
 /// the output layout: a manifest (or fallback index) for one platform, one index
 /// for several.
 pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
+    build_with_progress(spec, &NoProgress)
+}
+
+/// [`build`], reporting progress.
+pub fn build_with_progress(spec: &BuildSpec, progress: &dyn Progress) -> Result<BuildReport> {
     check_options(spec)?;
     let rules = Rules::new(&spec.block_globs, spec.block_min_size)?;
     let out = OciDir::create(&spec.out.path)?;
@@ -1103,7 +1141,7 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
                 .map(|(_, a)| a.clone()),
         );
         builds.push(build_platform(
-            spec, *platform, &adds, &out, &mut cache, &rules,
+            spec, *platform, &adds, &out, &mut cache, &rules, progress,
         )?);
     }
     let tag = spec.out.tag.as_deref().unwrap_or("latest");

@@ -26,5 +26,8 @@ pub mod jar;
 pub mod plan;
 pub mod python;
 
-pub use build::{Add, BuildReport, BuildSpec, Fallback, PlatformReport, build};
+pub use build::{
+    Add, BuildReport, BuildSpec, Fallback, NoProgress, PlatformReport, Progress, build,
+    build_with_progress,
+};
 pub use error::{Error, Result};

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use oci_blocks_builder::file::BuildFile;
-use oci_blocks_builder::{Add, BuildSpec, Fallback, build};
+use oci_blocks_builder::{Add, BuildSpec, Fallback, NoProgress, Progress, build_with_progress};
 use oci_blocks_core::layout::OciRef;
 
-use crate::output::bytes;
+use crate::output::{bytes, outln};
 
 /// Build an image whose Java and Python dependencies live in reproducible blocks.
 ///
@@ -234,51 +234,79 @@ fn spec_from(args: &Args) -> Result<BuildSpec> {
     })
 }
 
+/// A progress bar on stderr, for people at a terminal.
+struct Bar(indicatif::ProgressBar);
+
+impl Progress for Bar {
+    fn start(&self, platform: &str, blocks: usize, bytes: u64) {
+        self.0.reset();
+        self.0.set_length(bytes);
+        self.0
+            .set_message(format!("{blocks} blocks for {platform}"));
+    }
+    fn block_done(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
     let spec = spec_from(&args)?;
-    let report = build(&spec)?;
+    let report = if !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let bar = indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        build_with_progress(&spec, &Bar(bar))?
+    } else {
+        build_with_progress(&spec, &NoProgress)?
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}", report.image);
+    outln!("{}", report.image);
     for p in &report.platforms {
         let block_bytes: u64 = p.blocks.iter().map(|b| b.size).sum();
         let cached = p.blocks.iter().filter(|b| b.cached).count();
-        println!("  {}", p.platform);
-        println!("    manifest {}", p.manifest);
-        println!("    config   {}", p.config);
+        outln!("  {}", p.platform);
+        outln!("    manifest {}", p.manifest);
+        outln!("    config   {}", p.config);
         for l in &p.layers {
             let imports = if l.imports > 0 {
                 format!(", {} imports", l.imports)
             } else {
                 String::new()
             };
-            println!(
+            outln!(
                 "    layer    {} {:>10}  {}{imports}",
                 l.digest,
                 bytes(l.size),
                 l.source
             );
         }
-        println!(
+        outln!(
             "    blocks   {} ({}), {cached} unchanged since the last build",
             p.blocks.len(),
             bytes(block_bytes)
         );
         for group in &p.merged {
-            println!(
+            outln!(
                 "    merged   {} into one layer (--max-layers)",
                 group.join(", ")
             );
         }
         if let Some(legacy) = &p.legacy_manifest {
-            println!("    legacy   {legacy}");
+            outln!("    legacy   {legacy}");
         }
     }
     if let Some(f) = &report.fallback {
-        println!("  fallback index {} (GC anchor {})", f.index, f.anchor);
-        println!(
+        outln!("  fallback index {} (GC anchor {})", f.index, f.anchor);
+        outln!(
             "  the legacy copy costs {} in layers only it uses",
             bytes(f.legacy_only_bytes)
         );

@@ -10,7 +10,7 @@ use oci_blocks_core::names::{
 use oci_blocks_core::validate::{BlobInfo, ImageInfo, check_image, distinct_blocks};
 
 use crate::EXIT_INVALID;
-use crate::output::{bytes, print_report};
+use crate::output::{bytes, outln, print_report};
 
 /// Show an image's indexes, manifests, layers, blocks and imports.
 ///
@@ -55,10 +55,10 @@ fn blob_line(i: usize, b: &BlobInfo) -> String {
     line
 }
 
-fn print_text(reference: &str, info: &ImageInfo) {
-    println!("{reference}");
+fn print_text(reference: &str, info: &ImageInfo) -> std::io::Result<()> {
+    outln!("{reference}");
     for index in &info.indexes {
-        println!(
+        outln!(
             "\n{} {} ({})",
             index.kind.describe(),
             index.digest,
@@ -72,27 +72,27 @@ fn print_text(reference: &str, info: &ImageInfo) {
             if let Some(v) = &e.variant {
                 line.push_str(&format!(" variant={v}"));
             }
-            println!("{line}");
+            outln!("{line}");
         }
         if let Some((n, shared)) = index.shared_across_platforms {
-            println!(
+            outln!(
                 "  shared across platforms: {n} blocks, {} stored once",
                 bytes(shared)
             );
         }
         if let Some(cost) = index.legacy_only_bytes {
-            println!(
+            outln!(
                 "  legacy copy: {} in layers that only the legacy manifest uses",
                 bytes(cost)
             );
         }
     }
     for m in &info.manifests {
-        println!("\n{} {} ({})", m.kind.describe(), m.digest, bytes(m.size));
+        outln!("\n{} {} ({})", m.kind.describe(), m.digest, bytes(m.size));
         if let Some(c) = &m.config {
-            println!("  config {c}");
+            outln!("  config {c}");
         }
-        println!(
+        outln!(
             "  layers: {}, {}",
             m.layers.len(),
             bytes(m.layers.iter().map(|l| l.size).sum())
@@ -102,9 +102,9 @@ fn print_text(reference: &str, info: &ImageInfo) {
             if !l.imports.is_empty() {
                 line.push_str(&format!(", {} imports", l.imports.len()));
             }
-            println!("{line}");
+            outln!("{line}");
             for imp in &l.imports {
-                println!(
+                outln!(
                     "          /{} <- {} from {}",
                     imp.target,
                     imp.import.source(),
@@ -113,16 +113,16 @@ fn print_text(reference: &str, info: &ImageInfo) {
             }
         }
         if !m.blocks.is_empty() {
-            println!(
+            outln!(
                 "  blocks: {}, {}",
                 m.blocks.len(),
                 bytes(m.blocks.iter().map(|b| b.size).sum())
             );
         }
         for (i, b) in m.blocks.iter().enumerate() {
-            println!("{}", blob_line(i, b));
+            outln!("{}", blob_line(i, b));
             if !b.top_level.is_empty() {
-                println!("          holds: {}", b.top_level.join(", "));
+                outln!("          holds: {}", b.top_level.join(", "));
             }
             for key in [
                 ANNOTATION_TITLE,
@@ -130,19 +130,20 @@ fn print_text(reference: &str, info: &ImageInfo) {
                 ANNOTATION_PYTHON_DISTRIBUTION,
             ] {
                 if let Some(v) = b.annotations.get(key) {
-                    println!("          {key}: {v}");
+                    outln!("          {key}: {v}");
                 }
             }
         }
     }
     let blocks = distinct_blocks(info);
     if !blocks.is_empty() {
-        println!(
+        outln!(
             "\n{} distinct blocks, {}",
             blocks.len(),
             bytes(blocks.iter().map(|(_, s)| s).sum())
         );
     }
+    Ok(())
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -162,11 +163,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
             valid: result.report.is_valid(),
             result: &result,
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print_text(&args.image, &result.info);
-        println!();
-        print_report(&args.image, &result.report);
+        print_text(&args.image, &result.info)?;
+        outln!();
+        print_report(&args.image, &result.report)?;
     }
     Ok(if result.report.is_valid() {
         ExitCode::SUCCESS

@@ -48,6 +48,14 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            // The reader of our output went away (`| head`): nothing to report.
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("oci-blocks: error: {err:#}");
             ExitCode::from(EXIT_ERROR)

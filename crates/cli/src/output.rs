@@ -1,5 +1,15 @@
 //! Formatting shared by the subcommands.
 
+/// `println!` that returns the write error instead of panicking, so that
+/// `oci-blocks inspect ... | head` ends quietly when the reader goes away.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+pub(crate) use outln;
+
 use oci_blocks_core::validate::Report;
 
 /// A byte count for people: `512 B`, `1.5 KiB`, `12.0 MiB`.
@@ -18,21 +28,22 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// Prints a report's violations to stdout, one per line, and a verdict line.
-pub fn print_report(what: &str, report: &Report) {
+pub fn print_report(what: &str, report: &Report) -> std::io::Result<()> {
     for v in &report.violations {
-        println!("{v}");
+        outln!("{v}");
     }
     let errors = report.errors().count();
     let warnings = report.warnings().count();
     if errors == 0 {
         if warnings == 0 {
-            println!("{what}: valid");
+            outln!("{what}: valid");
         } else {
-            println!("{what}: valid, {warnings} warning(s)");
+            outln!("{what}: valid, {warnings} warning(s)");
         }
     } else {
-        println!("{what}: INVALID, {errors} error(s), {warnings} warning(s)");
+        outln!("{what}: INVALID, {errors} error(s), {warnings} warning(s)");
     }
+    Ok(())
 }
 
 #[cfg(test)]

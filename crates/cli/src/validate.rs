@@ -8,7 +8,7 @@ use oci_blocks_core::layout::{OciDir, OciRef};
 use oci_blocks_core::validate::{Report, check_image, validate_document};
 
 use crate::EXIT_INVALID;
-use crate::output::print_report;
+use crate::output::{outln, print_report};
 
 /// Validate a manifest or index file, or a whole image in an OCI layout.
 ///
@@ -69,13 +69,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 kind,
                 violations: &report.violations,
             };
-            println!("{}", serde_json::to_string(&outcome)?);
+            outln!("{}", serde_json::to_string(&outcome)?);
         } else {
             let what = match kind {
                 Some(k) => format!("{target} ({})", k.describe()),
                 None => target.clone(),
             };
-            print_report(&what, &report);
+            print_report(&what, &report)?;
         }
     }
     Ok(if all_valid {

@@ -274,3 +274,23 @@ fn inspect_shows_blocks_imports_coordinates_and_the_legacy_cost() -> Result<()> 
     ensure!(imports == 4, "expected 4 imports, found {imports}");
     Ok(())
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() -> Result<()> {
+    // `oci-blocks inspect ... | head -1`: the reader closes the pipe early.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oci-blocks"))
+        .args(["inspect", "oci:examples/hello-blocks:latest"])
+        .current_dir(repo())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && !stderr.contains("panicked"),
+        "{:?}: {stderr}",
+        out.status
+    );
+    Ok(())
+}
