@@ -6,6 +6,7 @@
 mod build;
 mod inspect;
 mod output;
+mod unpack;
 mod validate;
 
 use std::process::ExitCode;
@@ -25,6 +26,7 @@ enum Command {
     Build(Box<build::Args>),
     Validate(validate::Args),
     Inspect(inspect::Args),
+    Unpack(unpack::Args),
 }
 
 /// Exit status of a run whose input was judged invalid.
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(*args),
         Command::Validate(args) => validate::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Unpack(args) => unpack::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,465 @@
+//! `oci-blocks unpack` through the binary: built images unpack to their inputs,
+//! plain images unpack as umoci unpacks them, blocks are extracted once into the
+//! store, and malicious images fail or stay inside the root without touching
+//! anything outside it.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+use common::*;
+use oci_blocks_core::fixture::{self, ImageSpec};
+
+fn unpack(image: &str, rootfs: &Path, store: &Path) -> Result<serde_json::Value> {
+    let out = oci_blocks(&[
+        "unpack",
+        "--json",
+        "--store",
+        &store.display().to_string(),
+        image,
+        &rootfs.display().to_string(),
+    ])?;
+    ensure!(
+        out.status.success(),
+        "unpack {image} failed: {}",
+        text(&out)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn tree(root: &Path) -> Result<std::collections::BTreeMap<String, Node>> {
+    let mut t = describe(root, &|_, b| b)?;
+    t.remove("");
+    Ok(t)
+}
+
+#[test]
+fn built_samples_unpack_to_their_inputs_and_share_blocks_in_the_store() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let store = tmp.path().join("store");
+    let py = repo().join("examples/python-app");
+    let image = format!("oci:{}:v1", tmp.path().join("py").display());
+    ok(&[
+        "build",
+        "--no-cache",
+        "-f",
+        "examples/python-app/build.toml",
+        "--out",
+        &image,
+    ])?;
+    let report = unpack(&image, &tmp.path().join("root1"), &store)?;
+    ensure!(
+        report["blocks_variant"] == true
+            && report["blocks_extracted"].as_array().map(Vec::len) == Some(4),
+        "{report}"
+    );
+    let adds = [
+        (
+            py.join("site-packages"),
+            "/usr/local/lib/python3.11/site-packages",
+        ),
+        (py.join("bin"), "/usr/local/bin"),
+        (py.join("app"), "/app"),
+    ];
+    let refs: Vec<(&Path, &str)> = adds.iter().map(|(p, d)| (p.as_path(), *d)).collect();
+    assert_same(
+        &expected_tree(&refs, &|_, b| b)?,
+        &tree(&tmp.path().join("root1"))?,
+        "python sample",
+    )?;
+
+    // A second image importing the same blocks extracts none of them again.
+    let again = unpack(&image, &tmp.path().join("root2"), &store)?;
+    ensure!(
+        again["blocks_extracted"].as_array().map(Vec::len) == Some(0)
+            && again["blocks_reused"].as_array().map(Vec::len) == Some(4),
+        "{again}"
+    );
+    let java = repo().join("examples/java-app");
+    let jimage = format!("oci:{}:v1", tmp.path().join("java").display());
+    ok(&[
+        "build",
+        "--no-cache",
+        "-f",
+        "examples/java-app/build.toml",
+        "--out",
+        &jimage,
+    ])?;
+    unpack(&jimage, &tmp.path().join("root3"), &store)?;
+    let jadds = [
+        (java.join("lib"), "/app/lib"),
+        (java.join("app"), "/app/classes"),
+    ];
+    let refs: Vec<(&Path, &str)> = jadds.iter().map(|(p, d)| (p.as_path(), *d)).collect();
+    assert_same(
+        &expected_tree(&refs, &|_, b| b)?,
+        &tree(&tmp.path().join("root3"))?,
+        "java sample",
+    )
+}
+
+const LAYER_SEMANTICS: &str = r##"
+description = "Plain layer semantics: whiteouts, opaque whiteouts, hard links, symlinks, file over directory, directory over file."
+
+[[layers]]
+entries = [
+  { path = "a/", type = "dir" },
+  { path = "a/x", content = "x" },
+  { path = "a/y", content = "y" },
+  { path = "b/", type = "dir" },
+  { path = "b/one", content = "1" },
+  { path = "b/two", content = "2" },
+  { path = "c/", type = "dir" },
+  { path = "c/inner", content = "inner" },
+  { path = "d", content = "a file that becomes a directory" },
+  { path = "h/", type = "dir" },
+  { path = "h/f", content = "linked", mode = 0o640 },
+  { path = "h/g", type = "hardlink", target = "h/f" },
+  { path = "s/", type = "dir" },
+  { path = "s/rel", type = "symlink", target = "../h/f" },
+  { path = "s/abs", type = "symlink", target = "/h/f" },
+  { path = "x/", type = "dir", mode = 0o750 },
+  { path = "x/script", content = "#!/bin/sh\n", mode = 0o755 },
+]
+
+[[layers]]
+entries = [
+  { path = "a/.wh.x" },
+  { path = "b/three", content = "3" },
+  { path = "b/.wh..wh..opq" },
+  { path = "c", content = "a directory replaced by a file" },
+  { path = "d/", type = "dir" },
+  { path = "d/z", content = "z" },
+  { path = "n/", type = "dir" },
+  { path = "n/deep/", type = "dir" },
+  { path = "n/deep/file", content = "deep" },
+]
+"##;
+
+#[test]
+fn plain_images_unpack_as_umoci_unpacks_them() -> Result<()> {
+    let have = Command::new("sh")
+        .args(["-c", "command -v umoci"])
+        .output()?
+        .status
+        .success();
+    if !have {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            bail!("CI=true and umoci is missing (.ci/run installs it)");
+        }
+        eprintln!("SKIPPED: umoci is missing");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let spec = ImageSpec::from_toml(LAYER_SEMANTICS, "layer semantics")?;
+    let layout = tmp.path().join("plain");
+    fixture::build(&spec, &layout, "latest")?;
+    let mut images = vec![layout.clone()];
+    // The legacy variant of the Python sample: a plain image made by the builder.
+    let py = tmp.path().join("py");
+    ok(&[
+        "build",
+        "--no-cache",
+        "-f",
+        "examples/python-app/build.toml",
+        "--out",
+        &format!("oci:{}:v1", py.display()),
+    ])?;
+    let copy = tmp.path().join("legacy");
+    let status = Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:v1", py.display()))
+        .arg(format!("oci:{}:latest", copy.display()))
+        .status();
+    if status.is_ok_and(|s| s.success()) {
+        images.push(copy);
+    }
+    for (i, image) in images.iter().enumerate() {
+        let ours = tmp.path().join(format!("ours-{i}"));
+        unpack(
+            &format!("oci:{}:latest", image.display()),
+            &ours,
+            &tmp.path().join("store"),
+        )?;
+        let bundle = tmp.path().join(format!("umoci-{i}"));
+        let out = Command::new("umoci")
+            .args(["unpack", "--rootless", "--image"])
+            .arg(format!("{}:latest", image.display()))
+            .arg(&bundle)
+            .output()?;
+        ensure!(out.status.success(), "umoci: {}", text(&out));
+        assert_same(
+            &tree(&bundle.join("rootfs"))?,
+            &tree(&ours)?,
+            &format!("ours against umoci, image {}", image.display()),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_whiteout_never_hides_an_entry_of_its_own_layer() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let spec = ImageSpec::from_toml(
+        r#"
+description = "own-layer whiteouts"
+[[layers]]
+entries = [{ path = "g/", type = "dir" }, { path = "g/f", content = "old" }, { path = "o/", type = "dir" }, { path = "o/lower", content = "lower" }]
+[[layers]]
+entries = [{ path = "g/f", content = "new" }, { path = "g/.wh.f" }, { path = "o/.wh..wh..opq" }, { path = "o/upper", content = "upper" }]
+"#,
+        "own layer",
+    )?;
+    fixture::build(&spec, &tmp.path().join("img"), "latest")?;
+    let root = tmp.path().join("root");
+    unpack(
+        &format!("oci:{}:latest", tmp.path().join("img").display()),
+        &root,
+        &tmp.path().join("store"),
+    )?;
+    ensure!(
+        fs::read_to_string(root.join("g/f"))? == "new",
+        "the whiteout hid its own layer's file"
+    );
+    ensure!(
+        !root.join("o/lower").exists() && root.join("o/upper").exists(),
+        "opaque whiteout"
+    );
+    Ok(())
+}
+
+/// A directory outside every root filesystem: nothing may appear in it.
+struct Sentinel(PathBuf);
+
+impl Sentinel {
+    fn new(dir: &Path) -> Result<Sentinel> {
+        let p = dir.join("sentinel");
+        fs::create_dir_all(&p)?;
+        fs::write(p.join("keep"), "untouched")?;
+        Ok(Sentinel(p))
+    }
+    fn check(&self, case: &str) -> Result<()> {
+        let names: Vec<String> = fs::read_dir(&self.0)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        ensure!(
+            names == ["keep"],
+            "{case}: the sentinel outside the root changed: {names:?}"
+        );
+        ensure!(
+            fs::read_to_string(self.0.join("keep"))? == "untouched",
+            "{case}: sentinel file changed"
+        );
+        Ok(())
+    }
+}
+
+fn malicious(
+    case: &str,
+    layers: &str,
+    blocks: &str,
+    tmp: &Path,
+    sentinel: &Sentinel,
+) -> Result<(bool, PathBuf, String)> {
+    let toml = format!("description = \"{case}\"\n{blocks}\n{layers}");
+    let spec = ImageSpec::from_toml(&toml, case)?;
+    let dir = tmp.join(format!("img-{}", case.replace(' ', "-")));
+    fixture::build(&spec, &dir, "latest")?;
+    let root = tmp.join(format!("root-{}", case.replace(' ', "-")));
+    let out = oci_blocks(&[
+        "unpack",
+        "--store",
+        &tmp.join("store").display().to_string(),
+        &format!("oci:{}:latest", dir.display()),
+        &root.display().to_string(),
+    ])?;
+    sentinel.check(case)?;
+    if !out.status.success() {
+        ensure!(
+            !root.exists(),
+            "{case}: a failed unpack left {}",
+            root.display()
+        );
+    }
+    Ok((out.status.success(), root, text(&out)))
+}
+
+#[test]
+fn malicious_images_fail_or_stay_inside_the_root() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let sentinel = Sentinel::new(tmp.path())?;
+    let s = sentinel.0.display().to_string();
+    let rel_up = format!("{}{}", "../".repeat(12), s.trim_start_matches('/'));
+
+    // Symlinks planted by one layer and written through by a later one.
+    for (case, target) in [
+        ("absolute symlink escape", s.clone()),
+        ("relative symlink escape", rel_up.clone()),
+    ] {
+        let layers = format!(
+            "[[layers]]\nentries = [{{ path = \"evil\", type = \"symlink\", target = \"{target}\" }}]\n[[layers]]\nentries = [{{ path = \"evil/pwned\", content = \"x\" }}]\n"
+        );
+        let (ok, root, out) = malicious(case, &layers, "", tmp.path(), &sentinel)?;
+        if ok {
+            ensure!(!Path::new(&s).join("pwned").exists(), "{case}: {out}");
+        }
+        let _ = root;
+    }
+    // `..` in entry names, in one layer.
+    let layers =
+        format!("[[layers]]\nentries = [{{ path = \"{rel_up}/pwned\", content = \"x\" }}]\n");
+    let (ok, root, _) = malicious("dotdot entry name", &layers, "", tmp.path(), &sentinel)?;
+    ensure!(
+        ok && root.join(s.trim_start_matches('/')).join("pwned").is_file(),
+        "a `..` name is clamped inside the root"
+    );
+    // A hard link to a host file: resolved inside the root, where it does not exist.
+    let layers = "[[layers]]\nentries = [{ path = \"passwd\", type = \"hardlink\", target = \"/etc/passwd\" }]\n";
+    let (ok, _, out) = malicious("hardlink escape", layers, "", tmp.path(), &sentinel)?;
+    ensure!(
+        !ok,
+        "a hard link to a path outside the image must fail: {out}"
+    );
+    // A symlinked parent, then a hard link through it.
+    let layers = format!(
+        "[[layers]]\nentries = [{{ path = \"up\", type = \"symlink\", target = \"{s}\" }}]\n[[layers]]\nentries = [{{ path = \"steal\", type = \"hardlink\", target = \"up/keep\" }}]\n"
+    );
+    let (ok, _, out) = malicious(
+        "hardlink through symlinked parent",
+        &layers,
+        "",
+        tmp.path(),
+        &sentinel,
+    )?;
+    ensure!(!ok, "{out}");
+    // The root entry replaced by a symlink.
+    let layers = format!(
+        "[[layers]]\nentries = [{{ path = \"./\", type = \"symlink\", target = \"{s}\" }}, {{ path = \"pwned\", content = \"x\" }}]\n"
+    );
+    malicious("root entry as symlink", &layers, "", tmp.path(), &sentinel)?;
+    // A whiteout of the root's parent and of `..`.
+    let layers = "[[layers]]\nentries = [{ path = \"a/.wh...\" }]\n";
+    let (ok, _, _) = malicious("whiteout of dotdot", layers, "", tmp.path(), &sentinel)?;
+    ensure!(!ok);
+
+    // Imports.
+    let block = "[[blocks]]\nname = \"b\"\nentries = [{ path = \"lib.jar\", content = \"jar\" }]\n";
+    let import_layer = |content: &str| {
+        format!(
+            "[[layers]]\nmedia_type = \"import\"\nentries = [{{ path = \"app/.import.lib.jar\", content = \"{content}\" }}]\n"
+        )
+    };
+    for (case, content, blocks, needle) in [
+        ("import source dotdot", "/../../etc/passwd from {block:b}", block.to_string(), "`..`"),
+        ("import undeclared digest", "/lib.jar from {block:hidden}", format!("{block}[[blocks]]\nname = \"hidden\"\ndeclared = false\nentries = [{{ path = \"lib.jar\", content = \"x\" }}]\n"), "not listed"),
+        ("import source missing", "/other.jar from {block:b}", block.to_string(), "has no entry"),
+        // Unique content: a verified block of the same digest would be served from the store.
+        ("import tampered block", "/lib.jar from {block:b}", block.replace("name = \"b\"", "name = \"b\"\ncorrupt = true").replace("content = \"jar\"", "content = \"only in the tampered image\""), "digest mismatch"),
+        ("block with whiteout", "/lib.jar from {block:b}", block.replace("{ path = \"lib.jar\", content = \"jar\" }", "{ path = \"lib.jar\", content = \"jar\" }, { path = \".wh.etc\" }"), "whiteouts"),
+        ("block with import entry", "/lib.jar from {block:b}", block.replace("{ path = \"lib.jar\", content = \"jar\" }", "{ path = \"lib.jar\", content = \"jar\" }, { path = \".import.x\", content = \"/x from sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae\" }"), "import entries"),
+        ("block with dotdot path", "/lib.jar from {block:b}", block.replace("{ path = \"lib.jar\", content = \"jar\" }", "{ path = \"lib.jar\", content = \"jar\" }, { path = \"../escape\", content = \"x\" }"), "`..`"),
+    ] {
+        let (ok, _, out) = malicious(case, &import_layer(content), &blocks, tmp.path(), &sentinel)?;
+        ensure!(!ok && out.contains(needle), "{case}: expected a failure naming {needle:?}: {out}");
+    }
+    // An import under a symlinked parent: refused (the link dangles inside the
+    // root) or placed inside the root, never in the sentinel.
+    let layers = format!(
+        "[[layers]]\nentries = [{{ path = \"app\", type = \"symlink\", target = \"{s}\" }}]\n{}",
+        import_layer("/lib.jar from {block:b}")
+    );
+    let (ok, root, out) = malicious(
+        "import under symlinked parent",
+        &layers,
+        block,
+        tmp.path(),
+        &sentinel,
+    )?;
+    ensure!(
+        !ok || root
+            .join(s.trim_start_matches('/'))
+            .join("lib.jar")
+            .is_file(),
+        "{out}"
+    );
+    // The same with the link's target present inside the root: the absolute
+    // link is re-anchored at the root, and the import lands there.
+    let layers = format!(
+        "[[layers]]\nentries = [{{ path = \"{inside}/\", type = \"dir\" }}, {{ path = \"app\", type = \"symlink\", target = \"{s}\" }}]\n{}",
+        import_layer("/lib.jar from {block:b}"),
+        inside = s.trim_start_matches('/'),
+    );
+    let (ok, root, out) = malicious(
+        "import through a re-anchored link",
+        &layers,
+        block,
+        tmp.path(),
+        &sentinel,
+    )?;
+    ensure!(
+        ok && root
+            .join(s.trim_start_matches('/'))
+            .join("lib.jar")
+            .is_file(),
+        "{out}"
+    );
+    // Nothing of a refused block stayed in the store.
+    let blocks_dir = tmp.path().join("store/blocks/sha256");
+    let kept: Vec<String> = fs::read_dir(&blocks_dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ensure!(
+        kept.len() == 1,
+        "only the one good block is in the store: {kept:?}"
+    );
+    ensure!(
+        fs::read_dir(tmp.path().join("store/tmp"))?.next().is_none(),
+        "extraction leftovers in the store"
+    );
+    Ok(())
+}
+
+#[test]
+fn hardlink_materialization_needs_read_only() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let out = oci_blocks(&[
+        "unpack",
+        "--link",
+        "hardlink",
+        "--store",
+        &tmp.path().join("s").display().to_string(),
+        "oci:examples/hello-blocks:latest",
+        &tmp.path().join("r").display().to_string(),
+    ])?;
+    ensure!(
+        out.status.code() == Some(2) && text(&out).contains("--read-only"),
+        "{}",
+        text(&out)
+    );
+    let out = oci_blocks(&[
+        "unpack",
+        "--link",
+        "hardlink",
+        "--read-only",
+        "--store",
+        &tmp.path().join("s").display().to_string(),
+        "oci:examples/hello-blocks:latest",
+        &tmp.path().join("r").display().to_string(),
+    ])?;
+    ensure!(out.status.success(), "{}", text(&out));
+    use std::os::unix::fs::MetadataExt;
+    let jar = tmp.path().join("r/app/lib/guava-32.1.3-jre.jar");
+    ensure!(
+        fs::metadata(&jar).context("imported jar")?.nlink() == 2,
+        "shares its inode with the store"
+    );
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! The oci-blocks runtime shim: a secure unpacker for OCI images that resolves
+//! import entries from a shared block store.
+//!
+//! - [`apply`] applies layers as the image-spec says, every path resolved inside
+//!   the root filesystem through `pathrs` (in-root resolution: symlinks planted by
+//!   an image are re-anchored at the root, never followed on the host).
+//! - [`store`] verifies each block once, extracts it once, and keeps it for
+//!   every image that imports from it.
+//! - [`unpack`] picks the manifest (the blocks variant of a fallback index),
+//!   verifies every blob and diff ID while streaming, materializes imports, and
+//!   renames the finished root filesystem into place.
+//!
+//! Synchronous, like the rest of the image handling.
+
+pub mod apply;
+mod error;
+pub mod store;
+pub mod unpack;
+
+pub use error::{Error, Result};
+pub use unpack::{LinkMode, UnpackOptions, UnpackReport, unpack};

@@ -1,0 +1,233 @@
+//! The shared block store: each block verified and extracted once, kept as a
+//! tree with its entries' metadata beside it, and materialized into root
+//! filesystems from there.
+//!
+//! Layout: `DIR/blocks/<alg>/<hex>/tree/` (the extracted block, regular files
+//! without write permission) and `entries.json` (each entry's mode, owner, time
+//! and link target as the block records them, which materialization applies).
+//! A block is extracted into `DIR/tmp/` and renamed into place only after its
+//! digest has been verified, so the store never holds a partial or tampered
+//! block.
+
+use std::collections::BTreeMap;
+use std::fs::{self, Permissions};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use oci_blocks_core::Digest;
+use oci_blocks_core::digest::verification_error;
+use oci_blocks_core::layout::OciDir;
+use oci_blocks_core::names::{Compression, tar_compression};
+use pathrs::Root;
+
+use crate::apply::{Applier, EntryMeta};
+use crate::{Error, Result};
+
+/// A directory of extracted blocks shared by every image unpacked with it.
+#[derive(Clone, Debug)]
+pub struct BlockStore {
+    dir: PathBuf,
+}
+
+/// One extracted block.
+#[derive(Clone, Debug)]
+pub struct Extracted {
+    /// The extracted tree.
+    pub tree: PathBuf,
+    /// Each entry's metadata, by path in the block.
+    pub entries: BTreeMap<String, EntryMeta>,
+}
+
+/// Opens a tar blob of `media_type` for reading, verified against its digest.
+pub(crate) fn open_tar<'a>(
+    blob: &'a mut oci_blocks_core::digest::VerifyingReader<fs::File>,
+    media_type: &str,
+    subject: &str,
+) -> Result<Box<dyn Read + 'a>> {
+    Ok(match tar_compression(media_type) {
+        Some(Compression::None) => Box::new(blob),
+        Some(Compression::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+        Some(Compression::Zstd) => Box::new(
+            zstd::stream::read::Decoder::new(blob)
+                .map_err(|e| Error::invalid(subject, format!("zstd: {e}")))?,
+        ),
+        None => {
+            return Err(Error::invalid(
+                subject,
+                format!("media type {media_type} is not a tar this unpacker reads"),
+            ));
+        }
+    })
+}
+
+/// Turns a verification failure surfacing as an I/O error into a clear one.
+pub(crate) fn blob_error(subject: &str, e: io::Error) -> Error {
+    match verification_error(&e) {
+        Some(inner) => Error::invalid(subject, inner.to_string()),
+        None => Error::invalid(subject, e.to_string()),
+    }
+}
+
+impl BlockStore {
+    /// Opens (creating) the store at `dir`.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        for sub in ["blocks", "tmp"] {
+            fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
+        }
+        Ok(BlockStore { dir })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn block_dir(&self, digest: &Digest) -> PathBuf {
+        self.dir
+            .join("blocks")
+            .join(digest.algorithm().as_str())
+            .join(digest.hex())
+    }
+
+    /// Digests of every block in the store.
+    pub fn blocks(&self) -> Result<Vec<(Digest, u64)>> {
+        let mut out = Vec::new();
+        let root = self.dir.join("blocks");
+        for alg in fs::read_dir(&root).map_err(|e| Error::io(&root, e))? {
+            let alg = alg.map_err(|e| Error::io(&root, e))?;
+            for b in fs::read_dir(alg.path()).map_err(|e| Error::io(alg.path(), e))? {
+                let b = b.map_err(|e| Error::io(alg.path(), e))?;
+                let text = format!(
+                    "{}:{}",
+                    alg.file_name().to_string_lossy(),
+                    b.file_name().to_string_lossy()
+                );
+                if let Ok(d) = Digest::parse(&text) {
+                    out.push((d, dir_size(&b.path())));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes a block (its tree is made writable first).
+    pub fn remove(&self, digest: &Digest) -> Result<()> {
+        let dir = self.block_dir(digest);
+        make_writable(&dir);
+        fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))
+    }
+
+    /// The extracted block, extracting it first (verified) if the store lacks
+    /// it. The flag says whether it was extracted now.
+    pub fn ensure(
+        &self,
+        layout: &OciDir,
+        digest: &Digest,
+        size: u64,
+        media_type: &str,
+    ) -> Result<(Extracted, bool)> {
+        let dir = self.block_dir(digest);
+        let meta_path = dir.join("entries.json");
+        if let Ok(bytes) = fs::read(&meta_path) {
+            if let Ok(entries) = serde_json::from_slice(&bytes) {
+                return Ok((
+                    Extracted {
+                        tree: dir.join("tree"),
+                        entries,
+                    },
+                    false,
+                ));
+            }
+        }
+        let subject = format!("block {digest}");
+        let tmp = tempfile::Builder::new()
+            .prefix("extract-")
+            .tempdir_in(self.dir.join("tmp"))
+            .map_err(|e| Error::io(self.dir.join("tmp"), e))?;
+        let tree = tmp.path().join("tree");
+        fs::create_dir(&tree).map_err(|e| Error::io(&tree, e))?;
+        let root = Root::open(&tree)
+            .map_err(|e| Error::in_root(format!("opening {}", tree.display()), e))?;
+        let mut blob = layout.open_blob(digest, Some(size))?;
+        let mut applier = Applier::for_block(&root);
+        let applied: Result<_> = (|| {
+            let mut stream = open_tar(&mut blob, media_type, &subject)?;
+            applier.apply_layer(&mut stream, None, &subject)?;
+            io::copy(&mut stream, &mut io::sink()).map_err(|e| blob_error(&subject, e))?;
+            Ok(())
+        })();
+        // A corrupt blob often shows first as a malformed tar: name the cause.
+        let verified = blob.finish().map_err(|e| blob_error(&subject, e));
+        verified?;
+        applied?;
+        let recorded = applier.recorded();
+        applier.finish()?;
+        let entries: BTreeMap<String, EntryMeta> = recorded
+            .into_iter()
+            .map(|(p, m)| (p.display().to_string(), m))
+            .collect();
+        for (path, m) in &entries {
+            if m.kind == "file" {
+                let p = tree.join(path);
+                let _ = fs::set_permissions(&p, Permissions::from_mode(m.mode & 0o7555));
+            }
+        }
+        let json =
+            serde_json::to_vec(&entries).map_err(|e| Error::io(&meta_path, io::Error::other(e)))?;
+        fs::write(tmp.path().join("entries.json"), json).map_err(|e| Error::io(tmp.path(), e))?;
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        let kept = tmp.keep();
+        if let Err(e) = fs::rename(&kept, &dir) {
+            make_writable(&kept);
+            let _ = fs::remove_dir_all(&kept);
+            if !dir.join("entries.json").is_file() {
+                return Err(Error::io(&dir, e));
+            }
+        }
+        Ok((
+            Extracted {
+                tree: dir.join("tree"),
+                entries,
+            },
+            true,
+        ))
+    }
+}
+
+fn make_writable(dir: &Path) {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if let Ok(meta) = fs::symlink_metadata(&p) {
+            if meta.is_dir() {
+                let _ = fs::set_permissions(&p, Permissions::from_mode(0o755));
+                if let Ok(rd) = fs::read_dir(&p) {
+                    stack.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+                }
+            } else if meta.is_file() {
+                let _ = fs::set_permissions(&p, Permissions::from_mode(0o644));
+            }
+        }
+    }
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if let Ok(meta) = fs::symlink_metadata(&p) {
+            if meta.is_dir() {
+                if let Ok(rd) = fs::read_dir(&p) {
+                    stack.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+                }
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
