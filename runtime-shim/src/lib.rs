@@ -13,9 +13,10 @@
 //! Synchronous, like the rest of the image handling.
 
 pub mod apply;
+pub mod bundle;
 mod error;
 pub mod store;
 pub mod unpack;
 
 pub use error::{Error, Result};
-pub use unpack::{LinkMode, UnpackOptions, UnpackReport, unpack};
+pub use unpack::{LinkMode, UnpackOptions, UnpackReport, unpack, unpack_bundle};

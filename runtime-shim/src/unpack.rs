@@ -58,6 +58,8 @@ pub struct UnpackOptions {
 pub struct UnpackReport {
     /// The manifest unpacked.
     pub manifest: String,
+    /// Its configuration's digest.
+    pub config: String,
     /// Whether it is a blocks manifest.
     pub blocks_variant: bool,
     /// Layers applied.
@@ -353,6 +355,40 @@ impl ImportSource for StoreImports<'_> {
     }
 }
 
+/// Unpacks the image into `bundle/rootfs` and writes `bundle/config.json`
+/// from its configuration (rootless when not running as root), as `umoci
+/// unpack` does.
+pub fn unpack_bundle(
+    layout: &OciDir,
+    tag: Option<&str>,
+    bundle: &Path,
+    options: &UnpackOptions,
+) -> Result<UnpackReport> {
+    if bundle.exists()
+        && fs::read_dir(bundle)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(Error::Option {
+            option: bundle.display().to_string(),
+            reason: "the bundle directory must not exist yet, or be empty".into(),
+        });
+    }
+    fs::create_dir_all(bundle).map_err(|e| Error::io(bundle, e))?;
+    let result = unpack(layout, tag, &bundle.join("rootfs"), options).and_then(|report| {
+        let config: serde_json::Value =
+            serde_json::from_slice(&layout.read_json_blob(&Digest::parse(&report.config)?, None)?)
+                .map_err(|e| Error::invalid(format!("config {}", report.config), e.to_string()))?;
+        let rootless = !rustix::process::geteuid().is_root();
+        crate::bundle::write_config(bundle, &crate::bundle::runtime_spec(&config, rootless)?)?;
+        Ok(report)
+    });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(bundle);
+    }
+    result
+}
+
 /// Unpacks the image `tag` names in `layout` into `rootfs`, which must not
 /// exist yet (or be an empty directory). On any error nothing is left at
 /// `rootfs`.
@@ -479,6 +515,7 @@ pub fn unpack(
     fs::rename(&kept, rootfs).map_err(|e| Error::io(rootfs, e))?;
     Ok(UnpackReport {
         manifest: digest.to_string(),
+        config: config_digest.to_string(),
         blocks_variant: has_blocks,
         layers: manifest.layers().len(),
         blocks_extracted: imports.report_extracted,

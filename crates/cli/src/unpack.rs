@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use oci_blocks_core::layout::{OciDir, OciRef};
-use oci_blocks_shim::{LinkMode, UnpackOptions, unpack};
+use oci_blocks_shim::{LinkMode, UnpackOptions, unpack, unpack_bundle};
 
 use crate::output::outln;
 
@@ -22,7 +22,12 @@ pub struct Args {
     #[arg(value_name = "oci:DIR[:TAG]")]
     image: String,
     /// The root filesystem to create (must not exist, or be empty).
-    rootfs: PathBuf,
+    #[arg(required_unless_present = "bundle", conflicts_with = "bundle")]
+    rootfs: Option<PathBuf>,
+    /// Write an OCI runtime bundle instead: DIR/config.json from the image
+    /// configuration and DIR/rootfs, as `umoci unpack` does.
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
     /// The block store (default: $XDG_DATA_HOME/oci-blocks).
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
@@ -68,12 +73,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
         read_only: args.read_only,
         platform: args.platform.clone(),
     };
-    let report = unpack(&layout, reference.tag.as_deref(), &args.rootfs, &options)
-        .with_context(|| format!("unpacking {}", args.image))?;
+    let (report, target) = match (&args.bundle, &args.rootfs) {
+        (Some(bundle), _) => (
+            unpack_bundle(&layout, reference.tag.as_deref(), bundle, &options),
+            bundle.clone(),
+        ),
+        (None, Some(rootfs)) => (
+            unpack(&layout, reference.tag.as_deref(), rootfs, &options),
+            rootfs.clone(),
+        ),
+        (None, None) => anyhow::bail!("give ROOTFS or --bundle DIR"),
+    };
+    let report = report.with_context(|| format!("unpacking {}", args.image))?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        outln!("{} -> {}", args.image, args.rootfs.display());
+        outln!("{} -> {}", args.image, target.display());
         outln!(
             "  manifest {}{}, {} layers, {} entries, {} imports",
             report.manifest,

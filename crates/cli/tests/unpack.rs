@@ -463,3 +463,72 @@ fn hardlink_materialization_needs_read_only() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_bundle_has_the_process_umoci_would_write() -> Result<()> {
+    let have = Command::new("sh")
+        .args(["-c", "command -v umoci && command -v skopeo"])
+        .output()?
+        .status
+        .success();
+    if !have {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            bail!("CI=true and umoci or skopeo is missing (.ci/run installs them)");
+        }
+        eprintln!("SKIPPED: umoci or skopeo is missing");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let built = tmp.path().join("built");
+    ok(&[
+        "build",
+        "--no-cache",
+        "-f",
+        "examples/java-app/build.toml",
+        "--out",
+        &format!("oci:{}:v1", built.display()),
+    ])?;
+    // Ours from the fallback index (the blocks variant), umoci from the legacy copy.
+    let ours = tmp.path().join("ours");
+    let out = oci_blocks(&[
+        "unpack",
+        "--store",
+        &tmp.path().join("store").display().to_string(),
+        "--bundle",
+        &ours.display().to_string(),
+        &format!("oci:{}:v1", built.display()),
+    ])?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let legacy = tmp.path().join("legacy");
+    let st = Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:v1", built.display()))
+        .arg(format!("oci:{}:v1", legacy.display()))
+        .output()?;
+    ensure!(st.status.success(), "{}", text(&st));
+    let theirs = tmp.path().join("theirs");
+    let st = Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:v1", legacy.display()))
+        .arg(&theirs)
+        .output()?;
+    ensure!(st.status.success(), "{}", text(&st));
+    let read = |p: &Path| -> Result<serde_json::Value> {
+        Ok(serde_json::from_slice(&fs::read(p.join("config.json"))?)?)
+    };
+    let (a, b) = (read(&theirs)?, read(&ours)?);
+    for key in ["args", "env", "cwd", "user"] {
+        ensure!(
+            a["process"][key] == b["process"][key],
+            "process.{key}: umoci {} ours {}",
+            a["process"][key],
+            b["process"][key]
+        );
+    }
+    ensure!(b["root"]["path"] == "rootfs");
+    assert_same(
+        &tree(&theirs.join("rootfs"))?,
+        &tree(&ours.join("rootfs"))?,
+        "bundle rootfs",
+    )
+}
