@@ -92,6 +92,9 @@ pub struct Applier<'r> {
     /// When set, the tar is a block: whiteouts and import entries are refused
     /// and every entry's metadata is recorded here.
     block: Option<Vec<(PathBuf, EntryMeta)>>,
+    /// Directories known to exist, so that parents are not re-created (and
+    /// re-resolved) for every file.
+    known_dirs: HashSet<PathBuf>,
     /// What was done.
     pub report: ApplyReport,
 }
@@ -117,6 +120,7 @@ impl<'r> Applier<'r> {
             privileged: rustix::process::geteuid().is_root(),
             dir_times: Vec::new(),
             block: None,
+            known_dirs: HashSet::new(),
             report: ApplyReport::default(),
         }
     }
@@ -134,22 +138,32 @@ impl<'r> Applier<'r> {
         self.block.take().unwrap_or_default()
     }
 
-    fn remove(&self, path: &Path) -> Result<()> {
+    fn remove(&mut self, path: &Path) -> Result<()> {
         if path.as_os_str().is_empty() || !exists(self.root, path) {
             return Ok(());
         }
+        self.known_dirs.retain(|d| !d.starts_with(path));
         self.root
             .remove_all(path)
             .map_err(|e| Error::in_root(format!("removing {}", path.display()), e))
     }
 
-    fn parent_dirs(&self, path: &Path) -> Result<()> {
+    fn parent_dirs(&mut self, path: &Path) -> Result<()> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if self.known_dirs.contains(parent) {
+                return Ok(());
+            }
             self.root
                 .mkdir_all(parent, &Permissions::from_mode(0o755))
                 .map_err(|e| {
                     Error::in_root(format!("creating the parents of {}", path.display()), e)
                 })?;
+            self.known_dirs.extend(
+                parent
+                    .ancestors()
+                    .filter(|a| !a.as_os_str().is_empty())
+                    .map(Path::to_path_buf),
+            );
         }
         Ok(())
     }
@@ -247,6 +261,7 @@ impl<'r> Applier<'r> {
                     ));
                 }
                 self.parent_dirs(&target)?;
+                self.known_dirs.retain(|d| !d.starts_with(&target));
                 let made = source.materialize(self.root, &target, &parsed, &esubject)?;
                 created.extend(made);
                 self.report.imports += 1;
@@ -262,7 +277,7 @@ impl<'r> Applier<'r> {
     }
 
     /// Removes what lower layers put under `dir`, keeping what this layer made.
-    fn clear_lower(&self, dir: &Path, created: &HashSet<PathBuf>) -> Result<()> {
+    fn clear_lower(&mut self, dir: &Path, created: &HashSet<PathBuf>) -> Result<()> {
         let Ok(handle) = self.root.resolve_nofollow(dir) else {
             return Ok(());
         };
@@ -353,6 +368,7 @@ impl<'r> Applier<'r> {
             let dir = handle
                 .reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY)
                 .map_err(in_root("opening directory"))?;
+            self.known_dirs.insert(path.to_path_buf());
             dir.set_permissions(Permissions::from_mode(mode))
                 .map_err(|e| Error::io(path, e))?;
             if self.privileged {

@@ -158,7 +158,14 @@ impl StoreImports<'_> {
         Ok(ex)
     }
 
-    fn place_file(&self, root: &Root, dest: &Path, source: &Path, mode: u32) -> Result<()> {
+    /// Creates `dest` from the stored file; returns it open, except for hard links.
+    fn place_file(
+        &self,
+        root: &Root,
+        dest: &Path,
+        source: &Path,
+        mode: u32,
+    ) -> Result<Option<fs::File>> {
         let in_root = |e| Error::in_root(format!("materializing {}", dest.display()), e);
         if self.link == LinkMode::Hardlink {
             let parent = dest.parent().unwrap_or(Path::new(""));
@@ -174,7 +181,7 @@ impl StoreImports<'_> {
                 rustix::fs::AtFlags::empty(),
             )
             .map_err(|e| Error::io(dest, e.into()))?;
-            return Ok(());
+            return Ok(None);
         }
         let mut src = fs::File::open(source).map_err(|e| Error::io(source, e))?;
         let mut file = root
@@ -197,7 +204,7 @@ impl StoreImports<'_> {
         }
         file.set_permissions(Permissions::from_mode(mode))
             .map_err(|e| Error::io(dest, e))?;
-        Ok(())
+        Ok(Some(file))
     }
 }
 
@@ -247,7 +254,10 @@ impl ImportSource for StoreImports<'_> {
             .iter()
             .find(|(_, _, rel)| rel.is_empty())
             .is_none_or(|(_, m, _)| m.kind == "dir");
-        if root.resolve_nofollow(target).is_ok() {
+        // Into a target that did not exist nothing below it exists either, so
+        // the per-entry existence checks are skipped.
+        let fresh = root.resolve_nofollow(target).is_err();
+        if !fresh {
             let existing_dir = root
                 .resolve_nofollow(target)
                 .and_then(|h| {
@@ -280,13 +290,21 @@ impl ImportSource for StoreImports<'_> {
                     dir_modes.push((dest.clone(), meta.mode, meta.mtime));
                 }
                 "file" => {
-                    if root.resolve_nofollow(&dest).is_ok() {
+                    if !fresh && root.resolve_nofollow(&dest).is_ok() {
                         root.remove_all(&dest).map_err(in_root)?;
                     }
-                    self.place_file(root, &dest, &stored, meta.mode)?;
+                    if let Some(file) = self.place_file(root, &dest, &stored, meta.mode)? {
+                        if self.privileged {
+                            let (uid, gid) = (meta.uid as u32, meta.gid as u32);
+                            let _ = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
+                        }
+                        let _ = file.set_modified(UNIX_EPOCH + Duration::from_secs(meta.mtime));
+                    }
+                    created.push(dest);
+                    continue;
                 }
                 "symlink" => {
-                    if root.resolve_nofollow(&dest).is_ok() {
+                    if !fresh && root.resolve_nofollow(&dest).is_ok() {
                         root.remove_all(&dest).map_err(in_root)?;
                     }
                     let link = meta.link.clone().unwrap_or_default();
@@ -294,7 +312,7 @@ impl ImportSource for StoreImports<'_> {
                         .map_err(in_root)?;
                 }
                 "hardlink" => {
-                    if root.resolve_nofollow(&dest).is_ok() {
+                    if !fresh && root.resolve_nofollow(&dest).is_ok() {
                         root.remove_all(&dest).map_err(in_root)?;
                     }
                     let link = meta.link.clone().unwrap_or_default();
@@ -330,14 +348,6 @@ impl ImportSource for StoreImports<'_> {
                 {
                     let _ =
                         std::os::unix::fs::fchown(&f, Some(meta.uid as u32), Some(meta.gid as u32));
-                }
-            }
-            if meta.kind == "file" {
-                if let Ok(f) = root
-                    .resolve_nofollow(&dest)
-                    .and_then(|h| h.reopen(OpenFlags::O_RDONLY))
-                {
-                    let _ = f.set_modified(UNIX_EPOCH + Duration::from_secs(meta.mtime));
                 }
             }
             created.push(dest);

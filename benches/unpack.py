@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Unpacker benchmark: `oci-blocks unpack` against `umoci unpack --rootless`,
+measured in the same run on the same content.
+
+For each set (the Java and Python corpus, and the larger set of
+benches/make-large-set.sh), two images are built: v1, and v2 (the corpus's
+second version; for the large set, v1 plus one changed file). Each round times:
+  - umoci unpack --rootless of v2's legacy variant (a plain image, copied out of
+    the fallback index by skopeo, as any client would pick it);
+  - a cold `oci-blocks unpack` of v2 (empty block store);
+  - a warm `oci-blocks unpack` of v2 with v1's blocks already in the store.
+Prints a Markdown table of medians.
+
+Usage: benches/unpack.py [RUNS]    (from the repository root; default 5)
+"""
+import os, shutil, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+
+
+def sh(cmd, **kw):
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
+
+
+def timed(cmd):
+    start = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    if status != 0:
+        raise SystemExit(f"failed: {cmd}")
+    return time.monotonic() - start, usage.ru_maxrss / 1024
+
+
+def main():
+    os.chdir(ROOT)
+    corpus = os.path.join(ROOT, "target/corpus")
+    shared = os.path.join(ROOT, "../shared/corpus")
+    if not os.path.isdir(f"{corpus}/java/v1"):
+        sh(["bash", f"{shared}/java-deps.sh", f"{corpus}/java"])
+    if not os.path.isdir(f"{corpus}/python/v1"):
+        sh(["bash", f"{shared}/python-env.sh", f"{corpus}/python"])
+    sh(["bash", "benches/make-large-set.sh", f"{corpus}/large"])
+    sh(["cargo", "build", "-q", "--release", "-p", "oci-blocks"])
+    binary = os.path.join(ROOT, "target/release/oci-blocks")
+    work = tempfile.mkdtemp(prefix="oci-blocks-unpack-bench-")
+    try:
+        large_v2 = os.path.join(work, "large-v2")
+        shutil.copytree(f"{corpus}/large/site-packages", f"{large_v2}/site-packages", symlinks=True)
+        with open(f"{large_v2}/site-packages/numpy/version.py", "a") as f:
+            f.write("\n# changed in v2\n")
+        sets = [
+            ("java corpus", f"{corpus}/java/v1/lib", f"{corpus}/java/v2/lib", "/app/lib"),
+            ("python corpus", f"{corpus}/python/v1/site-packages", f"{corpus}/python/v2/site-packages", "/usr/lib/python3/site-packages"),
+            ("large python set", f"{corpus}/large/site-packages", f"{large_v2}/site-packages", "/usr/lib/python3/site-packages"),
+        ]
+        print(f"{RUNS} rounds per set, medians; {os.cpu_count()} CPUs\n")
+        print("| set | umoci unpack (legacy) | oci-blocks unpack, cold | speed-up vs umoci | v2 with v1's blocks in the store | speed-up vs cold | peak RSS (cold) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name, v1, v2, dest in sets:
+            images = os.path.join(work, name.replace(" ", "-"))
+            for tag, src in (("v1", v1), ("v2", v2)):
+                sh([binary, "build", "--no-cache", "--add", f"{src}:{dest}", "--out", f"oci:{images}:{tag}"])
+            legacy = os.path.join(work, name.replace(" ", "-") + "-legacy")
+            sh(["skopeo", "copy", "--quiet", f"oci:{images}:v2", f"oci:{legacy}:v2"])
+            umoci, cold, warm, rss = [], [], [], []
+            for i in range(RUNS):
+                r = os.path.join(work, f"r{i}")
+                t, _ = timed(["umoci", "unpack", "--rootless", "--image", f"{legacy}:v2", f"{r}-umoci"])
+                umoci.append(t)
+                store = os.path.join(work, f"store{i}")
+                t, m = timed([binary, "unpack", "--store", store, f"oci:{images}:v2", f"{r}-cold"])
+                cold.append(t); rss.append(m)
+                store2 = os.path.join(work, f"store{i}-warm")
+                sh([binary, "unpack", "--store", store2, f"oci:{images}:v1", f"{r}-v1"])
+                t, _ = timed([binary, "unpack", "--store", store2, f"oci:{images}:v2", f"{r}-warm"])
+                warm.append(t)
+                for d in (f"{r}-umoci", f"{r}-cold", f"{r}-v1", f"{r}-warm", store, store2):
+                    subprocess.run(["chmod", "-R", "u+w", d], stderr=subprocess.DEVNULL)
+                    shutil.rmtree(d, ignore_errors=True)
+            u, c, w = (statistics.median(x) for x in (umoci, cold, warm))
+            print(f"| {name} | {u:.2f} s | {c:.2f} s | {u / c:.1f}x | {w:.2f} s | {c / w:.1f}x | {max(rss):.0f} MiB |")
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", work], stderr=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
