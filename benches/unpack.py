@@ -8,7 +8,8 @@ second version; for the large set, v1 plus one changed file). Each round times:
   - umoci unpack --rootless of v2's legacy variant (a plain image, copied out of
     the fallback index by skopeo, as any client would pick it);
   - a cold `oci-blocks unpack` of v2 (empty block store);
-  - a warm `oci-blocks unpack` of v2 with v1's blocks already in the store.
+  - a warm `oci-blocks unpack` of v2 with v1's blocks already in the store;
+  - the same with `--link hardlink --read-only` (imports share the store's inodes).
 Prints a Markdown table of medians.
 
 Usage: benches/unpack.py [RUNS]    (from the repository root; default 5)
@@ -55,15 +56,15 @@ def main():
             ("large python set", f"{corpus}/large/site-packages", f"{large_v2}/site-packages", "/usr/lib/python3/site-packages"),
         ]
         print(f"{RUNS} rounds per set, medians; {os.cpu_count()} CPUs\n")
-        print("| set | umoci unpack (legacy) | oci-blocks unpack, cold | speed-up vs umoci | v2 with v1's blocks in the store | speed-up vs cold | peak RSS (cold) |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("| set | umoci unpack (legacy) | oci-blocks unpack, cold | speed-up vs umoci | v2 with v1's blocks in the store | speed-up vs cold | same, --link hardlink --read-only | speed-up vs cold | peak RSS (cold) |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, v1, v2, dest in sets:
             images = os.path.join(work, name.replace(" ", "-"))
             for tag, src in (("v1", v1), ("v2", v2)):
                 sh([binary, "build", "--no-cache", "--add", f"{src}:{dest}", "--out", f"oci:{images}:{tag}"])
             legacy = os.path.join(work, name.replace(" ", "-") + "-legacy")
             sh(["skopeo", "copy", "--quiet", f"oci:{images}:v2", f"oci:{legacy}:v2"])
-            umoci, cold, warm, rss = [], [], [], []
+            umoci, cold, warm, hard, rss = [], [], [], [], []
             for i in range(RUNS):
                 r = os.path.join(work, f"r{i}")
                 t, _ = timed(["umoci", "unpack", "--rootless", "--image", f"{legacy}:v2", f"{r}-umoci"])
@@ -75,11 +76,13 @@ def main():
                 sh([binary, "unpack", "--store", store2, f"oci:{images}:v1", f"{r}-v1"])
                 t, _ = timed([binary, "unpack", "--store", store2, f"oci:{images}:v2", f"{r}-warm"])
                 warm.append(t)
-                for d in (f"{r}-umoci", f"{r}-cold", f"{r}-v1", f"{r}-warm", store, store2):
+                t, _ = timed([binary, "unpack", "--link", "hardlink", "--read-only", "--store", store2, f"oci:{images}:v2", f"{r}-hard"])
+                hard.append(t)
+                for d in (f"{r}-umoci", f"{r}-cold", f"{r}-v1", f"{r}-warm", f"{r}-hard", store, store2):
                     subprocess.run(["chmod", "-R", "u+w", d], stderr=subprocess.DEVNULL)
                     shutil.rmtree(d, ignore_errors=True)
-            u, c, w = (statistics.median(x) for x in (umoci, cold, warm))
-            print(f"| {name} | {u:.2f} s | {c:.2f} s | {u / c:.1f}x | {w:.2f} s | {c / w:.1f}x | {max(rss):.0f} MiB |")
+            u, c, w, h = (statistics.median(x) for x in (umoci, cold, warm, hard))
+            print(f"| {name} | {u:.2f} s | {c:.2f} s | {u / c:.1f}x | {w:.2f} s | {c / w:.1f}x | {h:.2f} s | {c / h:.1f}x | {max(rss):.0f} MiB |")
     finally:
         subprocess.run(["chmod", "-R", "u+w", work], stderr=subprocess.DEVNULL)
         shutil.rmtree(work, ignore_errors=True)

@@ -365,6 +365,21 @@ impl ImportSource for StoreImports<'_> {
     }
 }
 
+/// Refuses a target that exists and is not an empty directory.
+fn ensure_empty(path: &Path, reason: &str) -> Result<()> {
+    let occupied = path.exists()
+        && fs::read_dir(path)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true);
+    if occupied {
+        return Err(Error::Option {
+            option: path.display().to_string(),
+            reason: reason.into(),
+        });
+    }
+    Ok(())
+}
+
 /// Unpacks the image into `bundle/rootfs` and writes `bundle/config.json`
 /// from its configuration (rootless when not running as root), as `umoci
 /// unpack` does.
@@ -374,16 +389,10 @@ pub fn unpack_bundle(
     bundle: &Path,
     options: &UnpackOptions,
 ) -> Result<UnpackReport> {
-    if bundle.exists()
-        && fs::read_dir(bundle)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        return Err(Error::Option {
-            option: bundle.display().to_string(),
-            reason: "the bundle directory must not exist yet, or be empty".into(),
-        });
-    }
+    ensure_empty(
+        bundle,
+        "the bundle directory must not exist yet, or be empty",
+    )?;
     fs::create_dir_all(bundle).map_err(|e| Error::io(bundle, e))?;
     let result = unpack(layout, tag, &bundle.join("rootfs"), options).and_then(|report| {
         let config: serde_json::Value =
@@ -414,16 +423,10 @@ pub fn unpack(
             reason: "hard links share inodes with the block store, so a write inside the container would change every image using the block; use it only with --read-only".into(),
         });
     }
-    if rootfs.exists()
-        && fs::read_dir(rootfs)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        return Err(Error::Option {
-            option: rootfs.display().to_string(),
-            reason: "the root filesystem must not exist yet, or be an empty directory".into(),
-        });
-    }
+    ensure_empty(
+        rootfs,
+        "the root filesystem must not exist yet, or be an empty directory",
+    )?;
     let roots = layout.resolve(tag)?;
     let [root_desc] = roots.as_slice() else {
         return Err(Error::invalid(

@@ -17,28 +17,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use common::*;
 
-fn have(tools: &[&str]) -> Result<bool> {
-    let missing: Vec<&&str> = tools
-        .iter()
-        .filter(|t| {
-            !Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {t}"))
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(true);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        bail!("CI=true and these tools are missing: {missing:?} (.ci/run installs them)");
-    }
-    eprintln!("SKIPPED: missing {missing:?}");
-    Ok(false)
-}
-
 fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
     ensure!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));

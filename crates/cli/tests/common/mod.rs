@@ -9,7 +9,7 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use anyhow::{Context, Result, bail, ensure};
 use oci_blocks_core::Digest;
@@ -352,4 +352,28 @@ pub fn expected_tree(
         }
     }
     Ok(out)
+}
+
+/// Whether the external tools are on PATH. When CI=true a missing tool is an
+/// error (.ci/run installs them); elsewhere the test says it is skipped.
+pub fn have(tools: &[&str]) -> Result<bool> {
+    let missing: Vec<&&str> = tools
+        .iter()
+        .filter(|t| {
+            !Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {t}"))
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(true);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        bail!("CI=true and these tools are missing: {missing:?} (.ci/run installs them)");
+    }
+    eprintln!("SKIPPED: missing {missing:?}");
+    Ok(false)
 }
