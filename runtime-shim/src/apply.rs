@@ -103,7 +103,8 @@ fn exists(root: &Root, path: &Path) -> bool {
     root.resolve_nofollow(path).is_ok()
 }
 
-fn is_dir(root: &Root, path: &Path) -> bool {
+/// Whether `path` is a directory (not a link to one) inside the root.
+pub(crate) fn is_dir(root: &Root, path: &Path) -> bool {
     root.resolve_nofollow(path)
         .and_then(|h| {
             h.reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY | OpenFlags::O_NOFOLLOW)

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use oci_blocks_core::layout::{OciDir, OciRef};
+use clap::{Parser, Subcommand};
+use oci_blocks_core::layout::{OciDir, OciRef, default_state_dir};
 use oci_blocks_shim::store::BlockStore;
 use oci_blocks_shim::{LinkMode, UnpackOptions, unpack};
 
@@ -30,7 +30,7 @@ enum Command {
         store: Option<PathBuf>,
         /// How imported files are materialized.
         #[arg(long, value_enum, default_value = "auto")]
-        link: Link,
+        link: LinkMode,
         /// The root filesystem will be mounted read-only (allows --link hardlink).
         #[arg(long)]
         read_only: bool,
@@ -46,20 +46,8 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Link {
-    Auto,
-    Reflink,
-    Copy,
-    Hardlink,
-}
-
 fn default_store() -> PathBuf {
-    std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("oci-blocks")
+    default_state_dir().unwrap_or_else(|| PathBuf::from("oci-blocks"))
 }
 
 fn main() -> ExitCode {
@@ -86,12 +74,7 @@ fn run() -> Result<()> {
             let layout = OciDir::open(&r.path)?;
             let options = UnpackOptions {
                 store: store.unwrap_or_else(default_store),
-                link: match link {
-                    Link::Auto => LinkMode::Auto,
-                    Link::Reflink => LinkMode::Reflink,
-                    Link::Copy => LinkMode::Copy,
-                    Link::Hardlink => LinkMode::Hardlink,
-                },
+                link,
                 read_only,
                 platform,
             };

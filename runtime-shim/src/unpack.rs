@@ -26,7 +26,7 @@ use crate::store::{BlockStore, Extracted, blob_error, open_tar};
 use crate::{Error, Result};
 
 /// How imported files reach the root filesystem.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LinkMode {
     /// Reflink (FICLONE) where the file system allows, else copy.
     #[default]
@@ -258,12 +258,7 @@ impl ImportSource for StoreImports<'_> {
         // the per-entry existence checks are skipped.
         let fresh = root.resolve_nofollow(target).is_err();
         if !fresh {
-            let existing_dir = root
-                .resolve_nofollow(target)
-                .and_then(|h| {
-                    h.reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY | OpenFlags::O_NOFOLLOW)
-                })
-                .is_ok();
+            let existing_dir = crate::apply::is_dir(root, target);
             if !(existing_dir && target_is_dir) {
                 root.remove_all(target)
                     .map_err(|e| Error::in_root(format!("replacing {}", target.display()), e))?;

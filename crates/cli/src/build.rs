@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use oci_blocks_builder::file::BuildFile;
 use oci_blocks_builder::{Add, BuildSpec, Fallback, NoProgress, Progress, build_with_progress};
-use oci_blocks_core::layout::OciRef;
+use oci_blocks_core::layout::{OciRef, default_state_dir};
 
 use crate::output::{bytes, outln};
 
@@ -123,13 +123,6 @@ fn parse_add(value: &str) -> Result<Add> {
     })
 }
 
-pub(crate) fn default_cache_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .map(|d| d.join("oci-blocks"))
-}
-
 fn spec_from(args: &Args) -> Result<BuildSpec> {
     let file = match &args.file {
         Some(path) => BuildFile::load(path)?,
@@ -221,7 +214,7 @@ fn spec_from(args: &Args) -> Result<BuildSpec> {
         cache_dir: if args.no_cache {
             None
         } else {
-            args.cache_dir.clone().or_else(default_cache_dir)
+            args.cache_dir.clone().or_else(default_state_dir)
         },
         import_media_type: !args.standard_media_type,
         max_layers: args.max_layers.or(file.max_layers),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use oci_blocks_core::layout::{OciDir, OciRef};
+use oci_blocks_core::layout::{OciDir, OciRef, default_state_dir};
 use oci_blocks_shim::{LinkMode, UnpackOptions, unpack, unpack_bundle};
 
 use crate::output::outln;
@@ -34,7 +34,7 @@ pub struct Args {
     /// How imported files are materialized: auto (reflink, else copy), reflink,
     /// copy, or hardlink (only with --read-only).
     #[arg(long, value_enum, default_value = "auto")]
-    link: Link,
+    link: LinkMode,
     /// The root filesystem will be mounted read-only (allows --link hardlink).
     #[arg(long)]
     read_only: bool,
@@ -46,30 +46,17 @@ pub struct Args {
     json: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Link {
-    Auto,
-    Reflink,
-    Copy,
-    Hardlink,
-}
-
 pub fn run(args: Args) -> Result<ExitCode> {
     let reference = OciRef::parse(&args.image)?;
     let layout = OciDir::open(&reference.path)?;
     let store = args
         .store
         .clone()
-        .or_else(crate::build::default_cache_dir)
+        .or_else(default_state_dir)
         .context("no --store and no $HOME")?;
     let options = UnpackOptions {
         store,
-        link: match args.link {
-            Link::Auto => LinkMode::Auto,
-            Link::Reflink => LinkMode::Reflink,
-            Link::Copy => LinkMode::Copy,
-            Link::Hardlink => LinkMode::Hardlink,
-        },
+        link: args.link,
         read_only: args.read_only,
         platform: args.platform.clone(),
     };

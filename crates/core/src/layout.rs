@@ -350,6 +350,15 @@ impl Write for BlobWriter<'_> {
     }
 }
 
+/// Where the project's local state lives by default (build cache, block store):
+/// `$XDG_DATA_HOME/oci-blocks`, else `$HOME/.local/share/oci-blocks`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map(|d| d.join("oci-blocks"))
+}
+
 /// The tag (`org.opencontainers.image.ref.name`) of an `index.json` entry.
 pub fn tag_of(descriptor: &Descriptor) -> Option<&str> {
     descriptor
