@@ -330,37 +330,14 @@ fn load_base(
         reference: reference.to_string(),
         report: e.to_string(),
     })?;
-    let list = |key: &str| {
-        raw.get(key)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let (layers, blocks) = (list("layers"), list("blocks"));
-    let diff_ids = |config: &Value| {
-        config
-            .pointer("/rootfs/diff_ids")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
+    let (layers, blocks) = (array_at(&raw, "/layers"), array_at(&raw, "/blocks"));
     let legacy = match legacy_entry {
         Some(entry) => Some(load_legacy(&dir, out, reference, &entry, sparse)?),
-        None if blocks.is_empty() => Some((layers.clone(), diff_ids(&config))),
+        None if blocks.is_empty() => Some((layers.clone(), array_at(&config, "/rootfs/diff_ids"))),
         None => None,
     };
-    // Reuse the base's blobs byte for byte, verified as they are copied.
-    if dir.root() != out.root() && !sparse {
-        for d in manifest.layers().iter().chain(manifest.blocks()) {
-            let digest = Digest::try_from(d.digest())?;
-            if !out.has_blob(&digest) {
-                out.write_blob_verified(
-                    dir.open_blob(&digest, Some(d.size()))?,
-                    &digest,
-                    Some(d.size()),
-                )?;
-            }
-        }
+    if !sparse {
+        copy_blobs(&dir, out, manifest.layers().iter().chain(manifest.blocks()))?;
     }
     Ok(Base {
         config,
@@ -388,30 +365,46 @@ fn load_legacy(
     let cd = Digest::try_from(c.digest())?;
     let config: Value = serde_json::from_slice(&dir.read_json_blob(&cd, Some(c.size()))?)
         .map_err(|e| invalid(format!("legacy config: {e}")))?;
-    if dir.root() != out.root() && !sparse {
-        for l in legacy.layers() {
-            let digest = Digest::try_from(l.digest())?;
-            if !out.has_blob(&digest) {
-                out.write_blob_verified(
-                    dir.open_blob(&digest, Some(l.size()))?,
-                    &digest,
-                    Some(l.size()),
-                )?;
-            }
-        }
+    if !sparse {
+        copy_blobs(dir, out, legacy.layers().iter())?;
     }
     let raw: Value = serde_json::from_slice(legacy.raw()).map_err(|e| invalid(e.to_string()))?;
-    let layers = raw
-        .get("layers")
+    Ok((
+        array_at(&raw, "/layers"),
+        array_at(&config, "/rootfs/diff_ids"),
+    ))
+}
+
+/// The array at `pointer` in a JSON document (empty when absent).
+fn array_at(value: &Value, pointer: &str) -> Vec<Value> {
+    value
+        .pointer(pointer)
         .and_then(Value::as_array)
         .cloned()
-        .unwrap_or_default();
-    let diff_ids = config
-        .pointer("/rootfs/diff_ids")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    Ok((layers, diff_ids))
+        .unwrap_or_default()
+}
+
+/// Copies blobs from a base image's layout into the output, byte for byte and
+/// verified as they are copied, unless the output already has them.
+fn copy_blobs<'d>(
+    dir: &OciDir,
+    out: &OciDir,
+    descriptors: impl Iterator<Item = &'d oci_spec::image::Descriptor>,
+) -> Result<()> {
+    if dir.root() == out.root() {
+        return Ok(());
+    }
+    for d in descriptors {
+        let digest = Digest::try_from(d.digest())?;
+        if !out.has_blob(&digest) {
+            out.write_blob_verified(
+                dir.open_blob(&digest, Some(d.size()))?,
+                &digest,
+                Some(d.size()),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn layer_path(dest: &str, rel: &[u8]) -> Vec<u8> {
@@ -848,12 +841,7 @@ fn build_platform(
     let mut layers: Vec<Value> = base.as_ref().map(|b| b.layers.clone()).unwrap_or_default();
     let mut diff_ids: Vec<Value> = base
         .as_ref()
-        .and_then(|b| {
-            b.config
-                .pointer("/rootfs/diff_ids")
-                .and_then(Value::as_array)
-                .cloned()
-        })
+        .map(|b| array_at(&b.config, "/rootfs/diff_ids"))
         .unwrap_or_default();
     let mut report_layers: Vec<LayerReport> = layers
         .iter()
@@ -1058,7 +1046,7 @@ fn build_platform(
         merged,
         legacy_manifest: None,
     };
-    let blocks_list = manifest["blocks"].as_array().cloned().unwrap_or_default();
+    let blocks_list = array_at(&manifest, "/blocks");
     if !fallback {
         return Ok(PlatformBuild {
             report,
@@ -1282,11 +1270,7 @@ fn make_config(
     }
     config["created"] = json!(created(spec.source_date_epoch));
     config["rootfs"] = json!({"type": "layers", "diff_ids": diff_ids});
-    let mut all_history = config
-        .get("history")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let mut all_history = array_at(&config, "/history");
     all_history.extend(history);
     config["history"] = Value::Array(all_history);
     if !config.get("config").is_some_and(Value::is_object) {
