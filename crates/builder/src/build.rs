@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use oci_blocks_core::Digest;
 use oci_blocks_core::digest::{Algorithm, Hasher};
 use oci_blocks_core::layout::{OciDir, OciRef};
-use oci_blocks_core::manifest::{Index, Manifest, anchor_manifest};
+use oci_blocks_core::manifest::{Index, Manifest, anchor_manifest, platform_text};
 use oci_blocks_core::names::*;
 use oci_blocks_core::oci_spec;
 use oci_blocks_core::validate::check_image;
@@ -1198,21 +1198,6 @@ pub fn build_with_progress(spec: &BuildSpec, progress: &dyn Progress) -> Result<
         platforms: builds.into_iter().map(|b| b.report).collect(),
         fallback: fallback_report,
     })
-}
-
-fn platform_text(p: &Value) -> String {
-    let s = |k: &str| {
-        p.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    let mut t = format!("{}/{}", s("os"), s("architecture"));
-    if let Some(v) = p.get("variant").and_then(Value::as_str) {
-        t.push('/');
-        t.push_str(v);
-    }
-    t
 }
 
 fn to_json(value: &Value) -> Result<Vec<u8>> {

@@ -144,6 +144,18 @@ impl Index {
     }
 }
 
+/// A platform object (`{"os": ..., "architecture": ..., "variant": ...}`) as
+/// `os/arch[/variant]`; `?` stands for a missing field.
+pub fn platform_text(platform: &Value) -> String {
+    let s = |k: &str| platform.get(k).and_then(Value::as_str).unwrap_or("?");
+    let mut t = format!("{}/{}", s("os"), s("architecture"));
+    if let Some(v) = platform.get("variant").and_then(Value::as_str) {
+        t.push('/');
+        t.push_str(v);
+    }
+    t
+}
+
 /// The GC anchor manifest of `spec/fallback.md` for these block descriptors:
 /// an artifact manifest whose config is the empty descriptor and whose layers
 /// are the blocks, so that a registry unaware of blocks keeps them.

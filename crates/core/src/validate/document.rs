@@ -328,18 +328,9 @@ fn check_blocks(value: &Value, subject: &str, report: &mut Report) {
 }
 
 fn platform_text(entry: &Value) -> String {
-    match entry.get("platform") {
-        Some(p) => {
-            let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("?");
-            let mut t = format!("{}/{}", s("os"), s("architecture"));
-            if let Some(v) = p.get("variant").and_then(Value::as_str) {
-                t.push('/');
-                t.push_str(v);
-            }
-            t
-        }
-        None => "(no platform)".into(),
-    }
+    entry
+        .get("platform")
+        .map_or_else(|| "(no platform)".into(), crate::manifest::platform_text)
 }
 
 fn check_fallback_index(value: &Value, subject: &str, report: &mut Report) {
