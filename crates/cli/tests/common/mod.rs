@@ -320,10 +320,17 @@ pub fn assert_same(
     Ok(())
 }
 
+/// The tree under `root`, without `root` itself (whose mode is the test's).
+pub fn tree(root: &Path) -> Result<BTreeMap<String, Node>> {
+    let mut t = describe(root, &|_, b| b)?;
+    t.remove("");
+    Ok(t)
+}
+
 /// The tree the inputs `adds` (SRC, DEST) make when placed, with the directories
 /// above each DEST as the builder writes them (0755).
-pub fn expected_tree(
-    adds: &[(&Path, &str)],
+pub fn expected_tree<P: AsRef<Path>>(
+    adds: &[(P, &str)],
     transform: &dyn Fn(&Path, Vec<u8>) -> Vec<u8>,
 ) -> Result<BTreeMap<String, Node>> {
     let mut out = BTreeMap::new();
@@ -342,7 +349,7 @@ pub fn expected_tree(
                 content: String::new(),
             });
         }
-        for (rel, node) in describe(src, transform)? {
+        for (rel, node) in describe(src.as_ref(), transform)? {
             let key = if rel.is_empty() {
                 dest.to_string()
             } else {
