@@ -14,36 +14,19 @@ Prints a Markdown table of medians.
 
 Usage: benches/unpack.py [RUNS]    (from the repository root; default 5)
 """
-import os, shutil, statistics, subprocess, sys, tempfile, time
+import os, shutil, statistics, subprocess, sys, tempfile
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+from common import prepare, sh, timed
+
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 
 
-def sh(cmd, **kw):
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
 
 
-def timed(cmd):
-    start = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(p.pid, 0)
-    if status != 0:
-        raise SystemExit(f"failed: {cmd}")
-    return time.monotonic() - start, usage.ru_maxrss / 1024
 
 
 def main():
-    os.chdir(ROOT)
-    corpus = os.path.join(ROOT, "target/corpus")
-    shared = os.path.join(ROOT, "../shared/corpus")
-    if not os.path.isdir(f"{corpus}/java/v1"):
-        sh(["bash", f"{shared}/java-deps.sh", f"{corpus}/java"])
-    if not os.path.isdir(f"{corpus}/python/v1"):
-        sh(["bash", f"{shared}/python-env.sh", f"{corpus}/python"])
-    sh(["bash", "benches/make-large-set.sh", f"{corpus}/large"])
-    sh(["cargo", "build", "-q", "--release", "-p", "oci-blocks"])
-    binary = os.path.join(ROOT, "target/release/oci-blocks")
+    corpus, binary = prepare()
     work = tempfile.mkdtemp(prefix="oci-blocks-unpack-bench-")
     try:
         large_v2 = os.path.join(work, "large-v2")

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::cache::{Cache, Cached};
+use crate::cache::{Cache, Cached, CachedLayer};
 use crate::canonical::CanonicalTar;
 use crate::input::{self, Entry, Kind};
 use crate::plan::{self, BlockPlan, Plan, Rules};
@@ -960,7 +960,26 @@ fn build_platform(
                 legacy_layers.push(descriptor(OCI_LAYER_TAR_GZIP, &digest, size));
                 legacy_diff_ids.push(Value::String(diff_id.to_string()));
             } else {
-                let (ld, ls, lid) = write_layer(out, &mut legacy_items.into_vec(), epoch)?;
+                let key = Cache::layer_key(
+                    group
+                        .clone()
+                        .map(|ai| (adds[ai].add.dest.as_str(), &adds[ai].entries[..])),
+                    epoch,
+                );
+                let (ld, ls, lid) = match cache.get_layer(&key).filter(|c| out.has_blob(&c.digest))
+                {
+                    Some(hit) => (hit.digest.clone(), hit.size, hit.diff_id.clone()),
+                    None => {
+                        let (ld, ls, lid) = write_layer(out, &mut legacy_items.into_vec(), epoch)?;
+                        let value = CachedLayer {
+                            digest: ld.clone(),
+                            size: ls,
+                            diff_id: lid.clone(),
+                        };
+                        cache.put_layer(key, value);
+                        (ld, ls, lid)
+                    }
+                };
                 legacy_layers.push(descriptor(OCI_LAYER_TAR_GZIP, &ld, ls));
                 legacy_diff_ids.push(Value::String(lid.to_string()));
             }

@@ -4,7 +4,8 @@
 //! block path, type, mode, size, link target, device, inode and modification and
 //! change times (as git's index and make do). When the key is known and the blob
 //! is in the output layout, the block is neither read nor written again: a
-//! rebuild of unchanged inputs only stats them.
+//! rebuild of unchanged inputs only stats them. Legacy layers (every import
+//! materialized, gzip-compressed) are cached the same way, keyed by their trees.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,6 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use oci_blocks_core::Digest;
+use oci_blocks_core::digest::{Algorithm, Hasher};
 use serde::{Deserialize, Serialize};
 
 use crate::input::{Entry, Kind};
@@ -31,6 +33,17 @@ pub struct Cached {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// A cached legacy layer (every import materialized).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CachedLayer {
+    /// The layer's digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// Its diff ID.
+    pub diff_id: Digest,
+}
+
 /// The cache, loaded from and saved to one JSON file.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Cache {
@@ -38,6 +51,29 @@ pub struct Cache {
     path: Option<PathBuf>,
     format: String,
     blocks: BTreeMap<String, Cached>,
+    #[serde(default)]
+    layers: BTreeMap<String, CachedLayer>,
+}
+
+fn hash_entry(h: &mut Hasher, path: &[u8], e: &Entry) {
+    let link: &[u8] = match &e.kind {
+        Kind::Symlink(t) => t,
+        _ => b"",
+    };
+    h.update(path);
+    h.update(
+        format!(
+            "\0{:?}\0{}\0{}\0{:?}\0{:?}\0",
+            std::mem::discriminant(&e.kind),
+            e.mode,
+            e.size,
+            e.dev_ino,
+            e.stamp
+        )
+        .as_bytes(),
+    );
+    h.update(link);
+    h.update(b"\n");
 }
 
 impl Cache {
@@ -59,31 +95,35 @@ impl Cache {
 
     /// The key of a block plan.
     pub fn key(plan: &BlockPlan, entries: &[Entry], epoch: u64) -> String {
-        let mut h =
-            oci_blocks_core::digest::Hasher::new(oci_blocks_core::digest::Algorithm::Sha256);
+        let mut h = Hasher::new(Algorithm::Sha256);
         h.update(format!("{FORMAT}\n{}\n{epoch}\n", plan.rule).as_bytes());
         for (path, i) in &plan.entries {
-            let e = &entries[*i];
-            let link: &[u8] = match &e.kind {
-                Kind::Symlink(t) => t,
-                _ => b"",
-            };
-            h.update(path);
-            h.update(
-                format!(
-                    "\0{:?}\0{}\0{}\0{:?}\0{:?}\0",
-                    std::mem::discriminant(&e.kind),
-                    e.mode,
-                    e.size,
-                    e.dev_ino,
-                    e.stamp
-                )
-                .as_bytes(),
-            );
-            h.update(link);
-            h.update(b"\n");
+            hash_entry(&mut h, path, &entries[*i]);
         }
         h.finish().to_string()
+    }
+
+    /// The key of a legacy layer: the trees of its adds (DEST and entries).
+    pub fn layer_key<'a>(adds: impl Iterator<Item = (&'a str, &'a [Entry])>, epoch: u64) -> String {
+        let mut h = Hasher::new(Algorithm::Sha256);
+        h.update(format!("{FORMAT}\nlegacy layer\n{epoch}\n").as_bytes());
+        for (dest, entries) in adds {
+            h.update(format!("add {dest}\n").as_bytes());
+            for e in entries {
+                hash_entry(&mut h, &e.rel, e);
+            }
+        }
+        h.finish().to_string()
+    }
+
+    /// A cached legacy layer for `key`.
+    pub fn get_layer(&self, key: &str) -> Option<&CachedLayer> {
+        self.layers.get(key)
+    }
+
+    /// Records a legacy layer.
+    pub fn put_layer(&mut self, key: String, value: CachedLayer) {
+        self.layers.insert(key, value);
     }
 
     /// A cached block for `key`.

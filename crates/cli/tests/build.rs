@@ -367,12 +367,15 @@ fn materialized_python_corpus_equals_its_input_with_canonical_pyc() -> Result<()
 fn a_rebuild_of_unchanged_inputs_is_served_by_the_cache() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let cache = tmp.path().join("cache");
+    let src = tmp.path().join("java-app");
+    copy_tree(&repo().join("examples/java-app"), &src, false)?;
     let out = format!("oci:{}:latest", tmp.path().join("out").display());
+    let file = src.join("build.toml");
     let run = || -> Result<serde_json::Value> {
         let out = oci_blocks(&[
             "build",
             "-f",
-            "examples/java-app/build.toml",
+            file.to_str().context("utf-8")?,
             "--cache-dir",
             cache.to_str().context("utf-8")?,
             "--out",
@@ -392,10 +395,24 @@ fn a_rebuild_of_unchanged_inputs_is_served_by_the_cache() -> Result<()> {
         cached(&cold) == Some(0) && cached(&warm) == Some(4),
         "cold {cold}\nwarm {warm}"
     );
+    let field = |r: &serde_json::Value, k: &str| r["platforms"][0][k].clone();
     ensure!(
-        cold["platforms"][0]["manifest"] == warm["platforms"][0]["manifest"],
+        field(&cold, "manifest") == field(&warm, "manifest")
+            && field(&cold, "legacy_manifest") == field(&warm, "legacy_manifest"),
         "the cache changed the image"
     );
+    // A changed jar changes its block and the cached legacy layer with it.
+    fs::copy(
+        src.join("lib/greeting-format-0.9.1.jar"),
+        src.join("lib/strings-3.4.0.jar"),
+    )?;
+    let changed = run()?;
+    ensure!(cached(&changed) == Some(3), "{changed}");
+    ensure!(
+        field(&changed, "legacy_manifest") != field(&warm, "legacy_manifest"),
+        "a stale legacy layer was reused from the cache"
+    );
+    ok(&["validate", &out])?;
     Ok(())
 }
 

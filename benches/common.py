@@ -1,0 +1,37 @@
+"""What the benchmark scripts share: running and timing commands, and making
+the input sets (the ../shared/corpus sets and the larger set of
+make-large-set.sh) and the release binary."""
+import os, subprocess, time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def sh(cmd, **kw):
+    """Runs a command (its output discarded); fails the benchmark if it fails."""
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
+
+
+def timed(cmd, shell=False):
+    """Wall seconds and peak RSS (MiB) of one command."""
+    start = time.monotonic()
+    p = subprocess.Popen(cmd, shell=shell, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    elapsed = time.monotonic() - start
+    if status != 0:
+        raise SystemExit(f"failed: {cmd}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def prepare():
+    """Makes the input sets if missing and builds the release binary; returns
+    the corpus directory and the binary's path. Runs from the repository root."""
+    os.chdir(ROOT)
+    corpus = os.path.join(ROOT, "target/corpus")
+    shared = os.path.join(ROOT, "../shared/corpus")
+    if not os.path.isdir(f"{corpus}/java/v1"):
+        sh(["bash", f"{shared}/java-deps.sh", f"{corpus}/java"])
+    if not os.path.isdir(f"{corpus}/python/v1"):
+        sh(["bash", f"{shared}/python-env.sh", f"{corpus}/python"])
+    sh(["bash", "benches/make-large-set.sh", f"{corpus}/large"])
+    sh(["cargo", "build", "-q", "--release", "-p", "oci-blocks"])
+    return corpus, os.path.join(ROOT, "target/release/oci-blocks")
