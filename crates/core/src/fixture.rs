@@ -118,6 +118,12 @@ pub struct LayerSpec {
     /// Store these bytes instead of a tar.
     #[serde(default)]
     pub raw: Option<String>,
+    /// Cut the uncompressed tar to this many bytes (a truncated archive).
+    #[serde(default)]
+    pub truncate: Option<usize>,
+    /// Bytes appended after the tar's end-of-archive marker.
+    #[serde(default)]
+    pub trailing: Option<String>,
     /// Leave the blob out of the layout.
     #[serde(default)]
     pub missing: bool,
@@ -150,6 +156,13 @@ pub struct EntrySpec {
     /// Permission bits (default 0o644 for files, 0o755 for directories).
     #[serde(default)]
     pub mode: Option<u32>,
+    /// Extended attributes, written as `SCHILY.xattr.NAME` PAX records.
+    #[serde(default)]
+    pub xattrs: BTreeMap<String, String>,
+    /// Further PAX records written before the entry, as given (`path`,
+    /// `linkpath`, `size`, ...), which may contradict the ustar header.
+    #[serde(default)]
+    pub pax: BTreeMap<String, String>,
 }
 
 fn yes() -> bool {
@@ -269,6 +282,17 @@ pub fn tar_of(entries: &[EntrySpec], blocks: &BTreeMap<String, Digest>) -> Resul
             write_name(&mut header.as_old_mut().linkname, target, &e.path)?;
         }
         header.set_cksum();
+        let records: Vec<(String, &[u8])> = e
+            .xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_bytes()))
+            .chain(e.pax.iter().map(|(k, v)| (k.clone(), v.as_bytes())))
+            .collect();
+        if !records.is_empty() {
+            builder
+                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+                .map_err(|err| Error::io(&e.path, err))?;
+        }
         builder
             .append(&header, &content[..])
             .map_err(|err| Error::io(&e.path, err))?;
@@ -368,10 +392,16 @@ pub fn build(spec: &ImageSpec, path: &Path, tag: &str) -> Result<Built> {
     let mut layers = Vec::new();
     for (i, l) in spec.layers.iter().enumerate() {
         let media_type = media_type_of(&l.media_type)?;
-        let uncompressed = match &l.raw {
+        let mut uncompressed = match &l.raw {
             Some(raw) => raw.as_bytes().to_vec(),
             None => tar_of(&l.entries, &digests)?,
         };
+        if let Some(n) = l.truncate {
+            uncompressed.truncate(n);
+        }
+        if let Some(t) = &l.trailing {
+            uncompressed.extend_from_slice(t.as_bytes());
+        }
         let diff_id = if l.wrong_diff_id {
             Digest::sha256(format!("not layer {i}").as_bytes())
         } else {

@@ -13,6 +13,7 @@
 //!   one document ([`validate::validate_document`]) or a whole image in a layout
 //!   ([`validate::check_image`]), each violation named by a stable rule id.
 //! - [`manifest`]: manifests and indexes that keep their exact bytes.
+//! - [`tarcheck`]: the archive checks every tar reader here makes.
 //! - [`layout`]: an OCI image-layout store that verifies digests on write and read
 //!   and never exposes a half-written blob.
 //!
@@ -27,6 +28,7 @@ pub mod import;
 pub mod layout;
 pub mod manifest;
 pub mod names;
+pub mod tarcheck;
 pub mod validate;
 
 pub use digest::Digest;

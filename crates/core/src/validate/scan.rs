@@ -188,6 +188,7 @@ fn walk(stream: impl Read, scan: &mut TarScan) -> io::Result<()> {
     let mut seen_imports: HashSet<String> = HashSet::new();
     for entry in archive.entries()? {
         let mut entry = entry?;
+        crate::tarcheck::check_entry_size(&entry)?;
         scan.entries += 1;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let path = normalize(&raw).to_string();
@@ -256,7 +257,7 @@ fn walk(stream: impl Read, scan: &mut TarScan) -> io::Result<()> {
             insert_with_ancestors(&mut scan.paths, &path);
         }
     }
-    Ok(())
+    crate::tarcheck::check_end(archive.into_inner())
 }
 
 fn insert_with_ancestors(paths: &mut HashSet<String>, path: &str) {
