@@ -20,6 +20,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use oci_blocks_core::import::{ImportEntry, import_name};
 use oci_blocks_core::names::{MAX_IMPORT_SIZE, OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
+use oci_blocks_core::tarcheck;
 use pathrs::flags::OpenFlags;
 use pathrs::{InodeType, Root};
 
@@ -64,6 +65,70 @@ pub struct ApplyReport {
     pub imports: u64,
     /// Device nodes skipped because the unpacker is not root.
     pub skipped_devices: Vec<String>,
+    /// Extended attributes not restored, each as `PATH: NAME (why)`.
+    pub skipped_xattrs: Vec<String>,
+}
+
+/// The prefix of PAX records that carry extended attributes.
+const XATTR_RECORD: &str = "SCHILY.xattr.";
+
+/// Reads an entry's extended attributes from its PAX records. `trusted.*`
+/// attributes configure the host (overlayfs uses them for whiteouts and
+/// redirects), so an image carrying one is refused.
+fn xattrs_of<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    esubject: &str,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let Some(records) = entry
+        .pax_extensions()
+        .map_err(|e| Error::invalid(esubject, format!("PAX records unreadable: {e}")))?
+    else {
+        return Ok(out);
+    };
+    for record in records {
+        let record =
+            record.map_err(|e| Error::invalid(esubject, format!("PAX record unreadable: {e}")))?;
+        let Some(name) = record.key().ok().and_then(|k| k.strip_prefix(XATTR_RECORD)) else {
+            continue;
+        };
+        if name.starts_with("trusted.") {
+            return Err(Error::invalid(
+                esubject,
+                format!(
+                    "extended attribute {name} refused: trusted.* attributes configure the host, not the image"
+                ),
+            ));
+        }
+        out.push((name.to_string(), record.value_bytes().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Sets the extended attributes this unpacker restores on `file`: `user.*`
+/// always, `security.capability` when privileged (it needs CAP_SETFCAP).
+/// Everything else, and what the file system refuses, is reported.
+pub(crate) fn set_xattrs(
+    file: &impl std::os::fd::AsFd,
+    path: &Path,
+    xattrs: &[(String, Vec<u8>)],
+    privileged: bool,
+    skipped: &mut Vec<String>,
+) {
+    for (name, value) in xattrs {
+        let why = if name.starts_with("user.") || (privileged && name == "security.capability") {
+            match rustix::fs::fsetxattr(file, name.as_str(), value, rustix::fs::XattrFlags::empty())
+            {
+                Ok(()) => continue,
+                Err(e) => e.to_string(),
+            }
+        } else if name == "security.capability" {
+            "needs CAP_SETFCAP".to_string()
+        } else {
+            "namespace not restored".to_string()
+        };
+        skipped.push(format!("{}: {name} ({why})", path.display()));
+    }
 }
 
 /// The metadata of one block entry, recorded when a block is extracted.
@@ -82,6 +147,9 @@ pub struct EntryMeta {
     /// Link target (symlinks as written; hard links as a cleaned block path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// Extended attributes, restored on materialization.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
 /// Applies layers to one root, in order.
@@ -179,6 +247,9 @@ impl<'r> Applier<'r> {
     ) -> Result<()> {
         let mut created: HashSet<PathBuf> = HashSet::new();
         let mut opaque: Vec<PathBuf> = Vec::new();
+        // Import targets of this layer: no other entry of the layer may be
+        // at or below one ([import.conflict]).
+        let mut imported: Vec<PathBuf> = Vec::new();
         let mut archive = tar::Archive::new(stream);
         let entries = archive
             .entries()
@@ -186,6 +257,9 @@ impl<'r> Applier<'r> {
         for entry in entries {
             let mut entry =
                 entry.map_err(|e| Error::invalid(subject, format!("malformed tar: {e}")))?;
+            tarcheck::check_entry_size(&entry).map_err(|e| {
+                Error::invalid(subject, format!("malformed tar: {e} [layer.tar-malformed]"))
+            })?;
             let raw = entry.path_bytes().into_owned();
             let path = clean(&raw);
             let shown = String::from_utf8_lossy(&raw).into_owned();
@@ -208,7 +282,11 @@ impl<'r> Applier<'r> {
                         "a block must not contain import entries [block.import-entry]",
                     ));
                 }
-                if raw.starts_with(b"/") || raw.split(|&b| b == b'/').any(|c| c == b"..") {
+                let unclean =
+                    |p: &[u8]| p.starts_with(b"/") || p.split(|&b| b == b'/').any(|c| c == b"..");
+                let link_unclean = entry.header().entry_type().is_hard_link()
+                    && entry.link_name_bytes().is_some_and(|l| unclean(&l));
+                if unclean(&raw) || link_unclean {
                     return Err(Error::invalid(
                         esubject,
                         "a block path must be relative and must not contain `..` [block.path-unclean]",
@@ -258,19 +336,32 @@ impl<'r> Applier<'r> {
                 if created.iter().any(|c| c.starts_with(&target)) {
                     return Err(Error::invalid(
                         &esubject,
-                        format!("the layer also holds {}", target.display()),
+                        format!(
+                            "the layer also holds {} [import.conflict]",
+                            target.display()
+                        ),
                     ));
                 }
                 self.parent_dirs(&target)?;
                 self.known_dirs.retain(|d| !d.starts_with(&target));
                 let made = source.materialize(self.root, &target, &parsed, &esubject)?;
                 created.extend(made);
+                imported.push(target);
                 self.report.imports += 1;
                 continue;
+            }
+            if let Some(t) = imported.iter().find(|t| path.starts_with(t)) {
+                return Err(Error::invalid(
+                    format!("{subject}: entry {shown}"),
+                    format!("the layer also imports {} [import.conflict]", t.display()),
+                ));
             }
             self.apply_entry(&mut entry, &path, &shown, subject)?;
             created.insert(path);
         }
+        tarcheck::check_end(archive.into_inner()).map_err(|e| {
+            Error::invalid(subject, format!("malformed tar: {e} [layer.tar-malformed]"))
+        })?;
         for dir in opaque {
             self.clear_lower(&dir, &created)?;
         }
@@ -279,7 +370,12 @@ impl<'r> Applier<'r> {
 
     /// Removes what lower layers put under `dir`, keeping what this layer made.
     fn clear_lower(&mut self, dir: &Path, created: &HashSet<PathBuf>) -> Result<()> {
-        let Ok(handle) = self.root.resolve_nofollow(dir) else {
+        let at = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let Ok(handle) = self.root.resolve_nofollow(at) else {
             return Ok(());
         };
         let Ok(file) = handle.reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY) else {
@@ -322,6 +418,8 @@ impl<'r> Applier<'r> {
             & 0o7777;
         let mtime = header.mtime().unwrap_or(0);
         let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
+        let xattrs = xattrs_of(entry, &esubject)?;
+        let header = entry.header();
         let in_root = |what: &'static str| {
             let p = path.display().to_string();
             move |e| Error::in_root(format!("{what} {p}"), e)
@@ -355,6 +453,7 @@ impl<'r> Applier<'r> {
                     gid,
                     mtime,
                     link,
+                    xattrs: xattrs.clone(),
                 },
             ));
         }
@@ -370,12 +469,19 @@ impl<'r> Applier<'r> {
                 .reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY)
                 .map_err(in_root("opening directory"))?;
             self.known_dirs.insert(path.to_path_buf());
-            dir.set_permissions(Permissions::from_mode(mode))
-                .map_err(|e| Error::io(path, e))?;
             if self.privileged {
                 std::os::unix::fs::fchown(&dir, Some(uid as u32), Some(gid as u32))
                     .map_err(|e| Error::io(path, e))?;
             }
+            dir.set_permissions(Permissions::from_mode(mode))
+                .map_err(|e| Error::io(path, e))?;
+            set_xattrs(
+                &dir,
+                path,
+                &xattrs,
+                self.privileged,
+                &mut self.report.skipped_xattrs,
+            );
             self.dir_times.push((path.to_path_buf(), mtime));
             return Ok(());
         }
@@ -392,12 +498,20 @@ impl<'r> Applier<'r> {
                 .map_err(in_root("creating file"))?;
             io::copy(entry, &mut file)
                 .map_err(|e| Error::invalid(&esubject, format!("content unreadable: {e}")))?;
-            file.set_permissions(Permissions::from_mode(mode))
-                .map_err(|e| Error::io(path, e))?;
+            // Ownership first: a chown clears set-id bits and capabilities.
             if self.privileged {
                 std::os::unix::fs::fchown(&file, Some(uid as u32), Some(gid as u32))
                     .map_err(|e| Error::io(path, e))?;
             }
+            file.set_permissions(Permissions::from_mode(mode))
+                .map_err(|e| Error::io(path, e))?;
+            set_xattrs(
+                &file,
+                path,
+                &xattrs,
+                self.privileged,
+                &mut self.report.skipped_xattrs,
+            );
             file.set_modified(UNIX_EPOCH + Duration::from_secs(mtime))
                 .map_err(|e| Error::io(path, e))?;
         } else if kind.is_symlink() {
@@ -408,6 +522,10 @@ impl<'r> Applier<'r> {
             self.root
                 .create(path, &InodeType::Symlink(target))
                 .map_err(in_root("creating symlink"))?;
+            for (name, _) in &xattrs {
+                let why = "not restored on symlinks";
+                (self.report.skipped_xattrs).push(format!("{}: {name} ({why})", path.display()));
+            }
         } else if kind.is_hard_link() {
             let target = entry
                 .link_name_bytes()

@@ -136,6 +136,7 @@ struct StoreImports<'a> {
     privileged: bool,
     report_extracted: Vec<String>,
     report_reused: Vec<String>,
+    skipped_xattrs: Vec<String>,
 }
 
 impl StoreImports<'_> {
@@ -282,7 +283,7 @@ impl ImportSource for StoreImports<'_> {
                 "dir" => {
                     root.mkdir_all(&dest, &Permissions::from_mode(0o755))
                         .map_err(in_root)?;
-                    dir_modes.push((dest.clone(), meta.mode, meta.mtime));
+                    dir_modes.push((dest.clone(), *meta));
                 }
                 "file" => {
                     if !fresh && root.resolve_nofollow(&dest).is_ok() {
@@ -292,7 +293,16 @@ impl ImportSource for StoreImports<'_> {
                         if self.privileged {
                             let (uid, gid) = (meta.uid as u32, meta.gid as u32);
                             let _ = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
+                            // The chown cleared any set-id bits.
+                            let _ = file.set_permissions(Permissions::from_mode(meta.mode));
                         }
+                        crate::apply::set_xattrs(
+                            &file,
+                            &dest,
+                            &meta.xattrs,
+                            self.privileged,
+                            &mut self.skipped_xattrs,
+                        );
                         let _ = file.set_modified(UNIX_EPOCH + Duration::from_secs(meta.mtime));
                     }
                     created.push(dest);
@@ -347,13 +357,20 @@ impl ImportSource for StoreImports<'_> {
             }
             created.push(dest);
         }
-        for (dest, mode, mtime) in dir_modes.into_iter().rev() {
+        for (dest, meta) in dir_modes.into_iter().rev() {
             if let Ok(f) = root
                 .resolve_nofollow(&dest)
                 .and_then(|h| h.reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY))
             {
-                let _ = f.set_permissions(Permissions::from_mode(mode));
-                let _ = f.set_modified(UNIX_EPOCH + Duration::from_secs(mtime));
+                let _ = f.set_permissions(Permissions::from_mode(meta.mode));
+                crate::apply::set_xattrs(
+                    &f,
+                    &dest,
+                    &meta.xattrs,
+                    self.privileged,
+                    &mut self.skipped_xattrs,
+                );
+                let _ = f.set_modified(UNIX_EPOCH + Duration::from_secs(meta.mtime));
             }
         }
         Ok(created)
@@ -466,6 +483,7 @@ pub fn unpack(
         .tempdir_in(parent)
         .map_err(|e| Error::io(parent, e))?;
     let store = BlockStore::open(&options.store)?;
+    let _lock = store.lock_shared()?;
     let root =
         Root::open(staging.path()).map_err(|e| Error::in_root("opening the staging root", e))?;
     let mut imports = StoreImports {
@@ -481,6 +499,7 @@ pub fn unpack(
         privileged: rustix::process::geteuid().is_root(),
         report_extracted: Vec::new(),
         report_reused: Vec::new(),
+        skipped_xattrs: Vec::new(),
     };
     let has_blocks = !manifest.blocks().is_empty();
     let mut applier = Applier::new(&root);
@@ -517,10 +536,24 @@ pub fn unpack(
             ));
         }
     }
-    let applied = applier.finish()?;
+    let mut applied = applier.finish()?;
+    applied.skipped_xattrs.append(&mut imports.skipped_xattrs);
     let kept = staging.keep();
     let _ = fs::remove_dir(rootfs);
     fs::rename(&kept, rootfs).map_err(|e| Error::io(rootfs, e))?;
+    let used: Vec<String> = imports
+        .report_extracted
+        .iter()
+        .chain(&imports.report_reused)
+        .cloned()
+        .collect();
+    if !used.is_empty() {
+        // The root filesystem does not depend on the record (its files are
+        // copies, clones or links of their own), only the store's reuse does.
+        if let Err(e) = store.record_user(rootfs, digest.as_str(), used) {
+            tracing::warn!("not recorded as a user of the block store: {e}");
+        }
+    }
     Ok(UnpackReport {
         manifest: digest.to_string(),
         config: config_digest.to_string(),
