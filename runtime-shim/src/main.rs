@@ -38,11 +38,34 @@ enum Command {
         #[arg(long)]
         platform: Option<String>,
     },
-    /// Report what the block store holds.
+    /// Report what the block store holds, and reclaim what no root filesystem uses.
     Store {
         /// The block store (default: $XDG_DATA_HOME/oci-blocks).
-        #[arg(long)]
+        #[arg(long, global = true)]
         store: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<StoreAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// List the blocks and the root filesystems using them (the default).
+    List,
+    /// Remove the blocks no remaining root filesystem uses. A root filesystem
+    /// that was deleted, or replaced by another directory, no longer counts.
+    Reclaim {
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop counting ROOTFS as a user of its blocks (it is not touched).
+    Forget {
+        /// The root filesystem.
+        rootfs: PathBuf,
     },
 }
 
@@ -82,19 +105,84 @@ fn run() -> Result<()> {
                 .with_context(|| format!("unpacking {image}"))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        Command::Store { store } => {
+        Command::Store {
+            store,
+            json,
+            action,
+        } => {
             let store = BlockStore::open(store.unwrap_or_else(default_store))?;
-            let blocks = store.blocks()?;
-            let total: u64 = blocks.iter().map(|(_, s)| s).sum();
-            for (d, s) in &blocks {
-                println!("{d} {s}");
+            match action.unwrap_or(StoreAction::List) {
+                StoreAction::List => list(&store, json)?,
+                StoreAction::Reclaim { dry_run } => {
+                    let r = store.reclaim(dry_run)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&r)?);
+                    } else {
+                        let verb = if dry_run { "would remove" } else { "removed" };
+                        for g in &r.gone {
+                            println!("gone: {}", g.display());
+                        }
+                        for (d, size) in &r.blocks {
+                            println!("{verb} {d} {size}");
+                        }
+                        println!(
+                            "{verb} {} blocks, {} bytes; {} root filesystems gone",
+                            r.blocks.len(),
+                            r.bytes,
+                            r.gone.len()
+                        );
+                    }
+                }
+                StoreAction::Forget { rootfs } => {
+                    if !store.forget(&rootfs)? {
+                        anyhow::bail!("{} is not recorded in the store", rootfs.display());
+                    }
+                    println!("forgot {}", rootfs.display());
+                }
             }
-            println!(
-                "{} blocks, {total} bytes in {}",
-                blocks.len(),
-                store.dir().display()
-            );
         }
     }
+    Ok(())
+}
+
+fn list(store: &BlockStore, json: bool) -> Result<()> {
+    let blocks = store.blocks()?;
+    let users = store.users()?;
+    let users_of = |d: &str| {
+        users
+            .iter()
+            .filter(|(_, u)| u.live && u.blocks.iter().any(|b| b == d))
+            .count()
+    };
+    if json {
+        let value = serde_json::json!({
+            "store": store.dir(),
+            "blocks": blocks.iter().map(|(d, s)| serde_json::json!({
+                "digest": d.as_str(), "size": s, "users": users_of(d.as_str()),
+            })).collect::<Vec<_>>(),
+            "rootfs": users.iter().map(|(_, u)| serde_json::json!({
+                "path": u.rootfs, "manifest": u.manifest, "blocks": u.blocks.len(), "live": u.live,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let total: u64 = blocks.iter().map(|(_, s)| s).sum();
+    for (d, s) in &blocks {
+        println!("{d} {s} used by {}", users_of(d.as_str()));
+    }
+    for (_, u) in &users {
+        let state = if u.live { "" } else { " (gone)" };
+        println!(
+            "rootfs {}{state}: {} blocks",
+            u.rootfs.display(),
+            u.blocks.len()
+        );
+    }
+    println!(
+        "{} blocks, {total} bytes in {}",
+        blocks.len(),
+        store.dir().display()
+    );
     Ok(())
 }

@@ -8,6 +8,15 @@
 //! A block is extracted into `DIR/tmp/` and renamed into place only after its
 //! digest has been verified, so the store never holds a partial or tampered
 //! block.
+//!
+//! Each unpacked root filesystem is recorded in `DIR/users/` with the blocks
+//! it uses and the identity (device and inode) of its directory. A root
+//! filesystem that is gone, or whose path now holds another directory, no
+//! longer keeps its blocks: [`BlockStore::reclaim`] removes the blocks no
+//! remaining root filesystem uses. Unpacks hold a shared lock on `DIR/lock`
+//! from their first extraction until their record is written; reclaiming
+//! takes it exclusively, so it never removes a block an unpack is about to
+//! record.
 
 use std::collections::BTreeMap;
 use std::fs::{self, Permissions};
@@ -23,6 +32,39 @@ use pathrs::Root;
 
 use crate::apply::{Applier, EntryMeta};
 use crate::{Error, Result};
+
+/// A root filesystem recorded as using blocks of the store.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct User {
+    /// The root filesystem's absolute path.
+    pub rootfs: PathBuf,
+    /// Device and inode of that directory when it was unpacked.
+    pub dev: u64,
+    /// See `dev`.
+    pub ino: u64,
+    /// The manifest unpacked there.
+    pub manifest: String,
+    /// The blocks it uses.
+    pub blocks: Vec<String>,
+    /// Whether the directory is still there (not serialized in the record).
+    #[serde(skip)]
+    pub live: bool,
+}
+
+/// What [`BlockStore::reclaim`] removed (or, dry, would remove).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Reclaimed {
+    /// Root filesystems that are gone, whose records were dropped.
+    pub gone: Vec<PathBuf>,
+    /// Blocks no remaining root filesystem uses, with their sizes.
+    pub blocks: Vec<(String, u64)>,
+    /// Bytes those blocks held.
+    pub bytes: u64,
+}
+
+/// A lock on the store; released when dropped.
+#[derive(Debug)]
+pub struct StoreLock(#[allow(dead_code)] fs::File);
 
 /// A directory of extracted blocks shared by every image unpacked with it.
 #[derive(Clone, Debug)]
@@ -73,7 +115,7 @@ impl BlockStore {
     /// Opens (creating) the store at `dir`.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        for sub in ["blocks", "tmp"] {
+        for sub in ["blocks", "tmp", "users"] {
             fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
         }
         Ok(BlockStore { dir })
@@ -110,6 +152,128 @@ impl BlockStore {
             }
         }
         out.sort();
+        Ok(out)
+    }
+
+    fn lock(&self, op: rustix::fs::FlockOperation) -> Result<StoreLock> {
+        let path = self.dir.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        rustix::fs::flock(&file, op).map_err(|e| Error::io(&path, e.into()))?;
+        Ok(StoreLock(file))
+    }
+
+    /// A shared lock: held by an unpack while it extracts blocks and until it
+    /// records its root filesystem, so that no reclaim runs in between.
+    pub fn lock_shared(&self) -> Result<StoreLock> {
+        self.lock(rustix::fs::FlockOperation::LockShared)
+    }
+
+    fn user_path(&self, rootfs: &Path) -> PathBuf {
+        let key = Digest::sha256(rootfs.as_os_str().as_encoded_bytes());
+        self.dir.join("users").join(format!("{}.json", key.hex()))
+    }
+
+    /// Records that `rootfs` (an existing directory) uses `blocks`.
+    pub fn record_user(&self, rootfs: &Path, manifest: &str, blocks: Vec<String>) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let rootfs = fs::canonicalize(rootfs).map_err(|e| Error::io(rootfs, e))?;
+        let meta = fs::metadata(&rootfs).map_err(|e| Error::io(&rootfs, e))?;
+        let user = User {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            manifest: manifest.to_string(),
+            blocks,
+            rootfs: rootfs.clone(),
+            live: true,
+        };
+        let path = self.user_path(&rootfs);
+        let json =
+            serde_json::to_vec_pretty(&user).map_err(|e| Error::io(&path, io::Error::other(e)))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(self.dir.join("users"))
+            .map_err(|e| Error::io(self.dir.join("users"), e))?;
+        io::Write::write_all(&mut tmp, &json).map_err(|e| Error::io(&path, e))?;
+        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        Ok(())
+    }
+
+    /// Drops the record of `rootfs`, so its blocks can be reclaimed while it
+    /// still exists. Returns whether there was one.
+    pub fn forget(&self, rootfs: &Path) -> Result<bool> {
+        let rootfs = fs::canonicalize(rootfs).unwrap_or_else(|_| rootfs.to_path_buf());
+        let path = self.user_path(&rootfs);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    /// Every recorded root filesystem, with whether it is still there.
+    pub fn users(&self) -> Result<Vec<(PathBuf, User)>> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.dir.join("users");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let path = e.map_err(|e| Error::io(&dir, e))?.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let Ok(bytes) = fs::read(&path) else { continue };
+            let Ok(mut user) = serde_json::from_slice::<User>(&bytes) else {
+                tracing::warn!("{}: not a user record, ignored", path.display());
+                continue;
+            };
+            user.live = fs::symlink_metadata(&user.rootfs)
+                .is_ok_and(|m| m.is_dir() && m.dev() == user.dev && m.ino() == user.ino);
+            out.push((path, user));
+        }
+        out.sort_by(|a, b| a.1.rootfs.cmp(&b.1.rootfs));
+        Ok(out)
+    }
+
+    /// Removes the records of root filesystems that are gone and the blocks
+    /// no remaining one uses, and clears abandoned extractions. With `dry_run`
+    /// only reports what it would remove.
+    pub fn reclaim(&self, dry_run: bool) -> Result<Reclaimed> {
+        let _lock = self.lock(rustix::fs::FlockOperation::LockExclusive)?;
+        let mut out = Reclaimed::default();
+        let mut used = std::collections::HashSet::new();
+        for (record, user) in self.users()? {
+            if user.live {
+                used.extend(user.blocks);
+            } else {
+                if !dry_run {
+                    fs::remove_file(&record).map_err(|e| Error::io(&record, e))?;
+                }
+                out.gone.push(user.rootfs);
+            }
+        }
+        for (digest, size) in self.blocks()? {
+            if !used.contains(digest.as_str()) {
+                if !dry_run {
+                    self.remove(&digest)?;
+                }
+                out.bytes += size;
+                out.blocks.push((digest.to_string(), size));
+            }
+        }
+        if !dry_run {
+            // Under the exclusive lock no extraction runs: what is in tmp/ is
+            // left by one that was killed.
+            let tmp = self.dir.join("tmp");
+            for e in fs::read_dir(&tmp)
+                .map_err(|e| Error::io(&tmp, e))?
+                .flatten()
+            {
+                make_writable(&e.path());
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
         Ok(out)
     }
 
