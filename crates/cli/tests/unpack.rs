@@ -214,15 +214,23 @@ entries = [{ path = "g/f", content = "new" }, { path = "g/.wh.f" }, { path = "o/
     Ok(())
 }
 
-/// A directory outside every root filesystem: nothing may appear in it.
-struct Sentinel(PathBuf);
+/// A directory outside every root filesystem: nothing may appear in it, and
+/// neither it nor its file may change mode, owner or time.
+struct Sentinel(PathBuf, Vec<(u32, u32, i64)>);
+
+fn stamp(p: &Path) -> Result<(u32, u32, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(p)?;
+    Ok((m.mode(), m.uid(), m.mtime()))
+}
 
 impl Sentinel {
     fn new(dir: &Path) -> Result<Sentinel> {
         let p = dir.join("sentinel");
         fs::create_dir_all(&p)?;
         fs::write(p.join("keep"), "untouched")?;
-        Ok(Sentinel(p))
+        let stamps = vec![stamp(&p)?, stamp(&p.join("keep"))?];
+        Ok(Sentinel(p, stamps))
     }
     fn check(&self, case: &str) -> Result<()> {
         let names: Vec<String> = fs::read_dir(&self.0)?
@@ -236,6 +244,12 @@ impl Sentinel {
         ensure!(
             fs::read_to_string(self.0.join("keep"))? == "untouched",
             "{case}: sentinel file changed"
+        );
+        let now = vec![stamp(&self.0)?, stamp(&self.0.join("keep"))?];
+        ensure!(
+            now == self.1,
+            "{case}: the sentinel's mode, owner or time changed: {:?} -> {now:?}",
+            self.1
         );
         Ok(())
     }
@@ -505,4 +519,533 @@ fn a_bundle_has_the_process_umoci_would_write() -> Result<()> {
         &tree(&ours.join("rootfs"))?,
         "bundle rootfs",
     )
+}
+
+/// What a malicious case must end in.
+enum Outcome {
+    /// The unpack fails and its message contains this.
+    Fails(&'static str),
+    /// The unpack succeeds and this holds of the root filesystem.
+    Unpacks(fn(&Path) -> bool),
+    /// Either, as long as nothing outside the root changed.
+    Safe,
+}
+
+/// The containerd `TestBreakouts` patterns, the umoci scoping cases, the
+/// tar-rs advisories and malformed archives. `{S}` is the sentinel's absolute
+/// path, `{UP}` a relative path climbing to it from any depth.
+const LAYER_CASES: &[(&str, &str, Outcome)] = &[
+    (
+        "whiteout through a symlinked directory",
+        r#"[[layers]]
+entries = [{ path = "l", type = "symlink", target = "{S}" }]
+[[layers]]
+entries = [{ path = "l/.wh.keep" }]"#,
+        Outcome::Safe,
+    ),
+    (
+        "opaque whiteout through a symlinked directory",
+        r#"[[layers]]
+entries = [{ path = "l", type = "symlink", target = "{S}" }]
+[[layers]]
+entries = [{ path = "l/.wh..wh..opq" }]"#,
+        Outcome::Safe,
+    ),
+    (
+        "whiteout of a symlink removes the link only",
+        r#"[[layers]]
+entries = [{ path = "l", type = "symlink", target = "{S}/keep" }]
+[[layers]]
+entries = [{ path = ".wh.l" }]"#,
+        Outcome::Unpacks(|r| fs::symlink_metadata(r.join("l")).is_err()),
+    ),
+    (
+        "whiteout of dot",
+        r#"[[layers]]
+entries = [{ path = "a/.wh.." }]"#,
+        Outcome::Fails("whiteout must name a file"),
+    ),
+    (
+        "whiteout of the root",
+        r#"[[layers]]
+entries = [{ path = ".wh." }]"#,
+        Outcome::Fails("whiteout must name a file"),
+    ),
+    (
+        "opaque whiteout at the root",
+        r#"[[layers]]
+entries = [{ path = "a", content = "lower" }]
+[[layers]]
+entries = [{ path = ".wh..wh..opq" }, { path = "b", content = "upper" }]"#,
+        Outcome::Unpacks(|r| !r.join("a").exists() && r.join("b").is_file()),
+    ),
+    (
+        "symlink then a file of the same name in one layer",
+        r#"[[layers]]
+entries = [{ path = "x", type = "symlink", target = "{S}/keep" }, { path = "x", content = "mine" }]"#,
+        Outcome::Unpacks(|r| {
+            fs::symlink_metadata(r.join("x")).is_ok_and(|m| m.is_file())
+                && fs::read_to_string(r.join("x")).is_ok_and(|c| c == "mine")
+        }),
+    ),
+    (
+        "symlink then a directory of the same name and a file in it",
+        r#"[[layers]]
+entries = [{ path = "d", type = "symlink", target = "{S}" }, { path = "d/", type = "dir" }, { path = "d/f", content = "in" }]"#,
+        Outcome::Unpacks(|r| {
+            fs::symlink_metadata(r.join("d")).is_ok_and(|m| m.is_dir()) && r.join("d/f").is_file()
+        }),
+    ),
+    (
+        "symlink chain escape",
+        r#"[[layers]]
+entries = [{ path = "a", type = "symlink", target = "b" }, { path = "b", type = "symlink", target = "{S}" }]
+[[layers]]
+entries = [{ path = "a/pwned", content = "x" }]"#,
+        Outcome::Safe,
+    ),
+    (
+        "symlink to slash is the root",
+        r#"[[layers]]
+entries = [{ path = "r", type = "symlink", target = "/" }]
+[[layers]]
+entries = [{ path = "r/pwned", content = "x" }]"#,
+        Outcome::Unpacks(|r| r.join("pwned").is_file()),
+    ),
+    (
+        "symlink to dotdot is the root",
+        r#"[[layers]]
+entries = [{ path = "up", type = "symlink", target = ".." }]
+[[layers]]
+entries = [{ path = "up/pwned", content = "x" }]"#,
+        Outcome::Unpacks(|r| r.join("pwned").is_file()),
+    ),
+    (
+        "relative symlink climbing from a subdirectory",
+        r#"[[layers]]
+entries = [{ path = "d/", type = "dir" }, { path = "d/l", type = "symlink", target = "../{UP}" }]
+[[layers]]
+entries = [{ path = "d/l/pwned", content = "x" }]"#,
+        Outcome::Safe,
+    ),
+    (
+        "dead symlink written through",
+        r#"[[layers]]
+entries = [{ path = "dead", type = "symlink", target = "/oci-blocks-nonexistent/dir" }]
+[[layers]]
+entries = [{ path = "dead/pwned", content = "x" }]"#,
+        Outcome::Safe,
+    ),
+    (
+        "dead symlink to the sentinel replaced by a file",
+        r#"[[layers]]
+entries = [{ path = "dead", type = "symlink", target = "{S}/new" }]
+[[layers]]
+entries = [{ path = "dead", content = "x" }]"#,
+        Outcome::Unpacks(|r| fs::symlink_metadata(r.join("dead")).is_ok_and(|m| m.is_file())),
+    ),
+    (
+        "hard link with a relative escape",
+        r#"[[layers]]
+entries = [{ path = "h", type = "hardlink", target = "../../../../../../etc/passwd" }]"#,
+        Outcome::Fails("creating hard link"),
+    ),
+    (
+        "hard link to a symlink that points out, then written",
+        r#"[[layers]]
+entries = [{ path = "l", type = "symlink", target = "{S}/keep" }]
+[[layers]]
+entries = [{ path = "h", type = "hardlink", target = "l" }]
+[[layers]]
+entries = [{ path = "h", content = "overwritten" }]"#,
+        Outcome::Safe,
+    ),
+    (
+        "a hard-linked file rewritten does not change its twin",
+        r#"[[layers]]
+entries = [{ path = "f", content = "orig" }, { path = "g", type = "hardlink", target = "f" }]
+[[layers]]
+entries = [{ path = "g", content = "new" }]"#,
+        Outcome::Unpacks(|r| {
+            fs::read_to_string(r.join("f")).is_ok_and(|c| c == "orig")
+                && fs::read_to_string(r.join("g")).is_ok_and(|c| c == "new")
+        }),
+    ),
+    (
+        "hard link to a directory",
+        r#"[[layers]]
+entries = [{ path = "d/", type = "dir" }, { path = "h", type = "hardlink", target = "d" }]"#,
+        Outcome::Fails("creating hard link"),
+    ),
+    (
+        "directory entry through a symlink does not chmod its target",
+        r#"[[layers]]
+entries = [{ path = "d", type = "symlink", target = "{S}" }]
+[[layers]]
+entries = [{ path = "d/", type = "dir", mode = 0o777 }]"#,
+        Outcome::Safe,
+    ),
+    (
+        "directory replaced by a symlink before its time is set",
+        r#"[[layers]]
+entries = [{ path = "d/", type = "dir" }]
+[[layers]]
+entries = [{ path = "d", type = "symlink", target = "{S}" }]"#,
+        Outcome::Unpacks(|r| fs::symlink_metadata(r.join("d")).is_ok_and(|m| m.is_symlink())),
+    ),
+    (
+        "fifo replaced by a file",
+        r#"[[layers]]
+entries = [{ path = "p", type = "fifo" }]
+[[layers]]
+entries = [{ path = "p", content = "x" }]"#,
+        Outcome::Unpacks(|r| fs::read_to_string(r.join("p")).is_ok_and(|c| c == "x")),
+    ),
+    (
+        "symlink loop written through",
+        r#"[[layers]]
+entries = [{ path = "a", type = "symlink", target = "b" }, { path = "b", type = "symlink", target = "a" }]
+[[layers]]
+entries = [{ path = "a/x", content = "x" }]"#,
+        Outcome::Safe,
+    ),
+    (
+        "absolute entry name",
+        r#"[[layers]]
+entries = [{ path = "/abs", content = "x" }]"#,
+        Outcome::Unpacks(|r| r.join("abs").is_file()),
+    ),
+    (
+        "an entry named dotdot",
+        r#"[[layers]]
+entries = [{ path = "..", content = "x" }]"#,
+        Outcome::Unpacks(|r| fs::read_dir(r).is_ok_and(|mut d| d.next().is_none())),
+    ),
+    (
+        "PAX path climbing out",
+        r#"[[layers]]
+entries = [{ path = "innocent", content = "x", pax = { path = "{UP}/pwned" } }]"#,
+        Outcome::Unpacks(|r| !r.join("innocent").exists()),
+    ),
+    (
+        "PAX linkpath escape written through",
+        r#"[[layers]]
+entries = [{ path = "l", type = "symlink", target = "x", pax = { linkpath = "{S}" } }]
+[[layers]]
+entries = [{ path = "l/pwned", content = "x" }]"#,
+        Outcome::Safe,
+    ),
+    (
+        "PAX size contradicting the ustar size",
+        r#"[[layers]]
+entries = [{ path = "f", content = "0123456789", pax = { size = "4" } }]"#,
+        Outcome::Fails("contradicts the header's size"),
+    ),
+    (
+        "truncated inside a file's content",
+        r#"[[layers]]
+truncate = 1000
+entries = [{ path = "f", content = "0123456789", repeat = 200 }]"#,
+        Outcome::Fails("malformed tar"),
+    ),
+    (
+        "truncated inside a header",
+        r#"[[layers]]
+truncate = 300
+entries = [{ path = "f", content = "x" }]"#,
+        Outcome::Fails("layer 0"),
+    ),
+    (
+        "trailing garbage after the end-of-archive marker",
+        r#"[[layers]]
+trailing = "a hidden entry a lenient reader would find"
+entries = [{ path = "f", content = "x" }]"#,
+        Outcome::Fails("after the end-of-archive marker"),
+    ),
+    (
+        "not a tar at all",
+        r##"[[layers]]
+raw = "this is not a tar archive, only some text that is long enough to look like one""##,
+        Outcome::Fails("layer 0"),
+    ),
+    (
+        "a corrupt gzip layer",
+        r#"[[layers]]
+media_type = "tar+gzip"
+corrupt = true
+entries = [{ path = "f", content = "some content to compress", repeat = 20 }]"#,
+        Outcome::Fails("digest"),
+    ),
+    (
+        "a diff ID that does not match",
+        r#"[[layers]]
+wrong_diff_id = true
+entries = [{ path = "f", content = "x" }]"#,
+        Outcome::Fails("diff_ids"),
+    ),
+    (
+        "a trusted.* extended attribute",
+        r#"[[layers]]
+entries = [{ path = "f", content = "x", xattrs = { "trusted.overlay.opaque" = "y" } }]"#,
+        Outcome::Fails("trusted.overlay.opaque"),
+    ),
+];
+
+#[test]
+fn malicious_layers_fail_or_stay_inside_the_root() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let sentinel = Sentinel::new(tmp.path())?;
+    let s = sentinel.0.display().to_string();
+    let up = format!("{}{}", "../".repeat(12), s.trim_start_matches('/'));
+    ensure!(LAYER_CASES.len() >= 30);
+    for (case, layers, outcome) in LAYER_CASES {
+        let layers = layers.replace("{S}", &s).replace("{UP}", &up);
+        let (ok, root, out) = malicious(case, &layers, "", tmp.path(), &sentinel)?;
+        ensure!(
+            !Path::new("/oci-blocks-nonexistent").exists(),
+            "{case}: created a host path"
+        );
+        match outcome {
+            Outcome::Fails(needle) => ensure!(
+                !ok && out.contains(needle),
+                "{case}: expected a failure naming {needle:?}, got: {out}"
+            ),
+            Outcome::Unpacks(holds) => ensure!(
+                ok && holds(&root),
+                "{case}: expected a safe unpack with the right result: {out}"
+            ),
+            Outcome::Safe => {}
+        }
+    }
+    Ok(())
+}
+
+/// Import cases beyond those above: conflicts in one layer, blocks with
+/// escaping links, sources through a block's symlinks, malformed import entries.
+#[test]
+fn malicious_imports_fail_or_stay_inside_the_root() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let sentinel = Sentinel::new(tmp.path())?;
+    let s = sentinel.0.display().to_string();
+    let block = |extra: &str| {
+        format!(
+            "[[blocks]]\nname = \"b\"\nentries = [{{ path = \"lib.jar\", content = \"jar\" }}{extra}]\n"
+        )
+    };
+    let layer =
+        |entries: &str| format!("[[layers]]\nmedia_type = \"import\"\nentries = [{entries}]\n");
+    let import = r#"{ path = "app/.import.lib.jar", content = "/lib.jar from {block:b}" }"#;
+    let cases: Vec<(&str, String, String, Outcome)> = vec![
+        (
+            "import then a file of the same name",
+            block(""),
+            layer(&format!(
+                r#"{import}, {{ path = "app/lib.jar", content = "x" }}"#
+            )),
+            Outcome::Fails("import.conflict"),
+        ),
+        (
+            "a file then an import of the same name",
+            block(""),
+            layer(&format!(
+                r#"{{ path = "app/lib.jar", content = "x" }}, {import}"#
+            )),
+            Outcome::Fails("import.conflict"),
+        ),
+        (
+            "block with a hard link climbing out",
+            block(r#", { path = "h", type = "hardlink", target = "../../etc/passwd" }"#),
+            layer(import),
+            Outcome::Fails("block.path-unclean"),
+        ),
+        (
+            "block symlink pointing out, written through by a later layer",
+            block(&format!(
+                r#", {{ path = "l", type = "symlink", target = "{s}" }}"#
+            )),
+            format!(
+                "{}[[layers]]\nentries = [{{ path = \"app/l/pwned\", content = \"x\" }}]\n",
+                layer(r#"{ path = "app/.import.l", content = "/l from {block:b}" }"#)
+            ),
+            Outcome::Safe,
+        ),
+        (
+            "import source through a block's symlink",
+            block(r#", { path = "d", type = "symlink", target = "/" }"#),
+            layer(r#"{ path = "app/.import.passwd", content = "/d/etc/passwd from {block:b}" }"#),
+            Outcome::Fails("has no entry"),
+        ),
+        (
+            "import entry that is a symlink",
+            block(""),
+            layer(
+                r#"{ path = "app/.import.lib.jar", type = "symlink", target = "/lib.jar from x" }"#,
+            ),
+            Outcome::Fails("regular file"),
+        ),
+        (
+            "import entry larger than the limit",
+            block(""),
+            layer(
+                r#"{ path = "app/.import.lib.jar", content = "/lib.jar from {block:b} ", repeat = 200 }"#,
+            ),
+            Outcome::Fails("more than 4096"),
+        ),
+        (
+            "import entry with an empty name",
+            block(""),
+            layer(r#"{ path = "app/.import.", content = "/lib.jar from {block:b}" }"#),
+            Outcome::Fails("app/.import."),
+        ),
+        (
+            "import entry with a relative source",
+            block(""),
+            layer(r#"{ path = "app/.import.lib.jar", content = "lib.jar from {block:b}" }"#),
+            Outcome::Fails("app/.import.lib.jar"),
+        ),
+        (
+            "an import whited out later leaves the store whole",
+            block(""),
+            format!(
+                "{}[[layers]]\nentries = [{{ path = \"app/.wh.lib.jar\" }}]\n",
+                layer(import)
+            ),
+            Outcome::Unpacks(|r| {
+                let store = r.parent().map(|p| p.join("store/blocks/sha256"));
+                let in_store = store.and_then(|s| fs::read_dir(s).ok()).is_some_and(|d| {
+                    d.filter_map(|e| e.ok()).any(|e| {
+                        fs::read_to_string(e.path().join("tree/lib.jar")).is_ok_and(|c| c == "jar")
+                    })
+                });
+                !r.join("app/lib.jar").exists() && in_store
+            }),
+        ),
+    ];
+    for (case, blocks, layers, outcome) in &cases {
+        let (ok, root, out) = malicious(case, layers, blocks, tmp.path(), &sentinel)?;
+        match outcome {
+            Outcome::Fails(needle) => ensure!(
+                !ok && out.contains(needle),
+                "{case}: expected a failure naming {needle:?}, got: {out}"
+            ),
+            Outcome::Unpacks(holds) => ensure!(
+                ok && holds(&root),
+                "{case}: expected a safe unpack with the right result: {out}"
+            ),
+            Outcome::Safe => {}
+        }
+    }
+    Ok(())
+}
+
+/// With hard links into the store, a later layer that rewrites an imported
+/// file replaces the link; the store's copy keeps its content.
+#[test]
+fn a_later_layer_never_writes_into_a_hard_linked_store_file() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let spec = ImageSpec::from_toml(
+        r#"
+description = "imported file rewritten"
+[[blocks]]
+name = "b"
+entries = [{ path = "lib.jar", content = "from the block" }]
+[[layers]]
+media_type = "import"
+entries = [{ path = "app/.import.lib.jar", content = "/lib.jar from {block:b}" }]
+[[layers]]
+entries = [{ path = "app/lib.jar", content = "rewritten" }]
+"#,
+        "rewrite",
+    )?;
+    fixture::build(&spec, &tmp.path().join("img"), "latest")?;
+    let store = tmp.path().join("store");
+    let out = oci_blocks(&[
+        "unpack",
+        "--link",
+        "hardlink",
+        "--read-only",
+        "--store",
+        &store.display().to_string(),
+        &format!("oci:{}:latest", tmp.path().join("img").display()),
+        &tmp.path().join("root").display().to_string(),
+    ])?;
+    ensure!(out.status.success(), "{}", text(&out));
+    ensure!(fs::read_to_string(tmp.path().join("root/app/lib.jar"))? == "rewritten");
+    let blocks: Vec<_> = fs::read_dir(store.join("blocks/sha256"))?.collect::<Result<_, _>>()?;
+    ensure!(blocks.len() == 1);
+    ensure!(
+        fs::read_to_string(blocks[0].path().join("tree/lib.jar"))? == "from the block",
+        "the store's file was written through the hard link"
+    );
+    Ok(())
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    let n = rustix::fs::lgetxattr(path, name, &mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+#[test]
+fn user_and_capability_xattrs_are_restored_from_layers_and_blocks() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // A version 2 capability set granting CAP_NET_BIND_SERVICE (bit 10).
+    let cap = "\\u0002\\u0000\\u0000\\u0002\\u0000\\u0004\\u0000\\u0000\\u0000\\u0000\\u0000\\u0000\\u0000\\u0000\\u0000\\u0000\\u0000\\u0000\\u0000\\u0000";
+    let spec = ImageSpec::from_toml(
+        &format!(
+            r#"
+description = "xattrs"
+[[blocks]]
+name = "b"
+entries = [{{ path = "lib.jar", content = "jar", xattrs = {{ "user.origin" = "block" }} }}]
+[[layers]]
+media_type = "import"
+entries = [
+  {{ path = "d/", type = "dir", xattrs = {{ "user.dir" = "yes" }} }},
+  {{ path = "d/f", content = "x", xattrs = {{ "user.comment" = "hello" }} }},
+  {{ path = "d/ping", content = "bin", mode = 0o755, xattrs = {{ "security.capability" = "{cap}" }} }},
+  {{ path = "d/label", content = "x", xattrs = {{ "security.selinux" = "system_u:object_r:bin_t:s0" }} }},
+  {{ path = "app/.import.lib.jar", content = "/lib.jar from {{block:b}}" }},
+]
+"#
+        ),
+        "xattrs",
+    )?;
+    fixture::build(&spec, &tmp.path().join("img"), "latest")?;
+    let root = tmp.path().join("root");
+    let report = unpack(
+        &format!("oci:{}:latest", tmp.path().join("img").display()),
+        &root,
+        &tmp.path().join("store"),
+    )?;
+    ensure!(xattr(&root.join("d/f"), "user.comment").as_deref() == Some(&b"hello"[..]));
+    ensure!(xattr(&root.join("d"), "user.dir").as_deref() == Some(&b"yes"[..]));
+    ensure!(
+        xattr(&root.join("app/lib.jar"), "user.origin").as_deref() == Some(&b"block"[..]),
+        "the block entry's xattr is materialized"
+    );
+    let skipped: Vec<String> = report["applied"]["skipped_xattrs"]
+        .as_array()
+        .context("skipped_xattrs")?
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    ensure!(
+        xattr(&root.join("d/label"), "security.selinux").is_none()
+            && skipped
+                .iter()
+                .any(|s| s.starts_with("d/label: security.selinux")),
+        "other namespaces are reported, not restored: {skipped:?}"
+    );
+    // Restored when the unpacker may (root with CAP_SETFCAP), else reported.
+    let cap_set = xattr(&root.join("d/ping"), "security.capability").is_some();
+    let cap_skipped = skipped
+        .iter()
+        .any(|s| s.starts_with("d/ping: security.capability"));
+    ensure!(
+        cap_set != cap_skipped,
+        "security.capability is either set or reported: set {cap_set}, {skipped:?}"
+    );
+    Ok(())
 }
