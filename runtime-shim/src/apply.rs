@@ -156,7 +156,10 @@ pub struct EntryMeta {
 pub struct Applier<'r> {
     root: &'r Root,
     privileged: bool,
-    dir_times: Vec<(PathBuf, u64)>,
+    /// Directories' final modes and times, applied last. Without privilege a
+    /// directory stays owner-writable until then (as `umoci --rootless` does),
+    /// so that a read-only directory of a lower layer can still be filled.
+    dir_times: Vec<(PathBuf, u32, u64)>,
     /// When set, the tar is a block: whiteouts and import entries are refused
     /// and every entry's metadata is recorded here.
     block: Option<Vec<(PathBuf, EntryMeta)>>,
@@ -473,7 +476,8 @@ impl<'r> Applier<'r> {
                 std::os::unix::fs::fchown(&dir, Some(uid as u32), Some(gid as u32))
                     .map_err(|e| Error::io(path, e))?;
             }
-            dir.set_permissions(Permissions::from_mode(mode))
+            let now = if self.privileged { mode } else { mode | 0o700 };
+            dir.set_permissions(Permissions::from_mode(now))
                 .map_err(|e| Error::io(path, e))?;
             set_xattrs(
                 &dir,
@@ -482,7 +486,7 @@ impl<'r> Applier<'r> {
                 self.privileged,
                 &mut self.report.skipped_xattrs,
             );
-            self.dir_times.push((path.to_path_buf(), mtime));
+            self.dir_times.push((path.to_path_buf(), mode, mtime));
             return Ok(());
         }
         self.remove(path)?;
@@ -579,12 +583,22 @@ impl<'r> Applier<'r> {
     /// Sets directory times (last, so that later entries do not bump them) and
     /// returns what was done.
     pub fn finish(self) -> Result<ApplyReport> {
-        for (path, mtime) in self.dir_times.iter().rev() {
+        let mut done = HashSet::new();
+        // Deepest last-declared first; a directory declared again by a later
+        // layer takes that layer's mode and time.
+        for (path, mode, mtime) in self.dir_times.iter().rev() {
+            if !done.insert(path) {
+                continue;
+            }
             if let Ok(dir) = self
                 .root
                 .resolve_nofollow(path)
                 .and_then(|h| h.reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY))
             {
+                if !self.privileged {
+                    dir.set_permissions(Permissions::from_mode(*mode))
+                        .map_err(|e| Error::io(path, e))?;
+                }
                 let _ = dir.set_modified(UNIX_EPOCH + Duration::from_secs(*mtime));
             }
         }

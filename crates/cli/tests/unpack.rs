@@ -1049,3 +1049,59 @@ entries = [
     );
     Ok(())
 }
+
+/// Without privilege, a read-only directory of a lower layer is still filled
+/// by a later one, and gets its mode back at the end (as `umoci unpack
+/// --rootless` does). As root the unpack runs as `nobody` through `setpriv`.
+#[test]
+fn rootless_unpack_fills_read_only_directories() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir()?;
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777))?;
+    let spec = ImageSpec::from_toml(
+        r#"
+description = "read-only directories"
+[[layers]]
+entries = [{ path = "ro/", type = "dir", mode = 0o555 }, { path = "ro/a", content = "a" }, { path = "sealed/", type = "dir", mode = 0o500 }, { path = "sealed/s", content = "s", mode = 0o400 }]
+[[layers]]
+entries = [{ path = "ro/b", content = "b" }, { path = "sealed/t", content = "t" }]
+"#,
+        "read-only dirs",
+    )?;
+    fixture::build(&spec, &tmp.path().join("img"), "latest")?;
+    let root = tmp.path().join("root");
+    let args = [
+        "unpack".to_string(),
+        "--store".into(),
+        tmp.path().join("store").display().to_string(),
+        format!("oci:{}:latest", tmp.path().join("img").display()),
+        root.display().to_string(),
+    ];
+    let privileged = rustix::process::geteuid().is_root();
+    let out = if privileged {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_oci-blocks"))
+            .args(&args)
+            .output()
+            .context("setpriv (util-linux)")?
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_oci-blocks"))
+            .args(&args)
+            .output()?
+    };
+    ensure!(out.status.success(), "{}", text(&out));
+    let mode =
+        |p: &str| -> Result<u32> { Ok(fs::metadata(root.join(p))?.permissions().mode() & 0o7777) };
+    ensure!(
+        mode("ro")? == 0o555 && mode("sealed")? == 0o500,
+        "final modes restored"
+    );
+    ensure!(fs::read_to_string(root.join("ro/b"))? == "b");
+    ensure!(fs::read_to_string(root.join("sealed/t"))? == "t");
+    // Let the temporary directory be removed.
+    for d in ["ro", "sealed"] {
+        fs::set_permissions(root.join(d), fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}

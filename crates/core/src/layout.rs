@@ -159,7 +159,11 @@ impl OciDir {
     }
 
     fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
+        use std::os::unix::fs::PermissionsExt;
+        // Readable by others, as skopeo and umoci leave layouts (less the umask);
+        // tempfile's own default is 0600.
         tempfile::Builder::new()
+            .permissions(fs::Permissions::from_mode(0o644))
             .prefix(TEMP_PREFIX)
             .tempfile_in(&self.root)
             .map_err(|e| Error::io(&self.root, e))
