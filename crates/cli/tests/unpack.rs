@@ -1105,3 +1105,82 @@ entries = [{ path = "ro/b", content = "b" }, { path = "sealed/t", content = "t" 
     }
     Ok(())
 }
+
+/// For each corpus set: v1 then v2 built as blocks images and unpacked into one
+/// store (v2 extracts only its new block), each equal to `umoci unpack
+/// --rootless` of v2's legacy variant, as is our unpack of that legacy variant.
+fn corpus_unpacks_as_umoci(kind: &str, dest: &str, sub: &str) -> Result<()> {
+    if !have(&["umoci", "skopeo"])? {
+        return Ok(());
+    }
+    let Some(dir) = corpus(kind)? else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let image = t.join("image");
+    let store = t.join("store");
+    let mut extracted = Vec::new();
+    for v in ["v1", "v2"] {
+        ok(&[
+            "build",
+            "--no-cache",
+            "--add",
+            &format!("{}:{dest}", dir.join(v).join(sub).display()),
+            "--out",
+            &format!("oci:{}:{v}", image.display()),
+        ])?;
+        let report = unpack(
+            &format!("oci:{}:{v}", image.display()),
+            &t.join(format!("ours-{v}")),
+            &store,
+        )?;
+        ensure!(report["blocks_variant"] == true, "{report}");
+        extracted.push(report["blocks_extracted"].as_array().map_or(0, Vec::len));
+    }
+    ensure!(
+        extracted[0] > 1 && extracted[1] == 1,
+        "{kind}: v2 after v1 extracts only its one new block: {extracted:?}"
+    );
+    let legacy = t.join("legacy");
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:v2", image.display()))
+        .arg(format!("oci:{}:v2", legacy.display()))
+        .output()?;
+    ensure!(out.status.success(), "skopeo: {}", text(&out));
+    let bundle = t.join("umoci");
+    let out = Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:v2", legacy.display()))
+        .arg(&bundle)
+        .output()?;
+    ensure!(out.status.success(), "umoci: {}", text(&out));
+    let theirs = tree(&bundle.join("rootfs"))?;
+    ensure!(theirs.len() > 10, "{kind}: umoci's tree is the corpus");
+    assert_same(
+        &theirs,
+        &tree(&t.join("ours-v2"))?,
+        &format!("{kind}: blocks v2 against umoci"),
+    )?;
+    unpack(
+        &format!("oci:{}:v2", legacy.display()),
+        &t.join("ours-legacy"),
+        &store,
+    )?;
+    assert_same(
+        &theirs,
+        &tree(&t.join("ours-legacy"))?,
+        &format!("{kind}: legacy v2 against umoci"),
+    )
+}
+
+#[test]
+fn java_corpus_unpacks_as_umoci_unpacks_it() -> Result<()> {
+    corpus_unpacks_as_umoci("java", "/app/lib", "lib")
+}
+
+#[test]
+fn python_corpus_unpacks_as_umoci_unpacks_it() -> Result<()> {
+    corpus_unpacks_as_umoci("python", "/usr/lib/python3/site-packages", "site-packages")
+}

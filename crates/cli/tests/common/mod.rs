@@ -384,3 +384,26 @@ pub fn have(tools: &[&str]) -> Result<bool> {
     eprintln!("SKIPPED: missing {missing:?}");
     Ok(false)
 }
+
+/// The corpus sets of `../shared/corpus`, made once under target/. Outside CI a
+/// machine without the package registries skips (saying so); in CI it fails.
+pub fn corpus(kind: &str) -> Result<Option<PathBuf>> {
+    let dir = repo().join("target/corpus").join(kind);
+    if dir.join("v2").is_dir() {
+        return Ok(Some(dir));
+    }
+    let script = repo().join("../shared/corpus").join(match kind {
+        "java" => "java-deps.sh",
+        _ => "python-env.sh",
+    });
+    let out = Command::new("bash").arg(&script).arg(&dir).output()?;
+    if out.status.success() && dir.join("v2").is_dir() {
+        return Ok(Some(dir));
+    }
+    let why = format!("{}: {}", script.display(), text(&out));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        bail!("cannot make the {kind} corpus in CI: {why}");
+    }
+    eprintln!("SKIPPED: the {kind} corpus could not be made here: {why}");
+    Ok(None)
+}
