@@ -12,13 +12,18 @@ second version; for the large set, v1 plus one changed file). Each round times:
   - the same with `--link hardlink --read-only` (imports share the store's inodes).
 Prints a Markdown table of medians.
 
-Usage: benches/unpack.py [RUNS]    (from the repository root; default 5)
+Usage: benches/unpack.py [RUNS] [WORKDIR]    (from the repository root; default 5)
+
+WORKDIR is where images, stores and root filesystems go (default: a temporary
+directory under $TMPDIR). Put it on a file system with reflinks (XFS, btrfs)
+to measure `--link auto` cloning instead of copying.
 """
 import os, shutil, statistics, subprocess, sys, tempfile
 
 from common import prepare, sh, timed
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+WORKDIR = sys.argv[2] if len(sys.argv) > 2 else None
 
 
 
@@ -27,7 +32,8 @@ RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 
 def main():
     corpus, binary = prepare()
-    work = tempfile.mkdtemp(prefix="oci-blocks-unpack-bench-")
+    work = tempfile.mkdtemp(prefix="oci-blocks-unpack-bench-", dir=WORKDIR)
+    fstype = subprocess.run(["stat", "-f", "-c", "%T", work], capture_output=True, text=True).stdout.strip()
     try:
         large_v2 = os.path.join(work, "large-v2")
         shutil.copytree(f"{corpus}/large/site-packages", f"{large_v2}/site-packages", symlinks=True)
@@ -38,7 +44,7 @@ def main():
             ("python corpus", f"{corpus}/python/v1/site-packages", f"{corpus}/python/v2/site-packages", "/usr/lib/python3/site-packages"),
             ("large python set", f"{corpus}/large/site-packages", f"{large_v2}/site-packages", "/usr/lib/python3/site-packages"),
         ]
-        print(f"{RUNS} rounds per set, medians; {os.cpu_count()} CPUs\n")
+        print(f"{RUNS} rounds per set, medians; {os.cpu_count()} CPUs; work directory on {fstype}\n")
         print("| set | umoci unpack (legacy) | oci-blocks unpack, cold | speed-up vs umoci | v2 with v1's blocks in the store | speed-up vs cold | same, --link hardlink --read-only | speed-up vs cold | peak RSS (cold) |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, v1, v2, dest in sets:

@@ -1184,3 +1184,201 @@ fn java_corpus_unpacks_as_umoci_unpacks_it() -> Result<()> {
 fn python_corpus_unpacks_as_umoci_unpacks_it() -> Result<()> {
     corpus_unpacks_as_umoci("python", "/usr/lib/python3/site-packages", "site-packages")
 }
+
+const IMPORT_SEMANTICS: &str = r##"
+description = "Imports: a file, a directory, a symlink, a nested directory, a block root; in several layers; overwritten, whited out and opaqued by later layers."
+
+[[blocks]]
+name = "lib"
+entries = [
+  { path = "lib.jar", content = "jar bytes" },
+  { path = "docs/", type = "dir", mode = 0o750 },
+  { path = "docs/a.txt", content = "a" },
+  { path = "docs/sub/", type = "dir" },
+  { path = "docs/sub/b.txt", content = "b", mode = 0o600 },
+  { path = "link", type = "symlink", target = "docs/a.txt" },
+  { path = "bin/", type = "dir" },
+  { path = "bin/tool", content = "#!/bin/sh\n", mode = 0o755 },
+]
+
+[[blocks]]
+name = "py"
+entries = [
+  { path = "pkg/", type = "dir" },
+  { path = "pkg/__init__.py", content = "" },
+  { path = "pkg/mod.py", content = "x = 1\n" },
+]
+
+[[layers]]
+entries = [
+  { path = "app/", type = "dir" },
+  { path = "app/keep", content = "base" },
+  { path = "app/docs", content = "a file the import replaces" },
+  { path = "usr/", type = "dir" },
+  { path = "usr/site/", type = "dir" },
+  { path = "usr/site/old.py", content = "merged with the imported directory" },
+]
+
+[[layers]]
+media_type = "import"
+entries = [
+  { path = "app/.import.lib.jar", content = "/lib.jar from {block:lib}" },
+  { path = "app/.import.docs", content = "/docs from {block:lib}" },
+  { path = "app/.import.link", content = "/link from {block:lib}" },
+  { path = "app/.import.tool", content = "/bin/tool from {block:lib}" },
+  { path = "usr/.import.site", content = "/ from {block:py}" },
+]
+
+[[layers]]
+media_type = "import"
+entries = [
+  { path = "opt/", type = "dir" },
+  { path = "opt/.import.sub", content = "/docs/sub from {block:lib}" },
+  { path = "app/lib.jar", content = "overwritten by a later layer" },
+  { path = "app/.wh.link" },
+  { path = "app/docs/.wh..wh..opq" },
+  { path = "app/docs/new.txt", content = "after the opaque whiteout" },
+  { path = "srv/", type = "dir" },
+  { path = "srv/.import.tool", content = "/bin/tool from {block:lib}" },
+]
+"##;
+
+/// Rewrites a blocks image's layers into plain ones, each import entry
+/// replaced by the block entries it names (a tar-level rewrite, independent of
+/// the unpacker), and returns the plain layers' tars.
+fn plain_equivalent(layout: &Path) -> Result<Vec<Vec<u8>>> {
+    use oci_blocks_core::import::ImportEntry;
+    use std::io::Read;
+    let dir = oci_blocks_core::layout::OciDir::open(layout)?;
+    let (_, m) = manifest_of(&dir, "latest", "blocks")?;
+    let mut blocks = std::collections::BTreeMap::new();
+    for b in m.blocks() {
+        let mut bytes = Vec::new();
+        open_layer(&dir, b)?.read_to_end(&mut bytes)?;
+        blocks.insert(b.digest().to_string(), bytes);
+    }
+    let mut out = Vec::new();
+    for l in m.layers() {
+        let mut plain = tar::Builder::new(Vec::new());
+        let mut ar = tar::Archive::new(open_layer(&dir, l)?);
+        for e in ar.entries()? {
+            let mut e = e?;
+            let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+            let Some(target) = name.strip_prefix(".import.") else {
+                let mut header = e.header().clone();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data)?;
+                plain.append_data(&mut header, &path, &data[..])?;
+                continue;
+            };
+            let target = if parent.is_empty() {
+                target.to_string()
+            } else {
+                format!("{parent}/{target}")
+            };
+            let mut content = Vec::new();
+            e.read_to_end(&mut content)?;
+            let import = ImportEntry::parse(&content)?;
+            let source = import.source_in_block().to_string();
+            let block = blocks
+                .get(import.digest().as_str())
+                .context("declared block")?;
+            if source.is_empty() {
+                let mut h = tar::Header::new_ustar();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_mtime(1);
+                plain.append_data(&mut h, format!("{target}/"), &[][..])?;
+            }
+            let mut bar = tar::Archive::new(&block[..]);
+            for be in bar.entries()? {
+                let mut be = be?;
+                let bp = String::from_utf8_lossy(&be.path_bytes())
+                    .trim_end_matches('/')
+                    .to_string();
+                let rel = if source.is_empty() {
+                    Some(bp.as_str())
+                } else if bp == source {
+                    Some("")
+                } else {
+                    bp.strip_prefix(&format!("{source}/"))
+                };
+                let Some(rel) = rel else { continue };
+                let dest = if rel.is_empty() {
+                    target.clone()
+                } else {
+                    format!("{target}/{rel}")
+                };
+                let mut header = be.header().clone();
+                let mut data = Vec::new();
+                be.read_to_end(&mut data)?;
+                if header.entry_type().is_symlink() {
+                    let link = be.link_name()?.context("symlink target")?.into_owned();
+                    plain.append_link(&mut header, &dest, link)?;
+                } else {
+                    plain.append_data(&mut header, &dest, &data[..])?;
+                }
+            }
+        }
+        out.push(plain.into_inner()?);
+    }
+    Ok(out)
+}
+
+/// A blocks image unpacks to the tree umoci makes of its plain equivalent.
+#[test]
+fn imports_unpack_as_their_plain_equivalent_under_umoci() -> Result<()> {
+    if !have(&["umoci"])? {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let spec = ImageSpec::from_toml(IMPORT_SEMANTICS, "import semantics")?;
+    fixture::build(&spec, &t.join("blocks"), "latest")?;
+    let layers = plain_equivalent(&t.join("blocks"))?;
+    let mut plain = ImageSpec::from_toml(
+        &format!(
+            "description = \"plain equivalent\"\nindex = \"none\"\n{}",
+            "[[layers]]\nraw = \"\"\n".repeat(layers.len())
+        ),
+        "plain",
+    )?;
+    for (spec_layer, tar) in plain.layers.iter_mut().zip(layers) {
+        spec_layer.raw = Some(String::from_utf8(tar).context("test tars are UTF-8")?);
+    }
+    fixture::build(&plain, &t.join("plain"), "latest")?;
+    let bundle = t.join("umoci");
+    let out = Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:latest", t.join("plain").display()))
+        .arg(&bundle)
+        .output()?;
+    ensure!(out.status.success(), "umoci: {}", text(&out));
+    let ours = t.join("ours");
+    let report = unpack(
+        &format!("oci:{}:latest", t.join("blocks").display()),
+        &ours,
+        &t.join("store"),
+    )?;
+    ensure!(report["applied"]["imports"] == 7, "{report}");
+    let theirs = tree(&bundle.join("rootfs"))?;
+    for must in [
+        "app/docs/new.txt",
+        "usr/site/pkg/mod.py",
+        "usr/site/old.py",
+        "opt/sub/b.txt",
+        "srv/tool",
+    ] {
+        ensure!(
+            theirs.contains_key(must),
+            "the reference tree has {must}: {theirs:?}"
+        );
+    }
+    ensure!(!theirs.contains_key("app/link") && !theirs.contains_key("app/docs/a.txt"));
+    assert_same(
+        &theirs,
+        &tree(&ours)?,
+        "imports against umoci of the plain equivalent",
+    )
+}

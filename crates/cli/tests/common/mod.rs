@@ -100,7 +100,7 @@ pub fn blobs_of(dir: &Path, tag: &str) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-fn open_layer(
+pub fn open_layer(
     layout: &OciDir,
     d: &oci_blocks_core::oci_spec::image::Descriptor,
 ) -> Result<Box<dyn Read>> {
