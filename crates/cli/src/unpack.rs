@@ -99,6 +99,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 report.applied.skipped_devices.join(", ")
             );
         }
+        for skipped in &report.applied.skipped_xattrs {
+            outln!("  extended attribute not restored: {skipped}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
