@@ -281,8 +281,17 @@ impl ImportSource for StoreImports<'_> {
             let in_root = |e| Error::in_root(format!("materializing {}", dest.display()), e);
             match meta.kind.as_str() {
                 "dir" => {
-                    root.mkdir_all(&dest, &Permissions::from_mode(0o755))
-                        .map_err(in_root)?;
+                    // Into a fresh target, entries come parents first (sorted
+                    // paths), so one mkdirat suffices; otherwise merge.
+                    let made = fresh
+                        && !rel.is_empty()
+                        && root
+                            .create(&dest, &InodeType::Directory(Permissions::from_mode(0o755)))
+                            .is_ok();
+                    if !made {
+                        root.mkdir_all(&dest, &Permissions::from_mode(0o755))
+                            .map_err(in_root)?;
+                    }
                     dir_modes.push((dest.clone(), *meta));
                 }
                 "file" => {
