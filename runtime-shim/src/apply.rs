@@ -21,6 +21,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use oci_blocks_core::import::{ImportEntry, import_name};
 use oci_blocks_core::names::{MAX_IMPORT_SIZE, OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 use oci_blocks_core::tarcheck;
+use oci_blocks_core::validate::scan::is_unclean;
 use pathrs::flags::OpenFlags;
 use pathrs::{InodeType, Root};
 
@@ -285,8 +286,7 @@ impl<'r> Applier<'r> {
                         "a block must not contain import entries [block.import-entry]",
                     ));
                 }
-                let unclean =
-                    |p: &[u8]| p.starts_with(b"/") || p.split(|&b| b == b'/').any(|c| c == b"..");
+                let unclean = |p: &[u8]| is_unclean(&String::from_utf8_lossy(p));
                 let link_unclean = entry.header().entry_type().is_hard_link()
                     && entry.link_name_bytes().is_some_and(|l| unclean(&l));
                 if unclean(&raw) || link_unclean {

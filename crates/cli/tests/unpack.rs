@@ -30,6 +30,29 @@ fn unpack(image: &str, rootfs: &Path, store: &Path) -> Result<serde_json::Value>
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// `umoci unpack --rootless` of `layout:tag` into the bundle `bundle`.
+fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> Result<()> {
+    let out = Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:{tag}", layout.display()))
+        .arg(bundle)
+        .output()?;
+    ensure!(out.status.success(), "umoci: {}", text(&out));
+    Ok(())
+}
+
+/// `skopeo copy` of `from:tag` to `to:tag`, both layouts: the legacy variant
+/// of a fallback index, as clients unaware of blocks pick it.
+fn skopeo_copy(from: &Path, to: &Path, tag: &str) -> Result<()> {
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:{tag}", from.display()))
+        .arg(format!("oci:{}:{tag}", to.display()))
+        .output()?;
+    ensure!(out.status.success(), "skopeo: {}", text(&out));
+    Ok(())
+}
+
 #[test]
 fn built_samples_unpack_to_their_inputs_and_share_blocks_in_the_store() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -140,7 +163,6 @@ fn plain_images_unpack_as_umoci_unpacks_them() -> Result<()> {
     let spec = ImageSpec::from_toml(LAYER_SEMANTICS, "layer semantics")?;
     let layout = tmp.path().join("plain");
     fixture::build(&spec, &layout, "latest")?;
-    let mut images = vec![layout.clone()];
     // The legacy variant of the Python sample: a plain image made by the builder.
     let py = tmp.path().join("py");
     ok(&[
@@ -149,17 +171,11 @@ fn plain_images_unpack_as_umoci_unpacks_them() -> Result<()> {
         "-f",
         "examples/python-app/build.toml",
         "--out",
-        &format!("oci:{}:v1", py.display()),
+        &format!("oci:{}:latest", py.display()),
     ])?;
     let copy = tmp.path().join("legacy");
-    let status = Command::new("skopeo")
-        .args(["copy", "--quiet"])
-        .arg(format!("oci:{}:v1", py.display()))
-        .arg(format!("oci:{}:latest", copy.display()))
-        .status();
-    if status.is_ok_and(|s| s.success()) {
-        images.push(copy);
-    }
+    skopeo_copy(&py, &copy, "latest")?;
+    let images = [layout, copy];
     for (i, image) in images.iter().enumerate() {
         let ours = tmp.path().join(format!("ours-{i}"));
         unpack(
@@ -168,12 +184,7 @@ fn plain_images_unpack_as_umoci_unpacks_them() -> Result<()> {
             &tmp.path().join("store"),
         )?;
         let bundle = tmp.path().join(format!("umoci-{i}"));
-        let out = Command::new("umoci")
-            .args(["unpack", "--rootless", "--image"])
-            .arg(format!("{}:latest", image.display()))
-            .arg(&bundle)
-            .output()?;
-        ensure!(out.status.success(), "umoci: {}", text(&out));
+        umoci_unpack(image, "latest", &bundle)?;
         assert_same(
             &tree(&bundle.join("rootfs"))?,
             &tree(&ours)?,
@@ -488,19 +499,9 @@ fn a_bundle_has_the_process_umoci_would_write() -> Result<()> {
     ])?;
     ensure!(out.status.success(), "{}", text(&out));
     let legacy = tmp.path().join("legacy");
-    let st = Command::new("skopeo")
-        .args(["copy", "--quiet"])
-        .arg(format!("oci:{}:v1", built.display()))
-        .arg(format!("oci:{}:v1", legacy.display()))
-        .output()?;
-    ensure!(st.status.success(), "{}", text(&st));
+    skopeo_copy(&built, &legacy, "v1")?;
     let theirs = tmp.path().join("theirs");
-    let st = Command::new("umoci")
-        .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:v1", legacy.display()))
-        .arg(&theirs)
-        .output()?;
-    ensure!(st.status.success(), "{}", text(&st));
+    umoci_unpack(&legacy, "v1", &theirs)?;
     let read = |p: &Path| -> Result<serde_json::Value> {
         Ok(serde_json::from_slice(&fs::read(p.join("config.json"))?)?)
     };
@@ -529,6 +530,23 @@ enum Outcome {
     Unpacks(fn(&Path) -> bool),
     /// Either, as long as nothing outside the root changed.
     Safe,
+}
+
+impl Outcome {
+    fn check(&self, case: &str, ok: bool, root: &Path, out: &str) -> Result<()> {
+        match self {
+            Outcome::Fails(needle) => ensure!(
+                !ok && out.contains(needle),
+                "{case}: expected a failure naming {needle:?}, got: {out}"
+            ),
+            Outcome::Unpacks(holds) => ensure!(
+                ok && holds(root),
+                "{case}: expected a safe unpack with the right result: {out}"
+            ),
+            Outcome::Safe => {}
+        }
+        Ok(())
+    }
 }
 
 /// The containerd `TestBreakouts` patterns, the umoci scoping cases, the
@@ -805,17 +823,7 @@ fn malicious_layers_fail_or_stay_inside_the_root() -> Result<()> {
             !Path::new("/oci-blocks-nonexistent").exists(),
             "{case}: created a host path"
         );
-        match outcome {
-            Outcome::Fails(needle) => ensure!(
-                !ok && out.contains(needle),
-                "{case}: expected a failure naming {needle:?}, got: {out}"
-            ),
-            Outcome::Unpacks(holds) => ensure!(
-                ok && holds(&root),
-                "{case}: expected a safe unpack with the right result: {out}"
-            ),
-            Outcome::Safe => {}
-        }
+        outcome.check(case, ok, &root, &out)?;
     }
     Ok(())
 }
@@ -923,17 +931,7 @@ fn malicious_imports_fail_or_stay_inside_the_root() -> Result<()> {
     ];
     for (case, blocks, layers, outcome) in &cases {
         let (ok, root, out) = malicious(case, layers, blocks, tmp.path(), &sentinel)?;
-        match outcome {
-            Outcome::Fails(needle) => ensure!(
-                !ok && out.contains(needle),
-                "{case}: expected a failure naming {needle:?}, got: {out}"
-            ),
-            Outcome::Unpacks(holds) => ensure!(
-                ok && holds(&root),
-                "{case}: expected a safe unpack with the right result: {out}"
-            ),
-            Outcome::Safe => {}
-        }
+        outcome.check(case, ok, &root, &out)?;
     }
     Ok(())
 }
@@ -1143,19 +1141,9 @@ fn corpus_unpacks_as_umoci(kind: &str, dest: &str, sub: &str) -> Result<()> {
         "{kind}: v2 after v1 extracts only its one new block: {extracted:?}"
     );
     let legacy = t.join("legacy");
-    let out = Command::new("skopeo")
-        .args(["copy", "--quiet"])
-        .arg(format!("oci:{}:v2", image.display()))
-        .arg(format!("oci:{}:v2", legacy.display()))
-        .output()?;
-    ensure!(out.status.success(), "skopeo: {}", text(&out));
+    skopeo_copy(&image, &legacy, "v2")?;
     let bundle = t.join("umoci");
-    let out = Command::new("umoci")
-        .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:v2", legacy.display()))
-        .arg(&bundle)
-        .output()?;
-    ensure!(out.status.success(), "umoci: {}", text(&out));
+    umoci_unpack(&legacy, "v2", &bundle)?;
     let theirs = tree(&bundle.join("rootfs"))?;
     ensure!(theirs.len() > 10, "{kind}: umoci's tree is the corpus");
     assert_same(
@@ -1349,12 +1337,7 @@ fn imports_unpack_as_their_plain_equivalent_under_umoci() -> Result<()> {
     }
     fixture::build(&plain, &t.join("plain"), "latest")?;
     let bundle = t.join("umoci");
-    let out = Command::new("umoci")
-        .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:latest", t.join("plain").display()))
-        .arg(&bundle)
-        .output()?;
-    ensure!(out.status.success(), "umoci: {}", text(&out));
+    umoci_unpack(&t.join("plain"), "latest", &bundle)?;
     let ours = t.join("ours");
     let report = unpack(
         &format!("oci:{}:latest", t.join("blocks").display()),

@@ -106,7 +106,9 @@ pub fn normalize(path: &str) -> &str {
     p.trim_end_matches('/')
 }
 
-fn is_unclean(raw: &str) -> bool {
+/// Whether a block entry path (or hard-link target) breaks `block.path-unclean`:
+/// absolute, or with a `..` component.
+pub fn is_unclean(raw: &str) -> bool {
     raw.starts_with('/') || raw.split('/').any(|c| c == "..")
 }
 
