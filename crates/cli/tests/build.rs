@@ -204,14 +204,7 @@ fn update_adds_only_the_changed_dependency(
     let mut tags = Vec::new();
     for v in ["v1", "v2"] {
         let reference = format!("oci:{}:{v}", out.display());
-        ok(&[
-            "build",
-            "--no-cache",
-            "--add",
-            &format!("{}:{dest}", dir.join(v).join(sub).display()),
-            "--out",
-            &reference,
-        ])?;
+        build_corpus_version(&dir, v, sub, dest, &reference)?;
         ok(&["validate", &reference])?;
         tags.push(blobs_of(&out, v)?);
     }

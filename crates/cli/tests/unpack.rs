@@ -1120,14 +1120,7 @@ fn corpus_unpacks_as_umoci(kind: &str, dest: &str, sub: &str) -> Result<()> {
     let store = t.join("store");
     let mut extracted = Vec::new();
     for v in ["v1", "v2"] {
-        ok(&[
-            "build",
-            "--no-cache",
-            "--add",
-            &format!("{}:{dest}", dir.join(v).join(sub).display()),
-            "--out",
-            &format!("oci:{}:{v}", image.display()),
-        ])?;
+        build_corpus_version(&dir, v, sub, dest, &format!("oci:{}:{v}", image.display()))?;
         let report = unpack(
             &format!("oci:{}:{v}", image.display()),
             &t.join(format!("ours-{v}")),

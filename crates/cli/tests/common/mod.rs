@@ -407,3 +407,23 @@ pub fn corpus(kind: &str) -> Result<Option<PathBuf>> {
     eprintln!("SKIPPED: the {kind} corpus could not be made here: {why}");
     Ok(None)
 }
+
+/// Builds version `v` of a corpus set (its `sub` directory added at `dest`)
+/// into `reference`, without the build cache.
+pub fn build_corpus_version(
+    dir: &Path,
+    v: &str,
+    sub: &str,
+    dest: &str,
+    reference: &str,
+) -> Result<()> {
+    ok(&[
+        "build",
+        "--no-cache",
+        "--add",
+        &format!("{}:{dest}", dir.join(v).join(sub).display()),
+        "--out",
+        reference,
+    ])?;
+    Ok(())
+}
