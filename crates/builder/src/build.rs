@@ -1164,14 +1164,23 @@ pub fn build_with_progress(spec: &BuildSpec, progress: &dyn Progress) -> Result<
         desc.set_platform(serde_json::from_value(b.entry["platform"].clone()).ok());
         desc
     } else {
-        // Per platform the legacy manifest first, then the blocks manifest; one
-        // anchor for all, listing each block once.
+        // The legacy manifests first (clients unaware of blocks pick the first
+        // platform match), then one anchor listing each block once, then the
+        // blocks manifests: a copy tool that pushes children in index order
+        // uploads the blocks as the anchor's layers before a blocks-aware
+        // registry sees a manifest that names them (spec/fallback.md).
         let mut manifests = Vec::new();
+        let mut blocks_entries = Vec::new();
         let mut anchor_layers: Vec<Value> = Vec::new();
         let mut seen = HashSet::new();
         for b in &builds {
-            manifests.extend(b.legacy_entry.clone());
-            manifests.push(b.entry.clone());
+            match &b.legacy_entry {
+                Some(legacy) => {
+                    manifests.push(legacy.clone());
+                    blocks_entries.push(b.entry.clone());
+                }
+                None => manifests.push(b.entry.clone()),
+            }
             for block in &b.blocks {
                 if seen.insert(block["digest"].as_str().unwrap_or_default().to_string()) {
                     anchor_layers.push(block.clone());
@@ -1189,6 +1198,7 @@ pub fn build_with_progress(spec: &BuildSpec, progress: &dyn Progress) -> Result<
             manifests.push(anchor_entry);
             anchor_digest = Some(amd);
         }
+        manifests.extend(blocks_entries);
         let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
         let (id, is) = out.write_blob_bytes(&to_json(&index)?)?;
         if let Some(anchor) = anchor_digest {
