@@ -69,8 +69,8 @@ pub enum IndexMode {
     /// The bare manifest is tagged.
     #[default]
     None,
-    /// A fallback index: legacy manifest (the layers without imports), blocks
-    /// manifest, GC anchor.
+    /// A fallback index: legacy manifest (the layers without imports), GC
+    /// anchor, blocks manifest (the order builders write).
     Fallback,
     /// A fallback index whose anchor lacks the last block.
     FallbackIncompleteAnchor,
@@ -446,7 +446,7 @@ pub fn build(spec: &ImageSpec, path: &Path, tag: &str) -> Result<Built> {
         let index = json!({
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
-            "manifests": [legacy, blocks, anchor],
+            "manifests": [legacy, anchor, blocks],
         });
         let (id, is) = write_json(&dir, &index)?;
         root = (OCI_INDEX, id, is);
