@@ -140,7 +140,8 @@ pub fn collect(storage: &Storage, options: &GcOptions) -> Result<GcReport> {
         for d in present.iter().filter(|d| !kept.contains(*d)) {
             report.manifests_removed.push(format!("{name}@{d}"));
             if !options.dry_run {
-                storage.delete_manifest(name, d)?;
+                // Tags are roots, so nothing tagged is ever here.
+                storage.delete_untagged_manifest(name, d)?;
             }
         }
     }

@@ -394,14 +394,23 @@ impl Storage {
     /// Removes manifest `digest` from `name`, with the tags that point at it and its
     /// referrer entry; whether it was there. Its blob stays until a collection.
     pub fn delete_manifest(&self, name: &str, digest: &Digest) -> Result<bool> {
-        let bytes = self.read_blob(digest)?;
-        if !remove_file_if_exists(&self.manifest_record(name, digest))? {
+        if !self.delete_untagged_manifest(name, digest)? {
             return Ok(false);
         }
         for tag in self.tags(name)? {
             if self.resolve_tag(name, &tag).as_ref() == Some(digest) {
                 self.delete_tag(name, &tag)?;
             }
+        }
+        Ok(true)
+    }
+
+    /// [`Storage::delete_manifest`] for a manifest the caller knows no tag points
+    /// at (the collector's case), without reading every tag.
+    pub fn delete_untagged_manifest(&self, name: &str, digest: &Digest) -> Result<bool> {
+        let bytes = self.read_blob(digest)?;
+        if !remove_file_if_exists(&self.manifest_record(name, digest))? {
+            return Ok(false);
         }
         if let Some(subject) = bytes.as_deref().and_then(subject_of) {
             remove_file_if_exists(&self.referrer_file(name, &subject, digest))?;
