@@ -1,6 +1,6 @@
 //! `oci-blocks-registry`: serve the distribution API, or collect garbage.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -207,8 +207,10 @@ fn serve_options(args: &ServeArgs, file: &FileConfig) -> Result<ServeOptions> {
         .or_else(|| file.addr.clone())
         .unwrap_or_else(|| "127.0.0.1:5000".into());
     let addr: SocketAddr = addr_text
-        .parse()
-        .with_context(|| format!("--addr {addr_text:?}: expected HOST:PORT with an IP host"))?;
+        .to_socket_addrs()
+        .with_context(|| format!("--addr {addr_text:?}: expected HOST:PORT"))?
+        .next()
+        .with_context(|| format!("--addr {addr_text:?}: the host has no address"))?;
     let tls = match (
         args.tls_cert.clone().or_else(|| file.tls_cert.clone()),
         args.tls_key.clone().or_else(|| file.tls_key.clone()),

@@ -619,3 +619,71 @@ fn tags_catalog_referrers_and_deletion() -> Result<()> {
     ensure!(r.status == 404, "{}", r.describe());
     Ok(())
 }
+
+#[test]
+fn serve_collects_on_an_interval_and_expires_abandoned_uploads() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("root");
+    let reg = Registry::start(
+        &root,
+        &[
+            "--gc-interval",
+            "500ms",
+            "--grace-period",
+            "1h",
+            "--upload-expiry",
+            "1h",
+        ],
+    )?;
+    let base = reg.url("");
+    let orphan = push_blob(&base, "app", b"referenced by nothing")?;
+    push_blob(&base, "app", CONFIG)?;
+    let kept = manifest(CONFIG, &[], &[], json!({}));
+    let r = put_manifest(&base, "app", "v1", &kept, OCI_MANIFEST)?;
+    ensure!(r.status == 201, "{}", r.describe());
+    let r = http("POST", &format!("{base}/v2/app/blobs/uploads/"), &[], None)?;
+    let session = reg.url(r.header("location").context("Location")?);
+    let fresh = http("POST", &format!("{base}/v2/app/blobs/uploads/"), &[], None)?;
+    let fresh = reg.url(fresh.header("location").context("Location")?);
+    // Everything but the fresh session is now two hours old.
+    age_blobs(&root)?;
+    let id = session.rsplit('/').next().context("id")?;
+    let data = root.join("uploads").join(id).join("data");
+    std::fs::File::options()
+        .write(true)
+        .open(&data)?
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = http("GET", &format!("{base}/v2/app/blobs/{orphan}"), &[], None)?;
+        if r.status == 404 {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the interval GC never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The collection kept what the tag references, dropped the abandoned
+    // session and left the open one alone.
+    let r = http("GET", &format!("{base}/v2/app/manifests/v1"), &[], None)?;
+    ensure!(r.status == 200 && r.body == kept, "{}", r.describe());
+    let r = http(
+        "GET",
+        &format!("{base}/v2/app/blobs/{}", Digest::sha256(CONFIG)),
+        &[],
+        None,
+    )?;
+    ensure!(r.status == 200, "{}", r.describe());
+    let r = http("GET", &session, &[], None)?;
+    ensure!(
+        r.status == 404 && r.code() == "BLOB_UPLOAD_UNKNOWN",
+        "{}",
+        r.describe()
+    );
+    let r = http("GET", &fresh, &[], None)?;
+    ensure!(r.status == 204, "{}", r.describe());
+    ensure!(reg.logs().contains("garbage collection"), "{}", reg.logs());
+    Ok(())
+}

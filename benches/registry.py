@@ -1,0 +1,288 @@
+"""Registry benchmark: oci-blocks-registry against Debian's docker-registry
+(CNCF distribution), measured in the same run.
+
+1. skopeo copy --all push, then pull, of the corpus images (fallback index of
+   v1 of the Java and the Python set), each round against a fresh storage root
+   of each registry, registries alternating; medians of RUNS rounds.
+2. Peak RSS of each server while 50 clients push 100 MB blobs at once
+   (POST, then one streamed PUT each).
+3. Garbage collection over 1,000 manifests (each with its own config, one
+   shared layer and three blocks from a pool of 200; half of them tagged):
+   seconds of `oci-blocks-registry gc --delete-untagged` and of
+   `docker-registry garbage-collect --delete-untagged`, and what each removed.
+
+Usage: python3 benches/registry.py [RUNS]   (default 3)
+"""
+import hashlib, http.client, json, os, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import ROOT, sh, prepare  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Ours:
+    name = "oci-blocks-registry"
+
+    def __init__(self, root, binary):
+        self.root = root
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--addr", "127.0.0.1:0", "--root", root],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "RUST_LOG": "warn"})
+        line = self.proc.stdout.readline().strip()
+        self.host = line.split("://", 1)[1]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class Distribution:
+    name = "docker-registry"
+
+    def __init__(self, root, _binary=None):
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+        port = free_port()
+        self.config = os.path.join(os.path.dirname(root), os.path.basename(root) + ".yml")
+        with open(self.config, "w") as f:
+            f.write(f"version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+                    f"storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
+                    f"http:\n  addr: 127.0.0.1:{port}\n")
+        self.proc = subprocess.Popen(["docker-registry", "serve", self.config],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.host = f"127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                c = http.client.HTTPConnection(self.host, timeout=1)
+                c.request("GET", "/v2/")
+                if c.getresponse().status == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("docker-registry did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def timed(cmd):
+    start = time.monotonic()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.monotonic() - start
+
+
+def push_pull(images, binary, runs, work):
+    results = {}  # (image, registry) -> {"push": [...], "pull": [...]}
+    for r in range(runs):
+        kinds = [Ours, Distribution] if r % 2 == 0 else [Distribution, Ours]
+        for label, layout in images:
+            for kind in kinds:
+                root = os.path.join(work, f"{kind.name}-{r}-{label}")
+                reg = kind(root, binary)
+                try:
+                    dest = f"docker://{reg.host}/bench/{label}:v1"
+                    push = timed(["skopeo", "copy", "--all", "--dest-tls-verify=false",
+                                  f"oci:{layout}:v1", dest])
+                    out = os.path.join(work, "pulled")
+                    shutil.rmtree(out, ignore_errors=True)
+                    pull = timed(["skopeo", "copy", "--all", "--src-tls-verify=false",
+                                  dest, f"oci:{out}:v1"])
+                finally:
+                    reg.stop()
+                    shutil.rmtree(root, ignore_errors=True)
+                entry = results.setdefault((label, kind.name), {"push": [], "pull": []})
+                entry["push"].append(push)
+                entry["pull"].append(pull)
+    return results
+
+
+def concurrent_pushes(kind, binary, work, clients=50, size=100 * 1024 * 1024):
+    root = os.path.join(work, f"rss-{kind.name}")
+    reg = kind(root, binary)
+    chunk = os.urandom(1 << 20)
+    digests = []
+    for i in range(clients):
+        h = hashlib.sha256()
+        prefix = i.to_bytes(8, "big")
+        h.update(prefix)
+        for _ in range(size // len(chunk)):
+            h.update(chunk)
+        digests.append("sha256:" + h.hexdigest())
+    errors = []
+    barrier = threading.Barrier(clients)
+
+    def client(i):
+        try:
+            c = http.client.HTTPConnection(reg.host, timeout=600)
+            c.request("POST", "/v2/rss/blobs/uploads/", body=b"")
+            resp = c.getresponse()
+            resp.read()
+            location = resp.getheader("Location")
+            if location.startswith("http"):
+                location = "/" + location.split("/", 3)[3]
+            sep = "&" if "?" in location else "?"
+            barrier.wait()
+            c.putrequest("PUT", f"{location}{sep}digest={digests[i]}")
+            c.putheader("Content-Type", "application/octet-stream")
+            c.putheader("Content-Length", str(8 + size))
+            c.endheaders()
+            c.send(i.to_bytes(8, "big"))
+            for _ in range(size // len(chunk)):
+                c.send(chunk)
+            resp = c.getresponse()
+            resp.read()
+            if resp.status != 201:
+                errors.append(f"client {i}: {resp.status}")
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"client {i}: {e}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start
+    rss = peak_rss_mib(reg.proc.pid)
+    reg.stop()
+    shutil.rmtree(root, ignore_errors=True)
+    if errors:
+        raise SystemExit(f"{kind.name}: {errors[:3]}")
+    return rss, elapsed
+
+
+def put(conn, method, path, body=b"", headers=None):
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status not in (200, 201, 202):
+        raise SystemExit(f"{method} {path}: {resp.status} {data[:200]}")
+    return resp
+
+
+def push_blob(conn, repo, data):
+    """POST then PUT with the body: the monolithic flow every registry supports
+    (docker-registry 2.8 ignores ?digest= on the POST)."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    location = put(conn, "POST", f"/v2/{repo}/blobs/uploads/").getheader("Location")
+    if location.startswith("http"):
+        location = "/" + location.split("/", 3)[3]
+    sep = "&" if "?" in location else "?"
+    put(conn, "PUT", f"{location}{sep}digest={digest}", data,
+        {"Content-Type": "application/octet-stream"})
+    return {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": len(data)}
+
+
+def gc_bench(kind, binary, work, manifests=1000):
+    root = os.path.join(work, f"gc-{kind.name}")
+    reg = kind(root, binary)
+    conn = http.client.HTTPConnection(reg.host, timeout=60)
+    layer = push_blob(conn, "gc/app", b"shared layer " * 100)
+    pool = [push_blob(conn, "gc/app", f"block {i} ".encode() * 50) for i in range(200)]
+    for i in range(manifests):
+        config = push_blob(conn, "gc/app", json.dumps({"architecture": "amd64", "os": "linux", "n": i,
+                                                       "rootfs": {"type": "layers", "diff_ids": []}}).encode())
+        config["mediaType"] = "application/vnd.oci.image.config.v1+json"
+        doc = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                          "config": config, "layers": [layer],
+                          "blocks": [pool[(i * 7 + k) % 200] for k in range(3)]}).encode()
+        ref = f"t{i}" if i % 2 == 0 else "sha256:" + hashlib.sha256(doc).hexdigest()
+        put(conn, "PUT", f"/v2/gc/app/manifests/{ref}", doc,
+            {"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    reg.stop()
+    # Every blob is older than the grace period we give.
+    time.sleep(1.1)
+    if kind is Ours:
+        cmd = [binary, "gc", "--root", root, "--delete-untagged", "--grace-period", "1s", "--json"]
+        start = time.monotonic()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        elapsed = time.monotonic() - start
+        report = json.loads(out)
+        removed = len(report["blobs_removed"])
+    else:
+        cmd = ["docker-registry", "garbage-collect", "--delete-untagged", reg.config]
+        start = time.monotonic()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        elapsed = time.monotonic() - start
+        removed = sum(1 for line in out.splitlines() if "blob eligible for deletion" in line)
+    # Blocks still referenced by a tagged manifest that the collector removed.
+    tagged_blocks = {pool[(i * 7 + k) % 200]["digest"] for i in range(0, manifests, 2) for k in range(3)}
+    lost = sum(1 for d in tagged_blocks
+               if not os.path.exists(blob_path(kind, root, d)))
+    shutil.rmtree(root, ignore_errors=True)
+    return elapsed, removed, lost, len(tagged_blocks)
+
+
+def blob_path(kind, root, digest):
+    hexd = digest.split(":", 1)[1]
+    if kind is Ours:
+        return os.path.join(root, "blobs/sha256", hexd[:2], hexd)
+    return os.path.join(root, "docker/registry/v2/blobs/sha256", hexd[:2], hexd, "data")
+
+
+def main():
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    corpus, cli = prepare()
+    sh(["cargo", "build", "-q", "--release", "-p", "oci-blocks-registry"])
+    binary = os.path.join(ROOT, "target/release/oci-blocks-registry")
+    work = tempfile.mkdtemp(prefix="registry-bench-", dir=os.path.join(ROOT, "target"))
+    try:
+        images = []
+        for label, src, dest in [("java", f"{corpus}/java/v1/lib", "/app/lib"),
+                                 ("python", f"{corpus}/python/v1/site-packages", "/usr/lib/python3/site-packages")]:
+            layout = os.path.join(work, f"img-{label}")
+            sh([cli, "build", "--no-cache", "--add", f"{src}:{dest}", "--out", f"oci:{layout}:v1"])
+            images.append((label, layout))
+
+        print(f"## skopeo copy --all push then pull, medians of {runs} rounds (seconds)\n")
+        print("| image | registry | push | pull | push+pull | ratio (docker-registry / ours) |")
+        print("|---|---|---|---|---|---|")
+        results = push_pull(images, binary, runs, work)
+        for label, _ in images:
+            totals = {}
+            for name in ["oci-blocks-registry", "docker-registry"]:
+                e = results[(label, name)]
+                push, pull = statistics.median(e["push"]), statistics.median(e["pull"])
+                total = statistics.median([a + b for a, b in zip(e["push"], e["pull"])])
+                totals[name] = total
+                ratio = ""
+                if name == "docker-registry":
+                    ratio = f"{totals['docker-registry'] / totals['oci-blocks-registry']:.2f}"
+                print(f"| {label} corpus v1 | {name} | {push:.2f} | {pull:.2f} | {total:.2f} | {ratio} |")
+        sys.stdout.flush()
+
+        print("\n## 50 concurrent 100 MB pushes\n")
+        print("| registry | peak RSS (MiB) | wall (s) |")
+        print("|---|---|---|")
+        for kind in [Ours, Distribution]:
+            rss, elapsed = concurrent_pushes(kind, binary, work)
+            print(f"| {kind.name} | {rss:.0f} | {elapsed:.1f} |")
+            sys.stdout.flush()
+
+        print("\n## Garbage collection over 1,000 manifests (500 tagged, 500 untagged, --delete-untagged)\n")
+        print("| collector | seconds | blobs removed | blocks of tagged manifests lost |")
+        print("|---|---|---|---|")
+        for kind in [Ours, Distribution]:
+            elapsed, removed, lost, total = gc_bench(kind, binary, work)
+            print(f"| {kind.name} | {elapsed:.2f} | {removed} | {lost} of {total} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
