@@ -43,6 +43,14 @@ pub struct ServeOptions {
 /// `shutdown_timeout`. Prints `listening on URL` on stdout once bound, so that a
 /// caller that asked for port 0 learns the port.
 pub async fn serve(options: ServeOptions) -> Result<()> {
+    let listener = std::net::TcpListener::bind(options.addr)
+        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", options.addr)))?;
+    serve_listener(listener, options).await
+}
+
+/// [`serve`] on a socket the caller bound (`options.addr` is not used), for
+/// programs and tests that run the registry in-process.
+pub async fn serve_listener(listener: std::net::TcpListener, options: ServeOptions) -> Result<()> {
     let storage = Arc::new(Storage::open(&options.root)?);
     let auth = options
         .htpasswd
@@ -71,8 +79,6 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
             }),
     );
 
-    let listener = std::net::TcpListener::bind(options.addr)
-        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", options.addr)))?;
     let local = listener.local_addr().at(std::path::Path::new("listener"))?;
     let handle = axum_server::Handle::new();
 

@@ -6,6 +6,7 @@
 mod build;
 mod inspect;
 mod output;
+mod transfer;
 mod unpack;
 mod validate;
 
@@ -27,6 +28,9 @@ enum Command {
     Validate(validate::Args),
     Inspect(inspect::Args),
     Unpack(unpack::Args),
+    Copy(transfer::CopyArgs),
+    Push(transfer::PushArgs),
+    Pull(transfer::PullArgs),
 }
 
 /// Exit status of a run whose input was judged invalid.
@@ -48,6 +52,9 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Unpack(args) => unpack::run(args),
+        Command::Copy(args) => transfer::run_copy(args),
+        Command::Push(args) => transfer::run_push(args),
+        Command::Pull(args) => transfer::run_pull(args),
     };
     match result {
         Ok(code) => code,

@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
+use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use oci_blocks_core::Digest;
@@ -426,4 +428,150 @@ pub fn build_corpus_version(
         reference,
     ])?;
     Ok(())
+}
+
+/// Runs a command, its stdout on success, stdout and stderr in the error.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    ensure!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
+    Ok(text(&out))
+}
+
+/// Debian's docker-registry (CNCF distribution) on 127.0.0.1, on an ephemeral
+/// port, killed when dropped.
+pub struct DockerRegistry {
+    child: Option<Child>,
+    pub config: PathBuf,
+    pub port: u16,
+}
+
+impl DockerRegistry {
+    pub fn start(dir: &Path) -> Result<DockerRegistry> {
+        fs::create_dir_all(dir)?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let config = dir.join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.join("storage").display()
+            ),
+        )?;
+        let mut r = DockerRegistry {
+            child: None,
+            config,
+            port,
+        };
+        r.serve()?;
+        Ok(r)
+    }
+
+    pub fn serve(&mut self) -> Result<()> {
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.status(&format!("http://127.0.0.1:{}/v2/", self.port))? == 200 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("docker-registry did not answer on port {}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn status(&self, url: &str) -> Result<u16> {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-I",
+                "--max-time",
+                "5",
+                url,
+            ])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0))
+    }
+
+    pub fn blob_status(&self, repo: &str, digest: &str) -> Result<u16> {
+        self.status(&format!(
+            "http://127.0.0.1:{}/v2/{repo}/blobs/{digest}",
+            self.port
+        ))
+    }
+
+    pub fn garbage_collect(&mut self) -> Result<String> {
+        self.stop();
+        let out = run(Command::new("docker-registry")
+            .arg("garbage-collect")
+            .arg(&self.config));
+        self.serve()?;
+        out
+    }
+
+    /// Pushes a blob from a layout with the plain monolithic upload.
+    pub fn push_blob(&self, repo: &str, layout: &Path, digest: &str) -> Result<()> {
+        let base = format!("http://127.0.0.1:{}", self.port);
+        let out = run(Command::new("curl").args([
+            "-s",
+            "-i",
+            "-X",
+            "POST",
+            &format!("{base}/v2/{repo}/blobs/uploads/"),
+        ]))?;
+        let location = out
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Location: ")
+                    .or_else(|| l.strip_prefix("location: "))
+            })
+            .context("upload location")?
+            .trim()
+            .to_string();
+        let url = if location.starts_with('/') {
+            format!("{base}{location}")
+        } else {
+            location
+        };
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let file = layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"));
+        run(Command::new("curl")
+            .args([
+                "-sf",
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", file.display()))
+            .arg(format!("{url}{sep}digest={digest}")))?;
+        Ok(())
+    }
+}
+
+impl Drop for DockerRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

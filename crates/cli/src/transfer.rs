@@ -1,0 +1,340 @@
+//! `oci-blocks copy`, `push` and `pull`: moving images between layouts and
+//! registries with the blocks-aware client, only the missing bytes.
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::ArgAction;
+use oci_blocks_client::auth::Credentials;
+use oci_blocks_client::copy::Progress;
+use oci_blocks_client::{CopyOptions, CopyReport, ImageRef, RegistryOptions, Selection};
+use oci_blocks_core::Digest;
+use oci_blocks_core::layout::{OciDir, OciRef, default_state_dir};
+use oci_blocks_shim::store::BlockStore;
+use oci_blocks_shim::{LinkMode, UnpackOptions, unpack, unpack_bundle};
+
+use crate::output::{bytes, outln};
+
+/// Options shared by the transfers.
+#[derive(clap::Args, Clone)]
+pub struct Transport {
+    /// Blobs transferred at once.
+    #[arg(long, default_value_t = 6)]
+    jobs: usize,
+    /// Verify the source registry's TLS certificate (false also allows plain HTTP).
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    src_tls_verify: bool,
+    /// Verify the destination registry's TLS certificate (false also allows plain HTTP).
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    dest_tls_verify: bool,
+    /// USER:PASSWORD for the source registry (default: the auth files).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    src_creds: Option<String>,
+    /// USER:PASSWORD for the destination registry (default: the auth files).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    dest_creds: Option<String>,
+    /// Directory of *.crt CA certificates for the source registry.
+    #[arg(long, value_name = "DIR")]
+    src_cert_dir: Option<PathBuf>,
+    /// Directory of *.crt CA certificates for the destination registry.
+    #[arg(long, value_name = "DIR")]
+    dest_cert_dir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Copy an image between layouts and registries (any direction), moving only
+/// the blobs the destination lacks; manifests keep their exact bytes and digests.
+///
+/// References: oci:DIR[:TAG], docker://HOST[:PORT]/REPO[:TAG|@DIGEST]. Every
+/// entry of an index is copied, blocks included.
+#[derive(clap::Args)]
+pub struct CopyArgs {
+    /// The source image.
+    src: String,
+    /// The destination.
+    dest: String,
+    #[command(flatten)]
+    transport: Transport,
+}
+
+/// Push an image from an OCI layout to a registry (copy with a layout source).
+#[derive(clap::Args)]
+pub struct PushArgs {
+    /// The image, oci:DIR[:TAG].
+    src: String,
+    /// The destination, docker://HOST[:PORT]/REPO[:TAG].
+    dest: String,
+    #[command(flatten)]
+    transport: Transport,
+}
+
+/// Pull an image into the block store's layout, fetching only what the store
+/// lacks (blocks already extracted are not downloaded), then optionally unpack
+/// it.
+///
+/// From an index, only this platform's blocks manifest (else its plain
+/// manifest) is fetched. Every digest is verified before anything is stored.
+#[derive(clap::Args)]
+pub struct PullArgs {
+    /// The image, docker://HOST[:PORT]/REPO[:TAG|@DIGEST] (or oci:DIR[:TAG]).
+    image: String,
+    /// The block store (default: $XDG_DATA_HOME/oci-blocks).
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Unpack into this root filesystem (must not exist, or be empty).
+    #[arg(long, value_name = "ROOTFS", conflicts_with = "bundle")]
+    unpack: Option<PathBuf>,
+    /// Unpack into an OCI runtime bundle (DIR/config.json, DIR/rootfs).
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
+    /// Platform to pull from an index (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH")]
+    platform: Option<String>,
+    /// How imported files are materialized when unpacking.
+    #[arg(long, value_enum, default_value = "auto")]
+    link: LinkMode,
+    /// The root filesystem will be mounted read-only (allows --link hardlink).
+    #[arg(long)]
+    read_only: bool,
+    /// Verify the registry's TLS certificate (false also allows plain HTTP).
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    tls_verify: bool,
+    /// USER:PASSWORD (default: the auth files).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    creds: Option<String>,
+    /// Directory of *.crt CA certificates.
+    #[arg(long, value_name = "DIR")]
+    cert_dir: Option<PathBuf>,
+    /// Blobs transferred at once.
+    #[arg(long, default_value_t = 6)]
+    jobs: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn registry_options(
+    tls_verify: bool,
+    creds: &Option<String>,
+    cert_dir: &Option<PathBuf>,
+) -> Result<RegistryOptions> {
+    Ok(RegistryOptions {
+        tls_verify,
+        credentials: creds.as_deref().map(Credentials::parse).transpose()?,
+        cert_dir: cert_dir.clone(),
+        ..RegistryOptions::default()
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// A byte progress bar on a terminal, nothing otherwise.
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    fn new(quiet: bool) -> Bar {
+        if quiet || !std::io::stderr().is_terminal() {
+            return Bar(None);
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+        ) {
+            bar.set_style(style);
+        }
+        Bar(Some(bar))
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, blobs: usize, total: u64) {
+        if let Some(b) = &self.0 {
+            b.set_length(total);
+            b.set_message(format!("{blobs} blobs"));
+        }
+    }
+    fn blob_done(&self, _digest: &Digest, size: u64, _moved: bool) {
+        if let Some(b) = &self.0 {
+            b.inc(size);
+        }
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn print_report(what: &str, report: &CopyReport) -> Result<()> {
+    outln!("{what}: {} ({})", report.digest, report.media_type);
+    outln!(
+        "  {} manifests, {} blobs: {} transferred ({}), {} already there ({}), {} mounted, {} reused from the store ({})",
+        report.manifests,
+        report.blobs,
+        report.blobs_transferred,
+        bytes(report.bytes_transferred),
+        report.blobs_skipped,
+        bytes(report.bytes_skipped),
+        report.blobs_mounted,
+        report.blobs_reused,
+        bytes(report.bytes_reused),
+    );
+    Ok(())
+}
+
+fn do_copy(
+    src: &str,
+    dest: &str,
+    t: &Transport,
+    require: Option<(bool, bool)>,
+) -> Result<ExitCode> {
+    let src_ref = ImageRef::parse(src)?;
+    let dest_ref = ImageRef::parse(dest)?;
+    if let Some((src_layout, dest_registry)) = require {
+        if src_layout && !matches!(src_ref, ImageRef::Layout(_)) {
+            bail!("push takes an oci:DIR[:TAG] source; use copy for other sources");
+        }
+        if dest_registry && !matches!(dest_ref, ImageRef::Registry(_)) {
+            bail!("push takes a docker:// destination; use copy for other destinations");
+        }
+    }
+    let options = CopyOptions {
+        jobs: t.jobs,
+        src: registry_options(t.src_tls_verify, &t.src_creds, &t.src_cert_dir)?,
+        dest: registry_options(t.dest_tls_verify, &t.dest_creds, &t.dest_cert_dir)?,
+        ..CopyOptions::default()
+    };
+    let bar = Bar::new(t.json);
+    let report = runtime()?
+        .block_on(oci_blocks_client::copy(&src_ref, &dest_ref, &options, &bar))
+        .with_context(|| format!("copying {src} to {dest}"))?;
+    drop(bar);
+    if t.json {
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&format!("{src} -> {dest}"), &report)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_copy(args: CopyArgs) -> Result<ExitCode> {
+    do_copy(&args.src, &args.dest, &args.transport, None)
+}
+
+pub fn run_push(args: PushArgs) -> Result<ExitCode> {
+    do_copy(&args.src, &args.dest, &args.transport, Some((true, true)))
+}
+
+/// A layout tag for an image reference (`HOST/REPO:TAG` spelled with `_`).
+fn local_tag(image: &ImageRef) -> String {
+    let text = image.to_string();
+    let text = text
+        .trim_start_matches("docker://")
+        .trim_start_matches("oci:");
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn host_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+#[derive(serde::Serialize)]
+struct PullReport {
+    image: String,
+    layout: String,
+    #[serde(flatten)]
+    copy: CopyReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unpack: Option<oci_blocks_shim::UnpackReport>,
+}
+
+pub fn run_pull(args: PullArgs) -> Result<ExitCode> {
+    let image = ImageRef::parse(&args.image)?;
+    let store_dir = args
+        .store
+        .clone()
+        .or_else(default_state_dir)
+        .context("no --store and no $HOME")?;
+    let store = BlockStore::open(&store_dir)?;
+    let have: HashSet<Digest> = store.blocks()?.into_iter().map(|(d, _)| d).collect();
+    let layout_dir = store_dir.join("images");
+    let tag = local_tag(&image);
+    let dest = ImageRef::Layout(OciRef {
+        path: layout_dir.clone(),
+        tag: Some(tag.clone()),
+    });
+    let platform = args.platform.clone().unwrap_or_else(host_platform);
+    let options = CopyOptions {
+        jobs: args.jobs,
+        src: registry_options(args.tls_verify, &args.creds, &args.cert_dir)?,
+        have,
+        selection: Selection::Platform(platform.clone()),
+        ..CopyOptions::default()
+    };
+    let bar = Bar::new(args.json);
+    let copy = runtime()?
+        .block_on(oci_blocks_client::copy(&image, &dest, &options, &bar))
+        .with_context(|| format!("pulling {}", args.image))?;
+    drop(bar);
+    let unpack_options = UnpackOptions {
+        store: store_dir.clone(),
+        link: args.link,
+        read_only: args.read_only,
+        platform: Some(platform),
+    };
+    let layout = OciDir::open(&layout_dir)?;
+    let unpacked = match (&args.unpack, &args.bundle) {
+        (Some(rootfs), _) => Some(unpack(&layout, Some(&tag), rootfs, &unpack_options)?),
+        (None, Some(bundle)) => Some(unpack_bundle(&layout, Some(&tag), bundle, &unpack_options)?),
+        (None, None) => None,
+    };
+    let report = PullReport {
+        image: args.image.clone(),
+        layout: format!("oci:{}:{tag}", layout_dir.display()),
+        copy,
+        unpack: unpacked,
+    };
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(
+            &format!("{} -> {}", report.image, report.layout),
+            &report.copy,
+        )?;
+        if let Some(u) = &report.unpack {
+            outln!(
+                "  unpacked {} layers; {} blocks extracted, {} reused",
+                u.layers,
+                u.blocks_extracted.len(),
+                u.blocks_reused.len()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,410 @@
+//! `oci-blocks push`, `pull` and `copy` against this project's registry (run
+//! in-process) and Debian's docker-registry: an update moves only v2's new
+//! bytes, copies keep every digest, a tampered blob never reaches the store, and
+//! a failed pull resumes without fetching again what it completed.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use common::*;
+use oci_blocks_core::Digest;
+use oci_blocks_core::layout::OciDir;
+use serde_json::Value;
+
+/// This project's registry, served in-process on an ephemeral port; its host.
+fn our_registry(root: &Path) -> Result<String> {
+    use oci_blocks_registry::gc::GcOptions;
+    use oci_blocks_registry::server::{ServeOptions, serve_listener};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let options = ServeOptions {
+        addr,
+        root: root.to_path_buf(),
+        htpasswd: None,
+        auth_pull: false,
+        tls: None,
+        gc_interval: None,
+        gc: GcOptions::default(),
+        shutdown_timeout: Duration::from_secs(1),
+    };
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime for the registry");
+        if let Err(e) = runtime.block_on(serve_listener(listener, options)) {
+            eprintln!("registry: {e}");
+        }
+    });
+    Ok(addr.to_string())
+}
+
+fn json_ok(args: &[&str]) -> Result<Value> {
+    Ok(serde_json::from_str(&ok(args)?)?)
+}
+
+/// Builds one corpus version as a bare blocks image (`--fallback none`).
+fn build_bare(dir: &Path, v: &str, out: &Path) -> Result<()> {
+    ok(&[
+        "build",
+        "--no-cache",
+        "--fallback",
+        "none",
+        "--add",
+        &format!("{}:/app/lib", dir.join(v).join("lib").display()),
+        "--out",
+        &format!("oci:{}:{v}", out.display()),
+    ])?;
+    Ok(())
+}
+
+/// Digest -> size of every blob (config, layers, blocks) of the tagged image's
+/// blocks manifest, and the bytes of its manifests.
+fn blobs_and_manifests(layout: &Path, tag: &str) -> Result<(BTreeMap<String, u64>, u64)> {
+    let dir = OciDir::open(layout)?;
+    let roots = dir.resolve(Some(tag))?;
+    let top = Digest::try_from(roots[0].digest())?;
+    let top_bytes = dir.read_json_blob(&top, None)?;
+    let mut manifest_bytes = top_bytes.len() as u64;
+    let mut doc: Value = serde_json::from_slice(&top_bytes)?;
+    if let Some(entries) = doc.get("manifests").and_then(Value::as_array) {
+        let entry = entries
+            .iter()
+            .find(|e| e["annotations"]["io.oci-blocks.variant"] == "blocks")
+            .or_else(|| entries.first())
+            .context("an entry")?;
+        let d = Digest::parse(entry["digest"].as_str().context("digest")?)?;
+        let bytes = dir.read_json_blob(&d, None)?;
+        manifest_bytes += bytes.len() as u64;
+        doc = serde_json::from_slice(&bytes)?;
+    }
+    let mut blobs = BTreeMap::new();
+    let mut descriptors = vec![doc["config"].clone()];
+    for list in ["layers", "blocks"] {
+        descriptors.extend(doc[list].as_array().cloned().unwrap_or_default());
+    }
+    for d in descriptors {
+        blobs.insert(
+            d["digest"].as_str().context("digest")?.to_string(),
+            d["size"].as_u64().context("size")?,
+        );
+    }
+    Ok((blobs, manifest_bytes))
+}
+
+/// The bytes an update from v1 to v2 must move at least: v2's blobs that v1
+/// lacks, and v2's manifests.
+fn new_bytes(image: &Path) -> Result<u64> {
+    let (v1, _) = blobs_and_manifests(image, "v1")?;
+    let (v2, v2_manifests) = blobs_and_manifests(image, "v2")?;
+    Ok(v2
+        .iter()
+        .filter(|(d, _)| !v1.contains_key(*d))
+        .map(|(_, s)| s)
+        .sum::<u64>()
+        + v2_manifests)
+}
+
+fn update_moves_only_new_bytes(
+    host: &str,
+    image: &Path,
+    dir: &Path,
+    tmp: &Path,
+    who: &str,
+) -> Result<()> {
+    let limit = new_bytes(image)? as f64 * 1.1;
+    let mut pushed = Vec::new();
+    for v in ["v1", "v2"] {
+        let report = json_ok(&[
+            "push",
+            "--json",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:{v}", image.display()),
+            &format!("docker://{host}/corpus/java:{v}"),
+        ])?;
+        pushed.push(report);
+    }
+    let sent = pushed[1]["network_bytes_sent"].as_u64().context("sent")?;
+    ensure!(
+        (sent as f64) <= limit,
+        "{who}: pushing v2 after v1 sent {sent} bytes, more than 1.1 x the {} new bytes:\n{}",
+        limit / 1.1,
+        pushed[1]
+    );
+    ensure!(
+        pushed[1]["blobs_skipped"].as_u64() > Some(0),
+        "{}",
+        pushed[1]
+    );
+
+    // Pull v1 then v2 into one store, unpacking each.
+    let store = tmp.join(format!("store-{who}"));
+    let mut pulls = Vec::new();
+    for v in ["v1", "v2"] {
+        let rootfs = tmp.join(format!("rootfs-{who}-{v}"));
+        let report = json_ok(&[
+            "pull",
+            "--json",
+            "--tls-verify=false",
+            "--store",
+            store.to_str().context("utf-8")?,
+            "--unpack",
+            rootfs.to_str().context("utf-8")?,
+            &format!("docker://{host}/corpus/java:{v}"),
+        ])?;
+        let expected = expected_tree(&[(dir.join(v).join("lib"), "/app/lib")], &|_, b| b)?;
+        assert_same(&expected, &tree(&rootfs)?, &format!("{who}: pulled {v}"))?;
+        pulls.push(report);
+    }
+    let received = pulls[1]["network_bytes_received"]
+        .as_u64()
+        .context("received")?;
+    ensure!(
+        (received as f64) <= limit,
+        "{who}: pulling v2 after v1 received {received} bytes, more than 1.1 x the {} new bytes:\n{}",
+        limit / 1.1,
+        pulls[1]
+    );
+    ensure!(
+        pulls[1]["blobs_reused"].as_u64() > Some(0),
+        "v2 reuses v1's blocks from the store: {}",
+        pulls[1]
+    );
+    Ok(())
+}
+
+#[test]
+fn an_update_pushes_and_pulls_only_the_new_bytes_against_both_registries() -> Result<()> {
+    if !have(&["docker-registry", "curl"])? {
+        return Ok(());
+    }
+    let Some(dir) = corpus("java")? else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let image = tmp.path().join("image");
+    for v in ["v1", "v2"] {
+        build_bare(&dir, v, &image)?;
+    }
+    let ours = our_registry(&tmp.path().join("ours"))?;
+    update_moves_only_new_bytes(&ours, &image, &dir, tmp.path(), "oci-blocks-registry")?;
+    let distribution = DockerRegistry::start(&tmp.path().join("distribution"))?;
+    let host = format!("127.0.0.1:{}", distribution.port);
+    update_moves_only_new_bytes(&host, &image, &dir, tmp.path(), "docker-registry")?;
+    Ok(())
+}
+
+#[test]
+fn copies_keep_every_digest_and_the_anchor_keeps_blocks_through_docker_registry_gc() -> Result<()> {
+    if !have(&["docker-registry", "curl"])? {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let image = repo().join("target/examples/transfer-java-app");
+    ok(&[
+        "build",
+        "-f",
+        "examples/java-app/build.toml",
+        "--out",
+        &format!("oci:{}:latest", image.display()),
+    ])?;
+    let top = OciDir::open(&image)?.resolve(Some("latest"))?[0]
+        .digest()
+        .to_string();
+    let ours = our_registry(&tmp.path().join("ours"))?;
+    let mut distribution = DockerRegistry::start(&tmp.path().join("distribution"))?;
+    let theirs = format!("127.0.0.1:{}", distribution.port);
+
+    let report = json_ok(&[
+        "push",
+        "--json",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:latest", image.display()),
+        &format!("docker://{ours}/app:v1"),
+    ])?;
+    ensure!(report["digest"] == top.as_str(), "{report}");
+    // Within one registry: mounted, not transferred.
+    let report = json_ok(&[
+        "copy",
+        "--json",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://{ours}/app:v1"),
+        &format!("docker://{ours}/mirror/app:v1"),
+    ])?;
+    ensure!(
+        report["blobs_transferred"] == 0 && report["blobs_mounted"] == report["blobs"],
+        "{report}"
+    );
+    // Registry to registry: the same index digest arrives.
+    let report = json_ok(&[
+        "copy",
+        "--json",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://{ours}/app:v1"),
+        &format!("docker://{theirs}/app:v1"),
+    ])?;
+    ensure!(report["digest"] == top.as_str(), "{report}");
+    // Back to a layout: every digest as built.
+    let back = tmp.path().join("back");
+    json_ok(&[
+        "copy",
+        "--json",
+        "--src-tls-verify=false",
+        &format!("docker://{theirs}/app:v1"),
+        &format!("oci:{}:v1", back.display()),
+    ])?;
+    let built: BTreeSet<_> = blobs_of(&image, "latest")?.into_keys().collect();
+    let copied: BTreeSet<_> = blobs_of(&back, "v1")?.into_keys().collect();
+    ensure!(
+        built == copied,
+        "digests differ: {:?}",
+        built.symmetric_difference(&copied)
+    );
+
+    // docker-registry's GC knows no blocks; the anchor keeps them. Then a pull
+    // from it unpacks whole.
+    distribution.garbage_collect()?;
+    let rootfs = tmp.path().join("rootfs");
+    json_ok(&[
+        "pull",
+        "--json",
+        "--tls-verify=false",
+        "--store",
+        tmp.path().join("store").to_str().context("utf-8")?,
+        "--unpack",
+        rootfs.to_str().context("utf-8")?,
+        &format!("docker://{theirs}/app:v1"),
+    ])?;
+    let example = repo().join("examples/java-app");
+    let expected = expected_tree(
+        &[
+            (example.join("lib"), "/app/lib"),
+            (example.join("app"), "/app/classes"),
+        ],
+        &|_, b| b,
+    )?;
+    assert_same(
+        &expected,
+        &tree(&rootfs)?,
+        "pulled after docker-registry GC",
+    )?;
+    Ok(())
+}
+
+#[test]
+fn a_tampered_blob_is_refused_and_a_failed_pull_resumes() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let image = tmp.path().join("image");
+    ok(&[
+        "build",
+        "-f",
+        "examples/java-app/build.toml",
+        "--fallback",
+        "none",
+        "--out",
+        &format!("oci:{}:latest", image.display()),
+    ])?;
+    let root = tmp.path().join("ours");
+    let host = our_registry(&root)?;
+    json_ok(&[
+        "push",
+        "--json",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:latest", image.display()),
+        &format!("docker://{host}/app:v1"),
+    ])?;
+    // Flip one byte of the largest block in the registry's storage.
+    let (blobs, _) = blobs_and_manifests(&image, "latest")?;
+    let manifest: Value = {
+        let dir = OciDir::open(&image)?;
+        let d = Digest::try_from(dir.resolve(Some("latest"))?[0].digest())?;
+        serde_json::from_slice(&dir.read_json_blob(&d, None)?)?
+    };
+    let block = manifest["blocks"]
+        .as_array()
+        .context("blocks")?
+        .iter()
+        .max_by_key(|b| b["size"].as_u64())
+        .context("a block")?["digest"]
+        .as_str()
+        .context("digest")?
+        .to_string();
+    let hex = block.trim_start_matches("sha256:");
+    let stored = root.join("blobs/sha256").join(&hex[..2]).join(hex);
+    let original = std::fs::read(&stored)?;
+    let mut tampered = original.clone();
+    tampered[original.len() / 2] ^= 0xff;
+    std::fs::write(&stored, &tampered)?;
+
+    let store = tmp.path().join("store");
+    let rootfs = tmp.path().join("rootfs");
+    let out = oci_blocks(&[
+        "pull",
+        "--tls-verify=false",
+        "--jobs",
+        "1",
+        "--store",
+        store.to_str().context("utf-8")?,
+        "--unpack",
+        rootfs.to_str().context("utf-8")?,
+        &format!("docker://{host}/app:v1"),
+    ])?;
+    ensure!(!out.status.success(), "a tampered block was accepted");
+    let message = text(&out);
+    ensure!(message.contains(hex), "the error names the blob: {message}");
+    ensure!(!rootfs.exists(), "a rootfs was created");
+    let layout_blob = store.join("images/blobs/sha256").join(hex);
+    ensure!(!layout_blob.exists(), "the tampered blob was stored");
+    ensure!(
+        !store.join("blocks/sha256").join(hex).exists(),
+        "the tampered block was extracted"
+    );
+    let fetched_before = blob_files_in(&store.join("images/blobs/sha256"))?;
+
+    // Repaired, the same pull finishes, fetching only what it lacked.
+    std::fs::write(&stored, &original)?;
+    let report = json_ok(&[
+        "pull",
+        "--json",
+        "--tls-verify=false",
+        "--store",
+        store.to_str().context("utf-8")?,
+        "--unpack",
+        rootfs.to_str().context("utf-8")?,
+        &format!("docker://{host}/app:v1"),
+    ])?;
+    let skipped = report["blobs_skipped"].as_u64().context("skipped")? as usize;
+    let fetched_again: usize = report["blobs_transferred"].as_u64().context("n")? as usize;
+    ensure!(
+        skipped == fetched_before.len() && skipped + fetched_again == blobs.len(),
+        "the second pull skips the {} blobs the first completed: {report}",
+        fetched_before.len()
+    );
+    let example = repo().join("examples/java-app");
+    let expected = expected_tree(
+        &[
+            (example.join("lib"), "/app/lib"),
+            (example.join("app"), "/app/classes"),
+        ],
+        &|_, b| b,
+    )?;
+    assert_same(&expected, &tree(&rootfs)?, "pulled after the repair")?;
+    Ok(())
+}
+
+fn blob_files_in(dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries {
+            out.push(e?.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,556 @@
+//! Copying an image between OCI layouts and registries, in any direction, moving
+//! only what the destination lacks.
+//!
+//! The top document and every child manifest travel as their exact bytes, so no
+//! digest changes. Blobs — configs, layers and **blocks** — are transferred
+//! concurrently (`jobs` at a time): skipped when the destination has them (or the
+//! caller's block store does), mounted when source and destination are
+//! repositories of one registry, otherwise streamed, and verified against their
+//! digest before they are stored in a layout. Child manifests go after their blobs
+//! and the top document last, so a blocks-aware registry always finds what a
+//! manifest names.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use futures_util::{StreamExt, TryStreamExt};
+use oci_blocks_core::Digest;
+use oci_blocks_core::layout::OciDir;
+use oci_blocks_core::names::{ANNOTATION_VARIANT, OCI_INDEX, OCI_MANIFEST, VARIANT_BLOCKS};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::reference::{ImageRef, RegistryRef};
+use crate::registry::{Registry, RegistryOptions};
+
+/// Which entries of an index to copy.
+#[derive(Clone, Debug, Default)]
+pub enum Selection {
+    /// Every entry (skopeo's `--all`).
+    #[default]
+    All,
+    /// For `os/arch[/variant]`: its blocks manifest when the index has one, else
+    /// its plain manifest (what an unpacker of that platform needs).
+    Platform(String),
+}
+
+/// How a copy runs.
+#[derive(Clone, Debug)]
+pub struct CopyOptions {
+    /// Blobs transferred at once.
+    pub jobs: usize,
+    /// How to reach the source registry.
+    pub src: RegistryOptions,
+    /// How to reach the destination registry.
+    pub dest: RegistryOptions,
+    /// Blobs not to transfer because the caller already has them elsewhere
+    /// (a block store's blocks); counted as reused.
+    pub have: HashSet<Digest>,
+    /// Which index entries to copy.
+    pub selection: Selection,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            jobs: 6,
+            src: RegistryOptions::default(),
+            dest: RegistryOptions::default(),
+            have: HashSet::new(),
+            selection: Selection::All,
+        }
+    }
+}
+
+/// What a copy did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CopyReport {
+    /// The digest of the top document (unchanged by the copy).
+    pub digest: String,
+    /// Its media type.
+    pub media_type: String,
+    /// Manifests and indexes copied.
+    pub manifests: usize,
+    /// Distinct blobs the copied manifests reference.
+    pub blobs: usize,
+    /// Blobs moved.
+    pub blobs_transferred: usize,
+    /// Their bytes.
+    pub bytes_transferred: u64,
+    /// Blobs the destination already had.
+    pub blobs_skipped: usize,
+    /// Their bytes.
+    pub bytes_skipped: u64,
+    /// Blobs linked by a cross-repository mount.
+    pub blobs_mounted: usize,
+    /// Blobs not fetched because the caller's store has them.
+    pub blobs_reused: usize,
+    /// Their bytes.
+    pub bytes_reused: u64,
+    /// Manifest bytes moved.
+    pub manifest_bytes: u64,
+    /// Bytes received from the source over the network (0 for a layout).
+    pub network_bytes_received: u64,
+    /// Bytes sent to the destination over the network (0 for a layout).
+    pub network_bytes_sent: u64,
+}
+
+/// Progress of a copy, for a progress bar.
+pub trait Progress: Send + Sync {
+    /// The blobs to consider and their total size are known.
+    fn start(&self, _blobs: usize, _bytes: u64) {}
+    /// One blob is done, `bytes` of it moved (0 when skipped).
+    fn blob_done(&self, _digest: &Digest, _size: u64, _moved: bool) {}
+}
+
+/// No progress output.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+enum End {
+    Layout { dir: OciDir, tag: Option<String> },
+    Registry { reg: Arc<Registry>, r: RegistryRef },
+}
+
+/// A manifest or index and its bytes.
+struct Doc {
+    digest: Digest,
+    bytes: Vec<u8>,
+    media_type: String,
+}
+
+#[derive(Clone)]
+struct Blob {
+    digest: Digest,
+    size: u64,
+}
+
+async fn open(reference: &ImageRef, options: &RegistryOptions, dest: bool) -> Result<End> {
+    Ok(match reference {
+        ImageRef::Layout(r) => {
+            let dir = if dest {
+                let path = r.path.clone();
+                tokio::task::spawn_blocking(move || OciDir::create(path))
+                    .await
+                    .map_err(|e| Error::Document {
+                        what: r.to_string(),
+                        reason: e.to_string(),
+                    })??
+            } else {
+                OciDir::open(&r.path)?
+            };
+            End::Layout {
+                dir,
+                tag: r.tag.clone(),
+            }
+        }
+        ImageRef::Registry(r) => End::Registry {
+            reg: Arc::new(Registry::connect(&r.host, options.clone()).await?),
+            r: r.clone(),
+        },
+    })
+}
+
+fn media_type_of(bytes: &[u8], fallback: &str) -> String {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|v| {
+            v.get("mediaType")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| fallback.to_string())
+}
+
+async fn top_doc(src: &End, name: &ImageRef) -> Result<Doc> {
+    match src {
+        End::Layout { dir, tag } => {
+            let roots = dir.resolve(tag.as_deref())?;
+            let [root] = roots.as_slice() else {
+                return Err(Error::Document {
+                    what: name.to_string(),
+                    reason: format!("{} images in the layout; name one with :TAG", roots.len()),
+                });
+            };
+            let digest = Digest::try_from(root.digest())?;
+            let bytes = dir.read_json_blob(&digest, Some(root.size()))?;
+            let media_type = media_type_of(&bytes, root.media_type().as_ref());
+            Ok(Doc {
+                digest,
+                bytes,
+                media_type,
+            })
+        }
+        End::Registry { reg, r } => {
+            let (bytes, header_type, digest) =
+                reg.get_manifest(&r.repository, &r.reference()).await?;
+            let media_type = media_type_of(&bytes, &header_type);
+            Ok(Doc {
+                digest,
+                bytes,
+                media_type,
+            })
+        }
+    }
+}
+
+async fn child_doc(src: &End, digest: &Digest, size: Option<u64>, fallback: &str) -> Result<Doc> {
+    match src {
+        End::Layout { dir, .. } => {
+            let bytes = dir.read_json_blob(digest, size)?;
+            Ok(Doc {
+                digest: digest.clone(),
+                media_type: media_type_of(&bytes, fallback),
+                bytes,
+            })
+        }
+        End::Registry { reg, r } => {
+            let (bytes, header_type, _) = reg.get_manifest(&r.repository, digest.as_str()).await?;
+            Ok(Doc {
+                digest: digest.clone(),
+                media_type: media_type_of(&bytes, &header_type),
+                bytes,
+            })
+        }
+    }
+}
+
+fn platform_text(entry: &Value) -> String {
+    let p = &entry["platform"];
+    let mut text = format!(
+        "{}/{}",
+        p["os"].as_str().unwrap_or_default(),
+        p["architecture"].as_str().unwrap_or_default()
+    );
+    if let Some(v) = p["variant"].as_str() {
+        text.push('/');
+        text.push_str(v);
+    }
+    text
+}
+
+fn select(entries: &[Value], selection: &Selection) -> Vec<usize> {
+    match selection {
+        Selection::All => (0..entries.len()).collect(),
+        Selection::Platform(platform) => {
+            let matches = |e: &Value| {
+                let t = platform_text(e);
+                &t == platform || t.starts_with(&format!("{platform}/"))
+            };
+            let variant = |e: &Value| {
+                e["annotations"][ANNOTATION_VARIANT]
+                    .as_str()
+                    .map(str::to_string)
+            };
+            let blocks = entries
+                .iter()
+                .position(|e| matches(e) && variant(e).as_deref() == Some(VARIANT_BLOCKS));
+            let plain = entries
+                .iter()
+                .position(|e| matches(e) && variant(e).is_none());
+            blocks.or(plain).into_iter().collect()
+        }
+    }
+}
+
+/// Walks the top document: child documents (children first) and the blobs.
+async fn plan(src: &End, top: Doc, selection: &Selection) -> Result<(Vec<Doc>, Vec<Blob>)> {
+    let mut docs = Vec::new();
+    let mut blobs: Vec<Blob> = Vec::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    // (document, is_top) in depth-first order; children are emitted first.
+    let mut pending = vec![(top, true)];
+    let mut ordered: Vec<Doc> = Vec::new();
+    while let Some((doc, is_top)) = pending.pop() {
+        let value: Value = serde_json::from_slice(&doc.bytes).map_err(|e| Error::Document {
+            what: doc.digest.to_string(),
+            reason: format!("not JSON: {e}"),
+        })?;
+        if let Some(entries) = value.get("manifests").and_then(Value::as_array) {
+            let chosen = if is_top {
+                select(entries, selection)
+            } else {
+                (0..entries.len()).collect()
+            };
+            if chosen.is_empty() {
+                return Err(Error::Document {
+                    what: doc.digest.to_string(),
+                    reason: format!("no entry for {selection:?}"),
+                });
+            }
+            for i in chosen {
+                let e = &entries[i];
+                let d = Digest::parse(e["digest"].as_str().unwrap_or_default())?;
+                let child = child_doc(
+                    src,
+                    &d,
+                    e["size"].as_u64(),
+                    e["mediaType"].as_str().unwrap_or(OCI_MANIFEST),
+                )
+                .await?;
+                pending.push((child, false));
+            }
+        } else {
+            let mut descriptors: Vec<&Value> = value.get("config").into_iter().collect();
+            for list in ["layers", "blocks"] {
+                descriptors.extend(
+                    value
+                        .get(list)
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten(),
+                );
+            }
+            for d in descriptors {
+                let foreign = d["urls"].as_array().is_some_and(|u| !u.is_empty());
+                if foreign {
+                    continue;
+                }
+                let text = d["digest"].as_str().unwrap_or_default();
+                if seen.insert(text.to_string()) {
+                    blobs.push(Blob {
+                        digest: Digest::parse(text)?,
+                        size: d["size"].as_u64().unwrap_or(0),
+                    });
+                }
+            }
+        }
+        ordered.push(doc);
+    }
+    // `ordered` has parents before children; push children first.
+    ordered.reverse();
+    docs.extend(ordered);
+    Ok((docs, blobs))
+}
+
+struct Counters {
+    transferred: AtomicUsize,
+    bytes_transferred: AtomicU64,
+    skipped: AtomicUsize,
+    bytes_skipped: AtomicU64,
+    mounted: AtomicUsize,
+    reused: AtomicUsize,
+    bytes_reused: AtomicU64,
+}
+
+async fn transfer(
+    src: &End,
+    dest: &End,
+    blob: &Blob,
+    options: &CopyOptions,
+    counters: &Counters,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let d = &blob.digest;
+    if options.have.contains(d) {
+        counters.reused.fetch_add(1, Ordering::Relaxed);
+        counters
+            .bytes_reused
+            .fetch_add(blob.size, Ordering::Relaxed);
+        progress.blob_done(d, blob.size, false);
+        return Ok(());
+    }
+    let present = match dest {
+        End::Layout { dir, .. } => dir.has_blob(d),
+        End::Registry { reg, r } => reg.has_blob(&r.repository, d).await?,
+    };
+    if present {
+        counters.skipped.fetch_add(1, Ordering::Relaxed);
+        counters
+            .bytes_skipped
+            .fetch_add(blob.size, Ordering::Relaxed);
+        progress.blob_done(d, blob.size, false);
+        return Ok(());
+    }
+    match (src, dest) {
+        (End::Registry { reg: s, r: sr }, End::Registry { reg: t, r: tr })
+            if s.host() == t.host() && sr.repository != tr.repository =>
+        {
+            if t.mount(&tr.repository, d, &sr.repository).await? {
+                counters.mounted.fetch_add(1, Ordering::Relaxed);
+                progress.blob_done(d, blob.size, false);
+                return Ok(());
+            }
+            copy_through_file(s, &sr.repository, t, &tr.repository, blob).await?;
+        }
+        (End::Layout { dir: s, .. }, End::Registry { reg: t, r: tr }) => {
+            t.upload_file(&tr.repository, d, &s.blob_path(d), blob.size)
+                .await?;
+        }
+        (End::Registry { reg: s, r: sr }, End::Layout { dir: t, .. }) => {
+            download_into_layout(s, &sr.repository, t, blob).await?;
+        }
+        (End::Registry { reg: s, r: sr }, End::Registry { reg: t, r: tr }) => {
+            copy_through_file(s, &sr.repository, t, &tr.repository, blob).await?;
+        }
+        (End::Layout { dir: s, .. }, End::Layout { dir: t, .. }) => {
+            let (path, size, digest, target) =
+                (s.blob_path(d), blob.size, d.clone(), t.root().to_path_buf());
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let file = std::fs::File::open(&path).map_err(|e| Error::Io { path, source: e })?;
+                OciDir::open(&target)?.write_blob_verified(file, &digest, Some(size))?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::Document {
+                what: d.to_string(),
+                reason: e.to_string(),
+            })??;
+        }
+    }
+    counters.transferred.fetch_add(1, Ordering::Relaxed);
+    counters
+        .bytes_transferred
+        .fetch_add(blob.size, Ordering::Relaxed);
+    progress.blob_done(d, blob.size, true);
+    Ok(())
+}
+
+/// Streams a blob from a registry into a layout: verified (digest and size)
+/// before it appears under its name.
+async fn download_into_layout(
+    reg: &Registry,
+    repository: &str,
+    layout: &OciDir,
+    blob: &Blob,
+) -> Result<()> {
+    let resp = reg.get_blob(repository, &blob.digest).await?;
+    let counter = &reg.bytes_received;
+    let stream = resp
+        .bytes_stream()
+        .inspect_ok(|b| {
+            counter.fetch_add(b.len() as u64, Ordering::Relaxed);
+        })
+        .map_err(std::io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let root = layout.root().to_path_buf();
+    let (digest, size) = (blob.digest.clone(), blob.size);
+    // The layout's writer is synchronous; the bridge blocks on the async body,
+    // so this worker thread is handed over to blocking work meanwhile.
+    let bridge = tokio_util::io::SyncIoBridge::new(reader);
+    tokio::task::block_in_place(move || -> Result<()> {
+        OciDir::open(&root)?.write_blob_verified(bridge, &digest, Some(size))?;
+        Ok(())
+    })
+}
+
+async fn copy_through_file(
+    src: &Registry,
+    src_repo: &str,
+    dest: &Registry,
+    dest_repo: &str,
+    blob: &Blob,
+) -> Result<()> {
+    let tmp = tempfile::tempdir().map_err(|e| Error::Io {
+        path: std::env::temp_dir(),
+        source: e,
+    })?;
+    let layout = OciDir::create(tmp.path())?;
+    download_into_layout(src, src_repo, &layout, blob).await?;
+    dest.upload_file(
+        dest_repo,
+        &blob.digest,
+        &layout.blob_path(&blob.digest),
+        blob.size,
+    )
+    .await
+}
+
+/// Copies `src` to `dest`.
+pub async fn copy(
+    src_ref: &ImageRef,
+    dest_ref: &ImageRef,
+    options: &CopyOptions,
+    progress: &dyn Progress,
+) -> Result<CopyReport> {
+    let src = open(src_ref, &options.src, false).await?;
+    let dest = open(dest_ref, &options.dest, true).await?;
+    let top = top_doc(&src, src_ref).await?;
+    let (top_digest, top_type) = (top.digest.clone(), top.media_type.clone());
+    let (docs, blobs) = plan(&src, top, &options.selection).await?;
+    progress.start(blobs.len(), blobs.iter().map(|b| b.size).sum());
+    let counters = Counters {
+        transferred: AtomicUsize::new(0),
+        bytes_transferred: AtomicU64::new(0),
+        skipped: AtomicUsize::new(0),
+        bytes_skipped: AtomicU64::new(0),
+        mounted: AtomicUsize::new(0),
+        reused: AtomicUsize::new(0),
+        bytes_reused: AtomicU64::new(0),
+    };
+    futures_util::stream::iter(blobs.iter())
+        .map(|b| transfer(&src, &dest, b, options, &counters, progress))
+        .buffer_unordered(options.jobs.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let mut manifest_bytes = 0u64;
+    let last = docs.len().saturating_sub(1);
+    for (i, doc) in docs.iter().enumerate() {
+        manifest_bytes += doc.bytes.len() as u64;
+        match &dest {
+            End::Registry { reg, r } => {
+                let reference = if i == last {
+                    r.tag.clone().unwrap_or_else(|| doc.digest.to_string())
+                } else {
+                    doc.digest.to_string()
+                };
+                reg.put_manifest(&r.repository, &reference, &doc.bytes, &doc.media_type)
+                    .await?;
+            }
+            End::Layout { dir, .. } => {
+                let (stored, _) = dir.write_blob_bytes(&doc.bytes)?;
+                if stored != doc.digest {
+                    return Err(Error::Mismatch {
+                        what: format!("manifest {}", doc.digest),
+                        expected: doc.digest.to_string(),
+                        found: stored.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    if let End::Layout { dir, tag } = &dest {
+        let top = docs.last().ok_or_else(|| Error::Document {
+            what: src_ref.to_string(),
+            reason: "nothing to copy".into(),
+        })?;
+        let media_type = if top.media_type == OCI_INDEX {
+            oci_blocks_core::oci_spec::image::MediaType::ImageIndex
+        } else if top.media_type == OCI_MANIFEST {
+            oci_blocks_core::oci_spec::image::MediaType::ImageManifest
+        } else {
+            oci_blocks_core::oci_spec::image::MediaType::Other(top.media_type.clone())
+        };
+        let descriptor = oci_blocks_core::oci_spec::image::Descriptor::new(
+            media_type,
+            top.bytes.len() as u64,
+            top.digest.as_oci().clone(),
+        );
+        dir.set_tag(tag.as_deref().unwrap_or("latest"), descriptor)?;
+    }
+
+    let network = |end: &End, sent: bool| match end {
+        End::Registry { reg, .. } if sent => reg.bytes_sent.load(Ordering::Relaxed),
+        End::Registry { reg, .. } => reg.bytes_received.load(Ordering::Relaxed),
+        End::Layout { .. } => 0,
+    };
+    Ok(CopyReport {
+        digest: top_digest.to_string(),
+        media_type: top_type,
+        manifests: docs.len(),
+        blobs: blobs.len(),
+        blobs_transferred: counters.transferred.load(Ordering::Relaxed),
+        bytes_transferred: counters.bytes_transferred.load(Ordering::Relaxed),
+        blobs_skipped: counters.skipped.load(Ordering::Relaxed),
+        bytes_skipped: counters.bytes_skipped.load(Ordering::Relaxed),
+        blobs_mounted: counters.mounted.load(Ordering::Relaxed),
+        blobs_reused: counters.reused.load(Ordering::Relaxed),
+        bytes_reused: counters.bytes_reused.load(Ordering::Relaxed),
+        manifest_bytes,
+        network_bytes_received: network(&src, false),
+        network_bytes_sent: network(&dest, true),
+    })
+}

@@ -1,0 +1,672 @@
+//! One registry, spoken to over the distribution API: the `/v2/` ping, Basic and
+//! bearer-token authentication from the registry's challenge, retries with
+//! backoff on 5xx, 429 and broken connections, manifests by reference, and blobs
+//! (HEAD, streamed GET, cross-repository mount, monolithic or chunked upload that
+//! resumes from the registry's `Range` after an interruption).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use oci_blocks_core::Digest;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, Response, StatusCode};
+use tokio::io::AsyncReadExt;
+
+use crate::auth::Credentials;
+use crate::error::{Error, Result};
+
+/// How to reach a registry.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// Verify TLS certificates; when off, plain HTTP is tried after HTTPS fails
+    /// (skopeo's `--tls-verify=false`).
+    pub tls_verify: bool,
+    /// Credentials (else the auth files are consulted).
+    pub credentials: Option<Credentials>,
+    /// A directory of `*.crt` CA certificates to trust (skopeo's `--cert-dir`).
+    pub cert_dir: Option<PathBuf>,
+    /// Blobs larger than this are uploaded in chunks of this size.
+    pub chunk_size: u64,
+    /// Attempts per request on transient failures.
+    pub retries: u32,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            tls_verify: true,
+            credentials: None,
+            cert_dir: None,
+            chunk_size: 8 * 1024 * 1024,
+            retries: 4,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Challenge {
+    None,
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+/// A connected registry.
+#[derive(Debug)]
+pub struct Registry {
+    client: reqwest::Client,
+    base: String,
+    host: String,
+    options: RegistryOptions,
+    credentials: Option<Credentials>,
+    challenge: tokio::sync::RwLock<Challenge>,
+    tokens: tokio::sync::Mutex<HashMap<String, String>>,
+    /// Body bytes sent (uploads, manifests).
+    pub bytes_sent: AtomicU64,
+    /// Body bytes received (blobs, manifests).
+    pub bytes_received: AtomicU64,
+}
+
+/// Access a request needs, for bearer-token scopes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reads.
+    Pull,
+    /// Reads and writes.
+    Push,
+}
+
+fn scope(repository: &str, access: Access) -> String {
+    match access {
+        Access::Pull => format!("repository:{repository}:pull"),
+        Access::Push => format!("repository:{repository}:pull,push"),
+    }
+}
+
+fn http_error(method: &Method, url: &str, e: impl std::fmt::Display) -> Error {
+    Error::Http {
+        method: method.to_string(),
+        url: url.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Fails with the registry's error body unless the status is a success.
+async fn check(resp: Response, method: &Method, url: &str) -> Result<Response> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status().as_u16();
+    let mut body = resp.text().await.unwrap_or_default();
+    body.truncate(600);
+    Err(Error::Status {
+        method: method.to_string(),
+        url: url.to_string(),
+        status,
+        body,
+    })
+}
+
+fn parse_challenge(headers: &HeaderMap) -> Challenge {
+    let Some(value) = headers
+        .get(header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Challenge::Basic;
+    };
+    let (scheme, params) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Challenge::Basic;
+    }
+    let mut realm = None;
+    let mut service = None;
+    for part in params.split(',') {
+        let Some((k, v)) = part.trim().split_once('=') else {
+            continue;
+        };
+        let v = v.trim_matches('"').to_string();
+        match k.trim() {
+            "realm" => realm = Some(v),
+            "service" => service = Some(v),
+            _ => {}
+        }
+    }
+    match realm {
+        Some(realm) => Challenge::Bearer { realm, service },
+        None => Challenge::Basic,
+    }
+}
+
+impl Registry {
+    /// Connects to `host` (`HOST[:PORT]`): pings `/v2/` over HTTPS, or over HTTP
+    /// when TLS verification is off and HTTPS fails, and learns the auth scheme.
+    pub async fn connect(host: &str, options: RegistryOptions) -> Result<Registry> {
+        let mut builder = reqwest::Client::builder()
+            .danger_accept_invalid_certs(!options.tls_verify)
+            .pool_max_idle_per_host(32)
+            .connect_timeout(Duration::from_secs(30))
+            .user_agent(concat!("oci-blocks/", env!("CARGO_PKG_VERSION")));
+        if let Some(dir) = &options.cert_dir {
+            for cert in read_certs(dir)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|e| http_error(&Method::GET, host, e))?;
+        let credentials = match &options.credentials {
+            Some(c) => Some(c.clone()),
+            None => crate::auth::lookup(host)?,
+        };
+        let schemes: &[&str] = if options.tls_verify {
+            &["https"]
+        } else {
+            &["https", "http"]
+        };
+        let mut last = None;
+        for scheme in schemes {
+            let url = format!("{scheme}://{host}/v2/");
+            match client.get(&url).send().await {
+                Ok(resp) => {
+                    let challenge = match resp.status() {
+                        StatusCode::UNAUTHORIZED => parse_challenge(resp.headers()),
+                        s if s.is_success() => Challenge::None,
+                        _ => {
+                            check(resp, &Method::GET, &url).await?;
+                            Challenge::None
+                        }
+                    };
+                    return Ok(Registry {
+                        client,
+                        base: format!("{scheme}://{host}"),
+                        host: host.to_string(),
+                        options,
+                        credentials,
+                        challenge: tokio::sync::RwLock::new(challenge),
+                        tokens: tokio::sync::Mutex::new(HashMap::new()),
+                        bytes_sent: AtomicU64::new(0),
+                        bytes_received: AtomicU64::new(0),
+                    });
+                }
+                Err(e) => last = Some(http_error(&Method::GET, &url, e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| http_error(&Method::GET, host, "no scheme to try")))
+    }
+
+    /// `HOST[:PORT]`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.base)
+        }
+    }
+
+    async fn authorization(&self, scope: &str) -> Option<String> {
+        let challenge = self.challenge.read().await.clone();
+        match challenge {
+            Challenge::None => None,
+            Challenge::Basic => self.credentials.as_ref().map(|c| {
+                use base64::Engine;
+                let token = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", c.username, c.password));
+                format!("Basic {token}")
+            }),
+            Challenge::Bearer { .. } => self
+                .tokens
+                .lock()
+                .await
+                .get(scope)
+                .map(|t| format!("Bearer {t}")),
+        }
+    }
+
+    /// Answers a 401: remembers the scheme and, for bearer, fetches a token.
+    async fn authenticate(&self, headers: &HeaderMap, scope: &str) -> Result<()> {
+        let challenge = parse_challenge(headers);
+        *self.challenge.write().await = challenge.clone();
+        if let Challenge::Bearer { realm, service } = challenge {
+            let mut req = self.client.get(&realm).query(&[("scope", scope)]);
+            if let Some(s) = &service {
+                req = req.query(&[("service", s.as_str())]);
+            }
+            if let Some(c) = &self.credentials {
+                req = req.basic_auth(&c.username, Some(&c.password));
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| http_error(&Method::GET, &realm, e))?;
+            let resp = check(resp, &Method::GET, &realm).await?;
+            let text = resp
+                .bytes()
+                .await
+                .map_err(|e| http_error(&Method::GET, &realm, e))?;
+            let body: serde_json::Value =
+                serde_json::from_slice(&text).map_err(|e| http_error(&Method::GET, &realm, e))?;
+            let token = body
+                .get("token")
+                .or_else(|| body.get("access_token"))
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| http_error(&Method::GET, &realm, "no token in the answer"))?;
+            self.tokens
+                .lock()
+                .await
+                .insert(scope.to_string(), token.to_string());
+        }
+        Ok(())
+    }
+
+    /// Sends a request, answering one auth challenge and retrying transient
+    /// failures with exponential backoff. The body is cloned per attempt.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        scope: &str,
+        headers: &[(header::HeaderName, String)],
+        body: Option<bytes::Bytes>,
+    ) -> Result<Response> {
+        let url = self.url(path);
+        let mut attempt = 0;
+        let mut authenticated = false;
+        loop {
+            let mut req = self.client.request(method.clone(), &url);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
+            if let Some(auth) = self.authorization(scope).await {
+                req = req.header(header::AUTHORIZATION, auth);
+            }
+            let transient = match req.send().await {
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !authenticated => {
+                    authenticated = true;
+                    self.authenticate(resp.headers(), scope).await?;
+                    continue;
+                }
+                Ok(resp)
+                    if resp.status().is_server_error()
+                        || resp.status() == StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    if attempt + 1 >= self.options.retries {
+                        return Ok(resp);
+                    }
+                    format!("status {}", resp.status())
+                }
+                Ok(resp) => {
+                    if let Some(b) = &body {
+                        self.bytes_sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    }
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    if attempt + 1 >= self.options.retries || e.is_builder() {
+                        return Err(http_error(&method, &url, e));
+                    }
+                    e.to_string()
+                }
+            };
+            attempt += 1;
+            let wait = Duration::from_millis(200 * 4u64.pow(attempt - 1));
+            tracing::warn!(%method, %url, attempt, reason = %transient, "retrying in {wait:?}");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Fetches a manifest: its bytes, media type and digest (verified when the
+    /// reference is a digest).
+    pub async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<(Vec<u8>, String, Digest)> {
+        let path = format!("/v2/{repository}/manifests/{reference}");
+        let accept = [
+            oci_blocks_core::names::OCI_MANIFEST,
+            oci_blocks_core::names::OCI_INDEX,
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        ]
+        .join(", ");
+        let resp = self
+            .send(
+                Method::GET,
+                &path,
+                &scope(repository, Access::Pull),
+                &[(header::ACCEPT, accept)],
+                None,
+            )
+            .await?;
+        let resp = check(resp, &Method::GET, &self.url(&path)).await?;
+        let media_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| http_error(&Method::GET, &path, e))?
+            .to_vec();
+        self.bytes_received
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let digest = match Digest::parse(reference) {
+            Ok(expected) => {
+                let mut h = oci_blocks_core::digest::Hasher::new(expected.algorithm());
+                h.update(&bytes);
+                let found = h.finish();
+                if found != expected {
+                    return Err(Error::Mismatch {
+                        what: format!("manifest {repository}@{reference}"),
+                        expected: expected.to_string(),
+                        found: found.to_string(),
+                    });
+                }
+                expected
+            }
+            Err(_) => Digest::sha256(&bytes),
+        };
+        Ok((bytes, media_type, digest))
+    }
+
+    /// Pushes a manifest's exact bytes under a tag or its digest.
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<()> {
+        let path = format!("/v2/{repository}/manifests/{reference}");
+        let resp = self
+            .send(
+                Method::PUT,
+                &path,
+                &scope(repository, Access::Push),
+                &[(header::CONTENT_TYPE, media_type.to_string())],
+                Some(bytes::Bytes::copy_from_slice(bytes)),
+            )
+            .await?;
+        check(resp, &Method::PUT, &self.url(&path)).await?;
+        Ok(())
+    }
+
+    /// Whether the repository has the blob.
+    pub async fn has_blob(&self, repository: &str, digest: &Digest) -> Result<bool> {
+        let path = format!("/v2/{repository}/blobs/{digest}");
+        let resp = self
+            .send(
+                Method::HEAD,
+                &path,
+                &scope(repository, Access::Pull),
+                &[],
+                None,
+            )
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => check(resp, &Method::HEAD, &self.url(&path))
+                .await
+                .map(|_| false),
+        }
+    }
+
+    /// Streams a blob (the caller verifies it).
+    pub async fn get_blob(&self, repository: &str, digest: &Digest) -> Result<Response> {
+        let path = format!("/v2/{repository}/blobs/{digest}");
+        let resp = self
+            .send(
+                Method::GET,
+                &path,
+                &scope(repository, Access::Pull),
+                &[],
+                None,
+            )
+            .await?;
+        check(resp, &Method::GET, &self.url(&path)).await
+    }
+
+    /// Links a blob from another repository of this registry; whether it worked
+    /// (else an upload is needed; the session the registry opened is cancelled).
+    pub async fn mount(&self, repository: &str, digest: &Digest, from: &str) -> Result<bool> {
+        let path = format!("/v2/{repository}/blobs/uploads/?mount={digest}&from={from}");
+        let scope_text = format!("{} repository:{from}:pull", scope(repository, Access::Push));
+        let resp = self
+            .send(
+                Method::POST,
+                &path,
+                &scope_text,
+                &[],
+                Some(bytes::Bytes::new()),
+            )
+            .await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                if let Some(location) = location(&resp) {
+                    let _ = self
+                        .send(
+                            Method::DELETE,
+                            &location,
+                            &scope(repository, Access::Push),
+                            &[],
+                            None,
+                        )
+                        .await;
+                }
+                Ok(false)
+            }
+            _ => check(resp, &Method::POST, &self.url(&path))
+                .await
+                .map(|_| false),
+        }
+    }
+
+    /// Uploads a file as the blob `digest`: in one PUT when it is small, else in
+    /// chunks; after an interrupted chunk the upload goes on from the offset the
+    /// registry reports.
+    pub async fn upload_file(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        file: &Path,
+        size: u64,
+    ) -> Result<()> {
+        let push = scope(repository, Access::Push);
+        let start = format!("/v2/{repository}/blobs/uploads/");
+        let resp = self
+            .send(Method::POST, &start, &push, &[], Some(bytes::Bytes::new()))
+            .await?;
+        let resp = check(resp, &Method::POST, &self.url(&start)).await?;
+        let mut location =
+            location(&resp).ok_or_else(|| http_error(&Method::POST, &start, "no Location"))?;
+        let mut f = tokio::fs::File::open(file).await.map_err(|e| Error::Io {
+            path: file.to_path_buf(),
+            source: e,
+        })?;
+        if size <= self.options.chunk_size {
+            let body = read_chunk(&mut f, file, size).await?;
+            let url = with_digest(&location, digest);
+            let resp = self
+                .send(
+                    Method::PUT,
+                    &url,
+                    &push,
+                    &[
+                        (header::CONTENT_TYPE, "application/octet-stream".into()),
+                        (header::CONTENT_LENGTH, size.to_string()),
+                    ],
+                    Some(body),
+                )
+                .await?;
+            check(resp, &Method::PUT, &self.url(&url)).await?;
+            return Ok(());
+        }
+        let mut offset = 0u64;
+        while offset < size {
+            let len = self.options.chunk_size.min(size - offset);
+            use tokio::io::AsyncSeekExt;
+            f.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| Error::Io {
+                    path: file.to_path_buf(),
+                    source: e,
+                })?;
+            let body = read_chunk(&mut f, file, len).await?;
+            let range = format!("{offset}-{}", offset + len - 1);
+            let resp = self
+                .send(
+                    Method::PATCH,
+                    &location,
+                    &push,
+                    &[
+                        (header::CONTENT_TYPE, "application/octet-stream".into()),
+                        (header::CONTENT_RANGE, range),
+                        (header::CONTENT_LENGTH, len.to_string()),
+                    ],
+                    Some(body),
+                )
+                .await?;
+            if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+                // The registry has a different amount: ask, and go on from there.
+                offset = self.upload_offset(&location, &push).await?;
+                continue;
+            }
+            if let Some(l) = location_of(resp.headers()) {
+                location = l;
+            }
+            check(resp, &Method::PATCH, &self.url(&location)).await?;
+            offset += len;
+        }
+        let url = with_digest(&location, digest);
+        let resp = self
+            .send(
+                Method::PUT,
+                &url,
+                &push,
+                &[(header::CONTENT_LENGTH, "0".into())],
+                Some(bytes::Bytes::new()),
+            )
+            .await?;
+        check(resp, &Method::PUT, &self.url(&url)).await?;
+        Ok(())
+    }
+
+    async fn upload_offset(&self, location: &str, scope: &str) -> Result<u64> {
+        let resp = self.send(Method::GET, location, scope, &[], None).await?;
+        let resp = check(resp, &Method::GET, &self.url(location)).await?;
+        let range = resp
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("0-0");
+        let end: u64 = range
+            .rsplit('-')
+            .next()
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(0);
+        // "0-0" is both "nothing" and "one byte"; re-sending one byte is cheap.
+        Ok(if end == 0 { 0 } else { end + 1 })
+    }
+}
+
+async fn read_chunk(f: &mut tokio::fs::File, path: &Path, len: u64) -> Result<bytes::Bytes> {
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).await.map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Ok(bytes::Bytes::from(buf))
+}
+
+fn location_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::LOCATION)
+        .and_then(|v: &HeaderValue| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn location(resp: &Response) -> Option<String> {
+    location_of(resp.headers())
+}
+
+fn with_digest(location: &str, digest: &Digest) -> String {
+    let sep = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{sep}digest={digest}")
+}
+
+fn read_certs(dir: &Path) -> Result<Vec<reqwest::Certificate>> {
+    let mut certs = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "crt") {
+            let pem = std::fs::read(&path).map_err(|e| Error::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| Error::Credentials {
+                path: path.clone(),
+                reason: format!("not a PEM certificate: {e}"),
+            })?;
+            certs.push(cert);
+        }
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(
+                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a:pull""#,
+            ),
+        );
+        match parse_challenge(&h) {
+            Challenge::Bearer { realm, service } => {
+                assert_eq!(realm, "https://auth.example/token");
+                assert_eq!(service.as_deref(), Some("registry.example"));
+            }
+            other => panic!("{other:?}"),
+        }
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Basic realm="x""#),
+        );
+        assert!(matches!(parse_challenge(&h), Challenge::Basic));
+        assert!(matches!(
+            parse_challenge(&HeaderMap::new()),
+            Challenge::Basic
+        ));
+        assert_eq!(
+            with_digest("/v2/a/blobs/uploads/u?_state=x", &Digest::sha256(b"")),
+            format!(
+                "/v2/a/blobs/uploads/u?_state=x&digest={}",
+                Digest::sha256(b"")
+            )
+        );
+    }
+}
