@@ -1,4 +1,4 @@
-//! Running the API: binding, TLS (rustls), graceful shutdown on SIGINT/SIGTERM,
+//! Running the API: binding (with `TCP_NODELAY`), TLS (rustls), graceful shutdown on SIGINT/SIGTERM,
 //! one structured log line per request, and garbage collection on an interval.
 
 use std::io::Write as _;
@@ -123,8 +123,11 @@ pub async fn serve_listener(listener: std::net::TcpListener, options: ServeOptio
                 .await
                 .map_err(|e| Error::Tls(format!("{} / {}: {e}", cert.display(), key.display())))?;
             announce("https", local);
-            axum_server::tls_rustls::from_tcp_rustls(listener, config)
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+            axum_server::from_tcp(listener)
                 .at(std::path::Path::new("listener"))?
+                .acceptor(acceptor)
                 .handle(handle)
                 .serve(service)
                 .await
@@ -132,8 +135,11 @@ pub async fn serve_listener(listener: std::net::TcpListener, options: ServeOptio
         }
         None => {
             announce("http", local);
+            // Without TCP_NODELAY, a small response written as headers then body
+            // waits for the client's delayed ACK: 40 ms per blob on loopback.
             axum_server::from_tcp(listener)
                 .at(std::path::Path::new("listener"))?
+                .acceptor(axum_server::accept::NoDelayAcceptor::new())
                 .handle(handle)
                 .serve(service)
                 .await
