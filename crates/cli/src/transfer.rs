@@ -42,6 +42,9 @@ pub struct Transport {
     /// Directory of *.crt CA certificates for the destination registry.
     #[arg(long, value_name = "DIR")]
     dest_cert_dir: Option<PathBuf>,
+    /// Blobs larger than this many bytes are uploaded in chunks of this size.
+    #[arg(long, default_value_t = 8 * 1024 * 1024, value_name = "BYTES")]
+    chunk_size: u64,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -122,11 +125,16 @@ fn registry_options(
     tls_verify: bool,
     creds: &Option<String>,
     cert_dir: &Option<PathBuf>,
+    chunk_size: u64,
 ) -> Result<RegistryOptions> {
+    if chunk_size == 0 {
+        bail!("--chunk-size must be at least 1");
+    }
     Ok(RegistryOptions {
         tls_verify,
         credentials: creds.as_deref().map(Credentials::parse).transpose()?,
         cert_dir: cert_dir.clone(),
+        chunk_size,
         ..RegistryOptions::default()
     })
 }
@@ -213,8 +221,18 @@ fn do_copy(
     }
     let options = CopyOptions {
         jobs: t.jobs,
-        src: registry_options(t.src_tls_verify, &t.src_creds, &t.src_cert_dir)?,
-        dest: registry_options(t.dest_tls_verify, &t.dest_creds, &t.dest_cert_dir)?,
+        src: registry_options(
+            t.src_tls_verify,
+            &t.src_creds,
+            &t.src_cert_dir,
+            t.chunk_size,
+        )?,
+        dest: registry_options(
+            t.dest_tls_verify,
+            &t.dest_creds,
+            &t.dest_cert_dir,
+            t.chunk_size,
+        )?,
         ..CopyOptions::default()
     };
     let bar = Bar::new(t.json);
@@ -292,7 +310,12 @@ pub fn run_pull(args: PullArgs) -> Result<ExitCode> {
     let platform = args.platform.clone().unwrap_or_else(host_platform);
     let options = CopyOptions {
         jobs: args.jobs,
-        src: registry_options(args.tls_verify, &args.creds, &args.cert_dir)?,
+        src: registry_options(
+            args.tls_verify,
+            &args.creds,
+            &args.cert_dir,
+            8 * 1024 * 1024,
+        )?,
         have,
         selection: Selection::Platform(platform.clone()),
         ..CopyOptions::default()

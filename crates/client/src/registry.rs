@@ -276,6 +276,21 @@ impl Registry {
         headers: &[(header::HeaderName, String)],
         body: Option<bytes::Bytes>,
     ) -> Result<Response> {
+        self.send_with(method, path, scope, headers, body, self.options.retries)
+            .await
+    }
+
+    /// [`Registry::send`] with its own number of attempts (1: no retry, for
+    /// requests whose URL a failure may have made stale).
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        scope: &str,
+        headers: &[(header::HeaderName, String)],
+        body: Option<bytes::Bytes>,
+        retries: u32,
+    ) -> Result<Response> {
         let url = self.url(path);
         let mut attempt = 0;
         let mut authenticated = false;
@@ -300,7 +315,7 @@ impl Registry {
                     if resp.status().is_server_error()
                         || resp.status() == StatusCode::TOO_MANY_REQUESTS =>
                 {
-                    if attempt + 1 >= self.options.retries {
+                    if attempt + 1 >= retries {
                         return Ok(resp);
                     }
                     format!("status {}", resp.status())
@@ -312,7 +327,7 @@ impl Registry {
                     return Ok(resp);
                 }
                 Err(e) => {
-                    if attempt + 1 >= self.options.retries || e.is_builder() {
+                    if attempt + 1 >= retries || e.is_builder() {
                         return Err(http_error(&method, &url, e));
                     }
                     e.to_string()
@@ -516,8 +531,27 @@ impl Registry {
             check(resp, &Method::PUT, &self.url(&url)).await?;
             return Ok(());
         }
+        // Chunks go one attempt at a time. After a failure the registry is asked
+        // how much it has (and for a fresh Location: distribution's carries
+        // state), and the upload goes on from there; when it cannot say (a
+        // session distribution cancelled), a new session starts from zero.
         let mut offset = 0u64;
-        while offset < size {
+        let mut failures = 0u32;
+        loop {
+            if offset >= size {
+                let url = with_digest(&location, digest);
+                let resp = self
+                    .send(
+                        Method::PUT,
+                        &url,
+                        &push,
+                        &[(header::CONTENT_LENGTH, "0".into())],
+                        Some(bytes::Bytes::new()),
+                    )
+                    .await?;
+                check(resp, &Method::PUT, &self.url(&url)).await?;
+                return Ok(());
+            }
             let len = self.options.chunk_size.min(size - offset);
             use tokio::io::AsyncSeekExt;
             f.seek(std::io::SeekFrom::Start(offset))
@@ -528,8 +562,8 @@ impl Registry {
                 })?;
             let body = read_chunk(&mut f, file, len).await?;
             let range = format!("{offset}-{}", offset + len - 1);
-            let resp = self
-                .send(
+            let sent = self
+                .send_with(
                     Method::PATCH,
                     &location,
                     &push,
@@ -539,36 +573,56 @@ impl Registry {
                         (header::CONTENT_LENGTH, len.to_string()),
                     ],
                     Some(body),
+                    1,
                 )
-                .await?;
-            if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE {
-                // The registry has a different amount: ask, and go on from there.
-                offset = self.upload_offset(&location, &push).await?;
-                continue;
+                .await;
+            let failure = match sent {
+                Ok(resp) if resp.status().is_success() => {
+                    if let Some(l) = location_of(resp.headers()) {
+                        location = l;
+                    }
+                    offset += len;
+                    continue;
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    check(resp, &Method::PATCH, &self.url(&location))
+                        .await
+                        .err()
+                        .unwrap_or_else(|| http_error(&Method::PATCH, &location, status))
+                }
+                Err(e) => e,
+            };
+            failures += 1;
+            if failures > self.options.retries {
+                return Err(failure);
             }
-            if let Some(l) = location_of(resp.headers()) {
-                location = l;
+            tracing::warn!(url = %self.url(&location), error = %failure, "chunk failed; asking the registry where the upload stands");
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
+            match self.upload_status(&location, &push).await {
+                Ok((at, l)) => {
+                    offset = at;
+                    location = l.unwrap_or(location);
+                }
+                Err(_) => {
+                    let resp = self
+                        .send(Method::POST, &start, &push, &[], Some(bytes::Bytes::new()))
+                        .await?;
+                    let resp = check(resp, &Method::POST, &self.url(&start)).await?;
+                    location = location_of(resp.headers())
+                        .ok_or_else(|| http_error(&Method::POST, &start, "no Location"))?;
+                    offset = 0;
+                }
             }
-            check(resp, &Method::PATCH, &self.url(&location)).await?;
-            offset += len;
         }
-        let url = with_digest(&location, digest);
-        let resp = self
-            .send(
-                Method::PUT,
-                &url,
-                &push,
-                &[(header::CONTENT_LENGTH, "0".into())],
-                Some(bytes::Bytes::new()),
-            )
-            .await?;
-        check(resp, &Method::PUT, &self.url(&url)).await?;
-        Ok(())
     }
 
-    async fn upload_offset(&self, location: &str, scope: &str) -> Result<u64> {
+    /// How many bytes the registry holds of an upload, and the Location to go
+    /// on with (if it gave one).
+    async fn upload_status(&self, location: &str, scope: &str) -> Result<(u64, Option<String>)> {
         let resp = self.send(Method::GET, location, scope, &[], None).await?;
         let resp = check(resp, &Method::GET, &self.url(location)).await?;
+        let next = location_of(resp.headers());
         let range = resp
             .headers()
             .get(header::RANGE)
@@ -580,7 +634,7 @@ impl Registry {
             .and_then(|e| e.parse().ok())
             .unwrap_or(0);
         // "0-0" is both "nothing" and "one byte"; re-sending one byte is cheap.
-        Ok(if end == 0 { 0 } else { end + 1 })
+        Ok((if end == 0 { 0 } else { end + 1 }, next))
     }
 }
 

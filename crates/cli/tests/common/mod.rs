@@ -575,3 +575,40 @@ impl Drop for DockerRegistry {
         self.stop();
     }
 }
+
+/// What the builder makes of each `.pyc` under `site`: the canonical form of
+/// spec/reproducibility.md, so that trees can be compared with their input.
+pub fn canonical_pyc_of(site: &Path) -> impl Fn(&Path, Vec<u8>) -> Vec<u8> + '_ {
+    move |path: &Path, bytes: Vec<u8>| {
+        let Ok(rel) = path.strip_prefix(site) else {
+            return bytes;
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(dir) = rel.parent().filter(|d| d.ends_with("__pycache__")) else {
+            return bytes;
+        };
+        if !name.ends_with(".pyc") {
+            return bytes;
+        }
+        let module = name.split('.').next().unwrap_or_default();
+        let source_rel = dir
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(format!("{module}.py"));
+        let Ok(meta) = fs::metadata(site.join(&source_rel)) else {
+            return bytes;
+        };
+        use std::os::unix::fs::MetadataExt;
+        oci_blocks_builder::python::canonical_pyc(
+            &bytes,
+            &source_rel.to_string_lossy(),
+            meta.mtime(),
+            meta.len(),
+            1,
+        )
+        .unwrap_or(bytes)
+    }
+}
