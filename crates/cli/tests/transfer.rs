@@ -489,47 +489,60 @@ fn credentials_come_from_the_auth_file_or_the_flags() -> Result<()> {
     Ok(())
 }
 
-/// A TCP proxy in front of `target` whose first `cuts` connections are cut
-/// after `after` bytes from the client: an upload broken off mid-chunk.
-fn cutting_proxy(target: String, cuts: usize, after: usize) -> Result<String> {
+/// What the test proxy does to its first connections.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Cut the connection after this many bytes from the client (an upload
+    /// broken off mid-chunk).
+    CutUpload(usize),
+    /// Stop forwarding after this many bytes from the server (a download that
+    /// hangs), until the client gives up or is killed.
+    StallDownload(usize),
+}
+
+/// A TCP proxy in front of `target` whose first `faulty` connections suffer
+/// `fault`; the others are forwarded untouched.
+fn proxy(target: String, faulty: usize, fault: Fault) -> Result<String> {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?.to_string();
+    fn pump(mut from: TcpStream, mut to: TcpStream, limit: usize, stall: bool) {
+        let mut moved = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(k) = from.read(&mut buf) {
+            let k = k.min(limit - moved);
+            if k == 0 || to.write_all(&buf[..k]).is_err() {
+                break;
+            }
+            moved += k;
+            if moved >= limit {
+                break;
+            }
+        }
+        if stall && moved >= limit {
+            // Hold both ends open without forwarding.
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    }
     std::thread::spawn(move || {
         for (n, client) in listener.incoming().enumerate() {
-            let Ok(mut client) = client else { continue };
-            let Ok(mut server) = TcpStream::connect(&target) else {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(&target) else {
                 continue;
             };
-            let limit = if n < cuts { after } else { usize::MAX };
-            let (Ok(mut client_r), Ok(mut server_w)) = (client.try_clone(), server.try_clone())
-            else {
+            let (up, down, stall) = match fault {
+                _ if n >= faulty => (usize::MAX, usize::MAX, false),
+                Fault::CutUpload(after) => (after, usize::MAX, false),
+                Fault::StallDownload(after) => (usize::MAX, after, true),
+            };
+            let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
                 continue;
             };
-            std::thread::spawn(move || {
-                let mut sent = 0usize;
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(k) = client_r.read(&mut buf) {
-                    if k == 0 {
-                        break;
-                    }
-                    let k = k.min(limit - sent.min(limit));
-                    if server_w.write_all(&buf[..k]).is_err() || k == 0 {
-                        break;
-                    }
-                    sent += k;
-                    if sent >= limit {
-                        break;
-                    }
-                }
-                let _ = server_w.shutdown(Shutdown::Both);
-                let _ = client_r.shutdown(Shutdown::Both);
-            });
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut server, &mut client);
-                let _ = client.shutdown(Shutdown::Both);
-            });
+            std::thread::spawn(move || pump(client, server, up, false));
+            std::thread::spawn(move || pump(server2, client2, down, stall));
         }
     });
     Ok(addr)
@@ -578,7 +591,7 @@ fn chunked_uploads_survive_broken_connections_on_both_registries() -> Result<()>
             format!("127.0.0.1:{}", distribution.port),
         ),
     ] {
-        let proxy = cutting_proxy(host.clone(), 2, 1_500_000)?;
+        let proxy = proxy(host.clone(), 2, Fault::CutUpload(1_500_000))?;
         let out = oci_blocks(&[
             "push",
             "--json",
@@ -622,5 +635,73 @@ fn chunked_uploads_survive_broken_connections_on_both_registries() -> Result<()>
             built.symmetric_difference(&copied)
         );
     }
+    Ok(())
+}
+
+#[test]
+fn a_pull_killed_midway_does_not_fetch_again_what_it_completed() -> Result<()> {
+    let Some(dir) = corpus("java")? else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let image = tmp.path().join("image");
+    build_bare("java", &dir, "v1", &image)?;
+    let host = our_registry(&tmp.path().join("ours"))?;
+    json_ok(&[
+        "push",
+        "--json",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", image.display()),
+        &format!("docker://{host}/java:v1"),
+    ])?;
+    // Downloads through the proxy hang after 4 MB on the first two connections.
+    let hanging = proxy(host.clone(), 2, Fault::StallDownload(4_000_000))?;
+    let store = tmp.path().join("store");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oci-blocks"))
+        .args(["pull", "--tls-verify=false", "--jobs", "1", "--store"])
+        .arg(&store)
+        .arg(format!("docker://{hanging}/java:v1"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let blobs_dir = store.join("images/blobs/sha256");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = 0;
+    loop {
+        let n = blob_files_in(&blobs_dir)?.len();
+        if n > 0 && n == last {
+            break; // stalled: nothing new for one poll
+        }
+        last = n;
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the pull never stalled"
+        );
+        ensure!(
+            child.try_wait()?.is_none(),
+            "the pull ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    child.kill()?;
+    child.wait()?;
+    let completed = blob_files_in(&blobs_dir)?;
+    ensure!(!completed.is_empty(), "nothing completed before the kill");
+
+    let report = json_ok(&[
+        "pull",
+        "--json",
+        "--tls-verify=false",
+        "--store",
+        store.to_str().context("utf-8")?,
+        &format!("docker://{host}/java:v1"),
+    ])?;
+    let total = report["blobs"].as_u64().context("blobs")? as usize;
+    ensure!(
+        report["blobs_skipped"].as_u64() == Some(completed.len() as u64)
+            && report["blobs_transferred"].as_u64() == Some((total - completed.len()) as u64),
+        "the second pull fetches only the {} blobs the killed one had not completed: {report}",
+        total - completed.len()
+    );
     Ok(())
 }

@@ -380,7 +380,22 @@ async fn transfer(
                 .await?;
         }
         (End::Registry { reg: s, r: sr }, End::Layout { dir: t, .. }) => {
-            download_into_layout(s, &sr.repository, t, blob).await?;
+            // A body that breaks off is fetched again; content that does not
+            // match its digest is not (it would not match the next time either).
+            let mut attempt = 1;
+            loop {
+                match download_into_layout(s, &sr.repository, t, blob).await {
+                    Err(
+                        Error::Http { .. }
+                        | Error::Io { .. }
+                        | Error::Core(oci_blocks_core::Error::Io { .. }),
+                    ) if attempt < 3 => {
+                        tracing::warn!(digest = %d, attempt, "download broke off; fetching it again");
+                        attempt += 1;
+                    }
+                    other => break other?,
+                }
+            }
         }
         (End::Registry { reg: s, r: sr }, End::Registry { reg: t, r: tr }) => {
             copy_through_file(s, &sr.repository, t, &tr.repository, blob).await?;

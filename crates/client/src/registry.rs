@@ -149,6 +149,8 @@ impl Registry {
             .danger_accept_invalid_certs(!options.tls_verify)
             .pool_max_idle_per_host(32)
             .connect_timeout(Duration::from_secs(30))
+            // A stalled transfer fails (and is retried) instead of hanging.
+            .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("oci-blocks/", env!("CARGO_PKG_VERSION")));
         if let Some(dir) = &options.cert_dir {
             for cert in read_certs(dir)? {
