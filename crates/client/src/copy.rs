@@ -432,23 +432,23 @@ async fn download_into_layout(
     blob: &Blob,
 ) -> Result<()> {
     let resp = reg.get_blob(repository, &blob.digest).await?;
-    let counter = &reg.bytes_received;
-    let stream = resp
-        .bytes_stream()
-        .inspect_ok(|b| {
-            counter.fetch_add(b.len() as u64, Ordering::Relaxed);
-        })
-        .map_err(std::io::Error::other);
-    let reader = tokio_util::io::StreamReader::new(stream);
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    // The layout's writer is synchronous: it reads the body through a bridge on
+    // a blocking thread, as tokio-util documents, while the runtime's workers
+    // drive the connection.
+    let bridge = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let root = layout.root().to_path_buf();
     let (digest, size) = (blob.digest.clone(), blob.size);
-    // The layout's writer is synchronous; the bridge blocks on the async body,
-    // so this worker thread is handed over to blocking work meanwhile.
-    let bridge = tokio_util::io::SyncIoBridge::new(reader);
-    tokio::task::block_in_place(move || -> Result<()> {
-        OciDir::open(&root)?.write_blob_verified(bridge, &digest, Some(size))?;
-        Ok(())
+    let written = tokio::task::spawn_blocking(move || -> Result<u64> {
+        Ok(OciDir::open(&root)?.write_blob_verified(bridge, &digest, Some(size))?)
     })
+    .await
+    .map_err(|e| Error::Document {
+        what: blob.digest.to_string(),
+        reason: e.to_string(),
+    })??;
+    reg.bytes_received.fetch_add(written, Ordering::Relaxed);
+    Ok(())
 }
 
 async fn copy_through_file(
