@@ -72,7 +72,9 @@ pub struct UnpackReport {
     pub applied: ApplyReport,
 }
 
-fn host_platform() -> String {
+/// This machine's platform as `os/arch` (`linux/amd64`), what an unpack
+/// picks from an index by default.
+pub fn host_platform() -> String {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -14,6 +14,7 @@ use oci_blocks_client::{CopyOptions, CopyReport, ImageRef, RegistryOptions, Sele
 use oci_blocks_core::Digest;
 use oci_blocks_core::layout::{OciDir, OciRef, default_state_dir};
 use oci_blocks_shim::store::BlockStore;
+use oci_blocks_shim::unpack::host_platform;
 use oci_blocks_shim::{LinkMode, UnpackOptions, unpack, unpack_bundle};
 
 use crate::output::{bytes, outln};
@@ -271,15 +272,6 @@ fn local_tag(image: &ImageRef) -> String {
             }
         })
         .collect()
-}
-
-fn host_platform() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    format!("linux/{arch}")
 }
 
 #[derive(serde::Serialize)]

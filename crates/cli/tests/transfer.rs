@@ -17,10 +17,14 @@ use serde_json::Value;
 
 /// This project's registry, served in-process on an ephemeral port; its host.
 fn our_registry(root: &Path) -> Result<String> {
-    our_registry_with(root, None)
+    our_registry_with(root, None, None)
 }
 
-fn our_registry_with(root: &Path, htpasswd: Option<&Path>) -> Result<String> {
+fn our_registry_with(
+    root: &Path,
+    htpasswd: Option<&Path>,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<String> {
     use oci_blocks_registry::gc::GcOptions;
     use oci_blocks_registry::server::{ServeOptions, serve_listener};
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -30,7 +34,7 @@ fn our_registry_with(root: &Path, htpasswd: Option<&Path>) -> Result<String> {
         root: root.to_path_buf(),
         htpasswd: htpasswd.map(Path::to_path_buf),
         auth_pull: htpasswd.is_some(),
-        tls: None,
+        tls,
         gc_interval: None,
         gc: GcOptions::default(),
         shutdown_timeout: Duration::from_secs(1),
@@ -82,6 +86,38 @@ fn build_bare(kind: &str, dir: &Path, v: &str, out: &Path) -> Result<()> {
         &format!("oci:{}:{v}", out.display()),
     ])?;
     Ok(())
+}
+
+/// Copies `src` (a registry reference) back into a new layout and checks that
+/// it holds exactly the digests `image:tag` has; each was verified on the way.
+fn copy_back_keeps_digests(src: &str, image: &Path, tag: &str, back: &Path) -> Result<()> {
+    json_ok(&[
+        "copy",
+        "--json",
+        "--src-tls-verify=false",
+        src,
+        &format!("oci:{}:v1", back.display()),
+    ])?;
+    let built: BTreeSet<_> = blobs_of(image, tag)?.into_keys().collect();
+    let copied: BTreeSet<_> = blobs_of(back, "v1")?.into_keys().collect();
+    ensure!(
+        built == copied,
+        "{src}: digests differ: {:?}",
+        built.symmetric_difference(&copied)
+    );
+    Ok(())
+}
+
+/// The tree the java-app example unpacks to.
+fn java_app_tree() -> Result<BTreeMap<String, Node>> {
+    let example = repo().join("examples/java-app");
+    expected_tree(
+        &[
+            (example.join("lib"), "/app/lib"),
+            (example.join("app"), "/app/classes"),
+        ],
+        &|_, b| b,
+    )
 }
 
 /// Digest -> size of every blob (config, layers, blocks) of the tagged image's
@@ -285,21 +321,12 @@ fn copies_keep_every_digest_and_the_anchor_keeps_blocks_through_docker_registry_
     ])?;
     ensure!(report["digest"] == top.as_str(), "{report}");
     // Back to a layout: every digest as built.
-    let back = tmp.path().join("back");
-    json_ok(&[
-        "copy",
-        "--json",
-        "--src-tls-verify=false",
+    copy_back_keeps_digests(
         &format!("docker://{theirs}/app:v1"),
-        &format!("oci:{}:v1", back.display()),
-    ])?;
-    let built: BTreeSet<_> = blobs_of(&image, "latest")?.into_keys().collect();
-    let copied: BTreeSet<_> = blobs_of(&back, "v1")?.into_keys().collect();
-    ensure!(
-        built == copied,
-        "digests differ: {:?}",
-        built.symmetric_difference(&copied)
-    );
+        &image,
+        "latest",
+        &tmp.path().join("back"),
+    )?;
 
     // docker-registry's GC knows no blocks; the anchor keeps them. Then a pull
     // from it unpacks whole.
@@ -315,14 +342,7 @@ fn copies_keep_every_digest_and_the_anchor_keeps_blocks_through_docker_registry_
         rootfs.to_str().context("utf-8")?,
         &format!("docker://{theirs}/app:v1"),
     ])?;
-    let example = repo().join("examples/java-app");
-    let expected = expected_tree(
-        &[
-            (example.join("lib"), "/app/lib"),
-            (example.join("app"), "/app/classes"),
-        ],
-        &|_, b| b,
-    )?;
+    let expected = java_app_tree()?;
     assert_same(
         &expected,
         &tree(&rootfs)?,
@@ -420,14 +440,7 @@ fn a_tampered_blob_is_refused_and_a_failed_pull_resumes() -> Result<()> {
         "the second pull skips the {} blobs the first completed: {report}",
         fetched_before.len()
     );
-    let example = repo().join("examples/java-app");
-    let expected = expected_tree(
-        &[
-            (example.join("lib"), "/app/lib"),
-            (example.join("app"), "/app/classes"),
-        ],
-        &|_, b| b,
-    )?;
+    let expected = java_app_tree()?;
     assert_same(&expected, &tree(&rootfs)?, "pulled after the repair")?;
     Ok(())
 }
@@ -448,7 +461,7 @@ fn credentials_come_from_the_auth_file_or_the_flags() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let htpasswd = tmp.path().join("htpasswd");
     std::fs::write(&htpasswd, format!("alice:{}\n", bcrypt::hash("s3cret", 4)?))?;
-    let host = our_registry_with(&tmp.path().join("ours"), Some(&htpasswd))?;
+    let host = our_registry_with(&tmp.path().join("ours"), Some(&htpasswd), None)?;
     let image = repo().join("examples/hello-blocks");
     let push = |extra: &[&str], auth_file: &Path| -> Result<std::process::Output> {
         Ok(std::process::Command::new(env!("CARGO_BIN_EXE_oci-blocks"))
@@ -619,21 +632,12 @@ fn chunked_uploads_survive_broken_connections_on_both_registries() -> Result<()>
             "{who}: {report}"
         );
         // Read back directly: every digest verified on the way into a layout.
-        let back = tmp.path().join(format!("back-{who}"));
-        json_ok(&[
-            "copy",
-            "--json",
-            "--src-tls-verify=false",
+        copy_back_keeps_digests(
             &format!("docker://{host}/big:v1"),
-            &format!("oci:{}:v1", back.display()),
-        ])?;
-        let built: BTreeSet<_> = blobs_of(&image, "v1")?.into_keys().collect();
-        let copied: BTreeSet<_> = blobs_of(&back, "v1")?.into_keys().collect();
-        ensure!(
-            built == copied,
-            "{who}: {:?}",
-            built.symmetric_difference(&copied)
-        );
+            &image,
+            "v1",
+            &tmp.path().join(format!("back-{who}")),
+        )?;
     }
     Ok(())
 }
@@ -702,6 +706,184 @@ fn a_pull_killed_midway_does_not_fetch_again_what_it_completed() -> Result<()> {
             && report["blobs_transferred"].as_u64() == Some((total - completed.len()) as u64),
         "the second pull fetches only the {} blobs the killed one had not completed: {report}",
         total - completed.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn https_with_a_ca_directory_or_without_verification() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])?;
+    let certs = tmp.path().join("certs");
+    std::fs::create_dir_all(&certs)?;
+    std::fs::write(certs.join("ca.crt"), cert.cert.pem())?;
+    let (cert_file, key_file) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem())?;
+    std::fs::write(&key_file, cert.signing_key.serialize_pem())?;
+    let host = our_registry_with(&tmp.path().join("ours"), None, Some((cert_file, key_file)))?;
+    let image = format!("oci:{}", repo().join("examples/hello-blocks").display());
+    let dest = format!("docker://{host}/hello:v1");
+    // Verified against the test's CA.
+    let report = json_ok(&[
+        "push",
+        "--json",
+        "--dest-cert-dir",
+        certs.to_str().context("utf-8")?,
+        &image,
+        &dest,
+    ])?;
+    ensure!(report["blobs_transferred"].as_u64() > Some(0), "{report}");
+    // An unknown CA is refused, and does not fall back to plain HTTP.
+    let out = oci_blocks(&["push", &image, &dest])?;
+    ensure!(!out.status.success(), "an unknown CA was trusted");
+    // Without verification (skopeo's --tls-verify=false), HTTPS still works.
+    let report = json_ok(&[
+        "copy",
+        "--json",
+        "--src-tls-verify=false",
+        &dest,
+        &format!("oci:{}:v1", tmp.path().join("back").display()),
+    ])?;
+    ensure!(report["blobs_transferred"].as_u64() > Some(0), "{report}");
+    Ok(())
+}
+
+/// A front for `target` that wants a bearer token from its own `/token`
+/// endpoint (given for alice:s3cret), as registries behind a token service do.
+/// Returns its address and the scopes tokens were asked for.
+fn bearer_front(target: String) -> Result<(String, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    let scopes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = scopes.clone();
+    let front = addr.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+                if head == [0x16] {
+                    break; // a TLS hello: this front speaks plain HTTP only
+                }
+            }
+            if head == [0x16] {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&head).to_string();
+            let lower = text.to_ascii_lowercase();
+            let path = text
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            let reply = |client: &mut TcpStream, status: &str, extra: &str, body: &str| {
+                let _ = write!(
+                    client,
+                    "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            };
+            if path.starts_with("/token") {
+                use base64::Engine;
+                let good = format!(
+                    "authorization: basic {}",
+                    base64::engine::general_purpose::STANDARD.encode("alice:s3cret")
+                )
+                .to_ascii_lowercase();
+                if let Ok(mut s) = seen.lock() {
+                    s.push(path.clone());
+                }
+                if lower.contains(&good) {
+                    reply(
+                        &mut client,
+                        "200 OK",
+                        "Content-Type: application/json\r\n",
+                        r#"{"token":"t0k3n"}"#,
+                    );
+                } else {
+                    reply(&mut client, "401 Unauthorized", "", "");
+                }
+                continue;
+            }
+            if !lower.contains("authorization: bearer t0k3n") {
+                let challenge = format!(
+                    "WWW-Authenticate: Bearer realm=\"http://{front}/token\",service=\"test\"\r\n"
+                );
+                reply(&mut client, "401 Unauthorized", &challenge, "");
+                continue;
+            }
+            // One request per connection, so that every request is checked:
+            // forward this one with `Connection: close`, then its response.
+            let Ok(mut server) = TcpStream::connect(&target) else {
+                continue;
+            };
+            let mut forwarded: String = text
+                .trim_end_matches("\r\n")
+                .split("\r\n")
+                .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                .map(|l| format!("{l}\r\n"))
+                .collect();
+            forwarded.push_str("Connection: close\r\n\r\n");
+            let length: usize = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; length];
+            if client.read_exact(&mut body).is_err()
+                || server.write_all(forwarded.as_bytes()).is_err()
+                || server.write_all(&body).is_err()
+            {
+                continue;
+            }
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut server, &mut client);
+            });
+        }
+    });
+    Ok((addr, scopes))
+}
+
+#[test]
+fn bearer_tokens_are_fetched_from_the_challenge_realm() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let host = our_registry(&tmp.path().join("ours"))?;
+    let (front, scopes) = bearer_front(host)?;
+    let image = format!("oci:{}", repo().join("examples/hello-blocks").display());
+    let dest = format!("docker://{front}/hello:v1");
+    let out = oci_blocks(&[
+        "push",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "alice:wrong",
+        &image,
+        &dest,
+    ])?;
+    ensure!(
+        !out.status.success(),
+        "a token was given for a wrong password"
+    );
+    let report = json_ok(&[
+        "push",
+        "--json",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "alice:s3cret",
+        &image,
+        &dest,
+    ])?;
+    ensure!(report["blobs_transferred"].as_u64() > Some(0), "{report}");
+    let asked = scopes.lock().map(|s| s.clone()).unwrap_or_default();
+    ensure!(
+        asked
+            .iter()
+            .any(|p| p.contains("scope=repository%3Ahello%3Apull%2Cpush")
+                && p.contains("service=test")),
+        "the token was asked for the push scope: {asked:?}"
     );
     Ok(())
 }
