@@ -84,14 +84,8 @@ fn blocks_of(layout: &Layout) -> Result<Vec<String>> {
 }
 
 fn stored(reg: &Registry, digest: &str) -> Result<bool> {
-    let d = Digest::parse(digest)?;
-    Ok(reg
-        .root
-        .join("blobs")
-        .join(d.algorithm().as_str())
-        .join(&d.hex()[..2])
-        .join(d.hex())
-        .is_file())
+    let storage = oci_blocks_registry::storage::Storage::open(&reg.root)?;
+    Ok(storage.blob_path(&Digest::parse(digest)?).is_file())
 }
 
 #[test]

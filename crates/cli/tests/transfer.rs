@@ -390,7 +390,8 @@ fn a_tampered_blob_is_refused_and_a_failed_pull_resumes() -> Result<()> {
         .context("digest")?
         .to_string();
     let hex = block.trim_start_matches("sha256:");
-    let stored = root.join("blobs/sha256").join(&hex[..2]).join(hex);
+    let stored =
+        oci_blocks_registry::storage::Storage::open(&root)?.blob_path(&Digest::parse(&block)?);
     let original = std::fs::read(&stored)?;
     let mut tampered = original.clone();
     tampered[original.len() / 2] ^= 0xff;

@@ -217,26 +217,12 @@ async fn child_doc(src: &End, digest: &Digest, size: Option<u64>, fallback: &str
     }
 }
 
-fn platform_text(entry: &Value) -> String {
-    let p = &entry["platform"];
-    let mut text = format!(
-        "{}/{}",
-        p["os"].as_str().unwrap_or_default(),
-        p["architecture"].as_str().unwrap_or_default()
-    );
-    if let Some(v) = p["variant"].as_str() {
-        text.push('/');
-        text.push_str(v);
-    }
-    text
-}
-
 fn select(entries: &[Value], selection: &Selection) -> Vec<usize> {
     match selection {
         Selection::All => (0..entries.len()).collect(),
         Selection::Platform(platform) => {
             let matches = |e: &Value| {
-                let t = platform_text(e);
+                let t = oci_blocks_core::manifest::platform_text(&e["platform"]);
                 &t == platform || t.starts_with(&format!("{platform}/"))
             };
             let variant = |e: &Value| {
