@@ -514,24 +514,46 @@ enum Fault {
     StallDownload(usize),
 }
 
-/// A TCP proxy in front of `target` whose first `faulty` connections suffer
-/// `fault`; the others are forwarded untouched.
+/// A TCP proxy in front of `target`: `faulty` connections suffer `fault` (for
+/// cuts, the first ones to carry that many bytes; for stalls, the first ones
+/// opened); the others are forwarded untouched.
 fn proxy(target: String, faulty: usize, fault: Fault) -> Result<String> {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?.to_string();
-    fn pump(mut from: TcpStream, mut to: TcpStream, limit: usize, stall: bool) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    /// Forwards until `limit` bytes; then cuts (or stalls), except when `budget`
+    /// is given and spent, in which case it forwards the rest.
+    fn pump(
+        mut from: TcpStream,
+        mut to: TcpStream,
+        mut limit: usize,
+        stall: bool,
+        budget: Option<Arc<AtomicUsize>>,
+    ) {
         let mut moved = 0usize;
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(k) = from.read(&mut buf) {
-            let k = k.min(limit - moved);
-            if k == 0 || to.write_all(&buf[..k]).is_err() {
+            let n = k.min(limit - moved);
+            if k == 0 || to.write_all(&buf[..n]).is_err() {
                 break;
             }
-            moved += k;
+            moved += n;
             if moved >= limit {
-                break;
+                let spend = |b: &Arc<AtomicUsize>| {
+                    b.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
+                        .is_ok()
+                };
+                if budget.as_ref().is_none_or(spend) {
+                    break;
+                }
+                limit = usize::MAX;
+                if to.write_all(&buf[n..k]).is_err() {
+                    break;
+                }
+                moved += k - n;
             }
         }
         if stall && moved >= limit {
@@ -541,22 +563,25 @@ fn proxy(target: String, faulty: usize, fault: Fault) -> Result<String> {
         let _ = to.shutdown(Shutdown::Both);
         let _ = from.shutdown(Shutdown::Both);
     }
+    // Cuts go to the first connections that carry enough bytes, whichever they
+    // are (a TLS probe or a ping may open connections first).
+    let budget = Arc::new(AtomicUsize::new(faulty));
     std::thread::spawn(move || {
         for (n, client) in listener.incoming().enumerate() {
             let Ok(client) = client else { continue };
             let Ok(server) = TcpStream::connect(&target) else {
                 continue;
             };
-            let (up, down, stall) = match fault {
-                _ if n >= faulty => (usize::MAX, usize::MAX, false),
-                Fault::CutUpload(after) => (after, usize::MAX, false),
-                Fault::StallDownload(after) => (usize::MAX, after, true),
+            let (up, down, stall, cut_budget) = match fault {
+                Fault::CutUpload(after) => (after, usize::MAX, false, Some(budget.clone())),
+                _ if n >= faulty => (usize::MAX, usize::MAX, false, None),
+                Fault::StallDownload(after) => (usize::MAX, after, true, None),
             };
             let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
                 continue;
             };
-            std::thread::spawn(move || pump(client, server, up, false));
-            std::thread::spawn(move || pump(server2, client2, down, stall));
+            std::thread::spawn(move || pump(client, server, up, false, cut_budget));
+            std::thread::spawn(move || pump(server2, client2, down, stall, None));
         }
     });
     Ok(addr)
@@ -605,7 +630,7 @@ fn chunked_uploads_survive_broken_connections_on_both_registries() -> Result<()>
             format!("127.0.0.1:{}", distribution.port),
         ),
     ] {
-        let proxy = proxy(host.clone(), 2, Fault::CutUpload(1_500_000))?;
+        let proxy = proxy(host.clone(), 2, Fault::CutUpload(700_000))?;
         let out = oci_blocks(&[
             "push",
             "--json",
