@@ -311,6 +311,12 @@ impl<'r> Applier<'r> {
                 let own = created.iter().any(|c| c.starts_with(&target));
                 if !own {
                     self.remove(&target)?;
+                } else if is_dir(self.root, &target) {
+                    // This layer already put something at or below the
+                    // whited-out path: what lower layers had there is still
+                    // hidden, as by an opaque whiteout, and the layer's own
+                    // entries stay.
+                    opaque.push(target);
                 }
                 continue;
             }

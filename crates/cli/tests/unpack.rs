@@ -201,9 +201,9 @@ fn a_whiteout_never_hides_an_entry_of_its_own_layer() -> Result<()> {
         r#"
 description = "own-layer whiteouts"
 [[layers]]
-entries = [{ path = "g/", type = "dir" }, { path = "g/f", content = "old" }, { path = "o/", type = "dir" }, { path = "o/lower", content = "lower" }]
+entries = [{ path = "g/", type = "dir" }, { path = "g/f", content = "old" }, { path = "o/", type = "dir" }, { path = "o/lower", content = "lower" }, { path = "d/", type = "dir" }, { path = "d/lower", content = "lower" }]
 [[layers]]
-entries = [{ path = "g/f", content = "new" }, { path = "g/.wh.f" }, { path = "o/.wh..wh..opq" }, { path = "o/upper", content = "upper" }]
+entries = [{ path = "g/f", content = "new" }, { path = "g/.wh.f" }, { path = "o/.wh..wh..opq" }, { path = "o/upper", content = "upper" }, { path = "d/", type = "dir" }, { path = "d/upper", content = "upper" }, { path = ".wh.d" }]
 "#,
         "own layer",
     )?;
@@ -221,6 +221,12 @@ entries = [{ path = "g/f", content = "new" }, { path = "g/.wh.f" }, { path = "o/
     ensure!(
         !root.join("o/lower").exists() && root.join("o/upper").exists(),
         "opaque whiteout"
+    );
+    // A whiteout after its own layer's directory still hides the lower one's
+    // children.
+    ensure!(
+        !root.join("d/lower").exists() && root.join("d/upper").exists(),
+        "whiteout after the layer's own directory"
     );
     Ok(())
 }
