@@ -1,0 +1,118 @@
+//! Helpers shared by the suite's tests: the binaries under test and the tools
+//! they are compared with.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, bail};
+
+/// The suite's binary.
+pub fn suite() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oci-blocks-conformance"));
+    cmd.env("PATH", path_with_binaries());
+    cmd
+}
+
+/// The directory of this build's binaries.
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_oci-blocks-conformance"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// `PATH` with this build's binaries first, so that the command templates
+/// read as the README writes them (`oci-blocks unpack ...`).
+pub fn path_with_binaries() -> String {
+    format!(
+        "{}:{}",
+        bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// One of the workspace's binaries, built if this test run did not build it
+/// (`cargo test -p oci-blocks-conformance` builds only the suite).
+pub fn workspace_binary(name: &str, package: &str) -> Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", package, "--bin", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()?;
+        if !status.success() || !path.exists() {
+            bail!("could not build {name}");
+        }
+    }
+    Ok(path)
+}
+
+/// This crate's directory.
+pub fn crate_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Whether every tool is on `PATH`. Under `CI=true` a missing tool is an
+/// error; elsewhere the test says loudly that it did not run.
+pub fn have(tools: &[&str]) -> Result<bool> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {t}"))
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(true);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        bail!("CI=true and {missing:?} is not installed (.ci/run installs it)");
+    }
+    eprintln!("NOT RUN: {missing:?} is not installed; CI=true makes this an error");
+    Ok(false)
+}
+
+/// Stdout and stderr of a run, for error messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The number of vector descriptions in the repository.
+pub fn vector_count() -> Result<usize> {
+    let mut n = 0;
+    for group in std::fs::read_dir(crate_dir().join("vectors"))? {
+        for file in std::fs::read_dir(group?.path())? {
+            if file?.path().extension().is_some_and(|e| e == "toml") {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Parses the JSON report printed by `--json`.
+pub fn json_report(out: &Output) -> Result<serde_json::Value> {
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("not a JSON report:\n{}", text(out)))
+}
+
+/// The status of test `id` in a JSON report.
+pub fn status_of<'a>(report: &'a serde_json::Value, id: &str) -> Option<&'a str> {
+    report["results"]
+        .as_array()?
+        .iter()
+        .find(|r| r["id"] == id)?["status"]
+        .as_str()
+}

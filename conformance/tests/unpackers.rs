@@ -1,0 +1,355 @@
+//! The unpack suite against real unpackers: `oci-blocks unpack` must pass every
+//! vector, `umoci unpack --rootless` (after skopeo picks the platform's
+//! manifest) must end as recorded, and a deliberately naive unpacker must be
+//! caught wherever it goes wrong.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Result, ensure};
+use common::*;
+
+/// The command templates, exactly as `conformance/README.md` gives them.
+const OCI_BLOCKS: &str = "oci-blocks unpack --store {tmp}/store oci:{layout}:{ref} {rootfs}";
+const UMOCI: &str = "skopeo copy --quiet oci:{layout}:{ref} oci:{tmp}/image:{ref} && \
+                     umoci unpack --rootless --image {tmp}/image:{ref} {tmp}/bundle && \
+                     mv {tmp}/bundle/rootfs {rootfs}";
+
+#[test]
+fn oci_blocks_unpack_passes_every_vector_and_writes_every_report() -> Result<()> {
+    workspace_binary("oci-blocks", "oci-blocks")?;
+    let tmp = tempfile::tempdir()?;
+    let junit = tmp.path().join("report.xml");
+    let html = tmp.path().join("report.html");
+    let out = suite()
+        .args(["unpack", "--json", "--command", OCI_BLOCKS, "--expect"])
+        .arg(crate_dir().join("expected/oci-blocks-unpack.toml"))
+        .arg("--junit")
+        .arg(&junit)
+        .arg("--html")
+        .arg(&html)
+        .output()?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let report = json_report(&out)?;
+    let n = vector_count()?;
+    ensure!(
+        report["results"].as_array().map(Vec::len) == Some(n),
+        "{n} vectors ran"
+    );
+    ensure!(
+        report["summary"]["total"]["passed"] == n,
+        "every vector passed: {report:#}"
+    );
+
+    let xml = fs::read_to_string(&junit)?;
+    ensure!(xml.contains(&format!("tests=\"{n}\"")), "{xml}");
+    ensure!(xml.contains("failures=\"0\""), "{xml}");
+    for group in [
+        "unpack.plain",
+        "unpack.imports",
+        "unpack.malicious",
+        "unpack.fallback",
+    ] {
+        ensure!(
+            xml.contains(&format!("<testsuite name=\"{group}\"")),
+            "{group} in {xml}"
+        );
+    }
+    let page = fs::read_to_string(&html)?;
+    ensure!(page.matches("<tr class=\"passed\">").count() == n, "{page}");
+    ensure!(
+        !page.contains("<script") && !page.contains("href="),
+        "self-contained"
+    );
+    Ok(())
+}
+
+#[test]
+fn umoci_ends_as_recorded_and_refuses_every_import_vector() -> Result<()> {
+    if !have(&["umoci", "skopeo"])? {
+        return Ok(());
+    }
+    let out = suite()
+        .args(["unpack", "--json", "--command", UMOCI, "--expect"])
+        .arg(crate_dir().join("expected/umoci-unpack.toml"))
+        .output()?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let report = json_report(&out)?;
+    for r in report["results"].as_array().into_iter().flatten() {
+        let id = r["id"].as_str().unwrap_or_default();
+        let status = r["status"].as_str().unwrap_or_default();
+        if id.starts_with("imports/") {
+            ensure!(
+                status == "failed",
+                "{id}: a legacy unpacker cannot resolve imports"
+            );
+        } else if id != "plain/zstd-layer" {
+            ensure!(status == "passed", "{id}: {r:#}");
+        }
+    }
+    // A stub layer with a standard media type is the silent failure the import
+    // media type prevents: umoci succeeds and the imported file is missing.
+    let silent = report["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["id"] == "imports/standard-media-type");
+    let diff = silent.and_then(|r| r["diff"].as_str()).unwrap_or_default();
+    ensure!(
+        diff.contains("- lib/x.jar") && diff.contains("+ lib/.import.x.jar"),
+        "{diff}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_naive_unpacker_is_caught_escaping_and_ignoring_whiteouts() -> Result<()> {
+    if !have(&["python3"])? {
+        return Ok(());
+    }
+    let naive = crate_dir().join("tests/data/naive-unpack.py");
+    let command = format!("python3 {} {{layout}} {{ref}} {{rootfs}}", naive.display());
+    let out = suite()
+        .args(["unpack", "--json", "--command", &command])
+        .output()?;
+    ensure!(out.status.code() == Some(1), "{}", text(&out));
+    let report = json_report(&out)?;
+    let failed = |id: &str| status_of(&report, id) == Some("failed");
+    let reason = |id: &str| -> String {
+        report["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["id"] == id)
+            .map(|r| format!("{} {}", r["reason"], r["diff"]))
+            .unwrap_or_default()
+    };
+    for (id, because) in [
+        ("malicious/path-absolute", "/escape-path-absolute"),
+        (
+            "malicious/path-dotdot",
+            "created beside-the-root beside the root filesystem",
+        ),
+        (
+            "malicious/symlink-absolute",
+            "/guard-symlink-absolute (a guard)",
+        ),
+        (
+            "malicious/hardlink-outside",
+            "/guard-hardlink-outside (a guard)",
+        ),
+        ("malicious/overwrite-symlink", "disturbed the host path"),
+        ("malicious/whiteout-escape", "/.wh.guard-whiteout-escape"),
+        (
+            "malicious/undeclared-digest",
+            "exited 0, but the image is invalid (import.undeclared-digest)",
+        ),
+        ("plain/whiteout-file", "+ a/.wh.gone"),
+        ("imports/file", "- app/lib/guava.jar"),
+        ("fallback/anchor-first", "+ x.jar"),
+    ] {
+        ensure!(failed(id), "{id} should fail: {report:#}");
+        ensure!(reason(id).contains(because), "{id}: {}", reason(id));
+    }
+    ensure!(status_of(&report, "plain/files-and-modes") == Some("passed"));
+    // The reasons name the run's host directory, which is gone again.
+    let reason = reason("malicious/path-absolute");
+    let host = reason
+        .split_whitespace()
+        .find(|w| w.contains("oci-blocks-conformance-host-"))
+        .unwrap_or_default();
+    let host = Path::new(host)
+        .parent()
+        .unwrap_or(Path::new("/nonexistent"));
+    ensure!(
+        host.is_absolute() && !host.exists(),
+        "{} is left: {reason}",
+        host.display()
+    );
+    Ok(())
+}
+
+#[test]
+fn recorded_outcomes_hold_a_run_in_both_directions() -> Result<()> {
+    workspace_binary("oci-blocks", "oci-blocks")?;
+    let tmp = tempfile::tempdir()?;
+    let expect = tmp.path().join("expected.toml");
+    let run = |expect: &Path| {
+        suite()
+            .args([
+                "unpack",
+                "--only",
+                "plain/whiteout",
+                "--command",
+                OCI_BLOCKS,
+                "--expect",
+            ])
+            .arg(expect)
+            .output()
+    };
+    // Recorded as failing, now passing: an improvement fails the run too.
+    fs::write(
+        &expect,
+        "[outcomes]\n\"plain/whiteout-file\" = \"failed\"\n\"plain/whiteout-directory\" = \"passed\"\n\"plain/whiteout-and-recreate\" = \"passed\"\n",
+    )?;
+    let out = run(&expect)?;
+    ensure!(out.status.code() == Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        err.contains("plain/whiteout-file: recorded failed, now passed"),
+        "{err}"
+    );
+
+    // A recorded test that no longer runs, and a new one without a record.
+    fs::write(
+        &expect,
+        "[outcomes]\n\"plain/whiteout-file\" = \"passed\"\n\"plain/whiteout-directory\" = \"passed\"\n\"plain/gone\" = \"passed\"\n",
+    )?;
+    let out = run(&expect)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1), "{}", text(&out));
+    ensure!(
+        err.contains("plain/gone: recorded, but no such test ran"),
+        "{err}"
+    );
+    ensure!(
+        err.contains("plain/whiteout-and-recreate: passed, and no outcome is recorded"),
+        "{err}"
+    );
+
+    // --record writes what --expect then accepts.
+    let out = suite()
+        .args([
+            "unpack",
+            "--only",
+            "plain/whiteout",
+            "--command",
+            OCI_BLOCKS,
+            "--record",
+        ])
+        .arg(&expect)
+        .output()?;
+    ensure!(out.status.success(), "{}", text(&out));
+    ensure!(run(&expect)?.status.success());
+
+    // A file that is not an expectations file is an error, not a pass.
+    fs::write(&expect, "outcomes = 3\n")?;
+    let out = run(&expect)?;
+    ensure!(out.status.code() == Some(2), "{}", text(&out));
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("not an expectations file"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unpacker_that_hangs_or_makes_no_tree_fails_with_the_reason() -> Result<()> {
+    let out = suite()
+        .args([
+            "unpack",
+            "--json",
+            "--timeout",
+            "1",
+            "--only",
+            "plain/files-and-modes",
+        ])
+        .args(["--command", "sleep 30 # {rootfs}"])
+        .output()?;
+    let report = json_report(&out)?;
+    ensure!(out.status.code() == Some(1), "{}", text(&out));
+    let reason = report["results"][0]["reason"].as_str().unwrap_or_default();
+    ensure!(reason.starts_with("killed after 1 s"), "{reason}");
+
+    let out = suite()
+        .args(["unpack", "--json", "--only", "malicious/source-missing"])
+        .args([
+            "--command",
+            "mkdir {rootfs} && touch {rootfs}/partial && false",
+        ])
+        .output()?;
+    let report = json_report(&out)?;
+    let reason = report["results"][0]["reason"].as_str().unwrap_or_default();
+    ensure!(
+        reason.contains("left a root filesystem with 1 entries"),
+        "{reason}"
+    );
+
+    let out = suite().args(["unpack", "--command", "true"]).output()?;
+    ensure!(out.status.code() == Some(2), "{}", text(&out));
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("no {rootfs}"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn vectors_are_written_whole_and_the_same_every_time() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for dir in [&a, &b] {
+        let out = suite()
+            .args(["vectors", "--platform", "linux/amd64", "--out"])
+            .arg(dir)
+            .output()?;
+        ensure!(out.status.success(), "{}", text(&out));
+    }
+    let files = |root: &Path| -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in fs::read_dir(&dir)? {
+                let p = e?.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let rel = p.strip_prefix(root)?.display().to_string();
+                    out.push((rel, fs::read(&p)?));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    };
+    let (fa, fb) = (files(&a)?, files(&b)?);
+    ensure!(fa == fb, "two runs wrote different vectors");
+    let n = vector_count()?;
+    let list: serde_json::Value = serde_json::from_slice(&fs::read(a.join("vectors.json"))?)?;
+    ensure!(list.as_array().map(Vec::len) == Some(n));
+
+    // Each vector is a layout that skopeo reads, with its expected tree.
+    let v: serde_json::Value =
+        serde_json::from_slice(&fs::read(a.join("imports/file/vector.json"))?)?;
+    ensure!(v["expect"] == "tree" && v["ref"] == "file", "{v:#}");
+    ensure!(v["tree"]["app/lib/guava.jar"]["mode"] == 0o640, "{v:#}");
+    ensure!(a.join("imports/file/layout/oci-layout").is_file());
+    if have(&["skopeo"])? {
+        let out = std::process::Command::new("skopeo")
+            .arg("inspect")
+            .arg("--raw")
+            .arg(format!(
+                "oci:{}:file",
+                a.join("imports/file/layout").display()
+            ))
+            .output()?;
+        ensure!(out.status.success(), "{}", text(&out));
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        ensure!(m["blocks"].as_array().map(Vec::len) == Some(1), "{m:#}");
+    }
+
+    // A directory that is not empty is refused, and left as it was.
+    let out = suite().args(["vectors", "--out"]).arg(&a).output()?;
+    ensure!(out.status.code() == Some(2), "{}", text(&out));
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("is not an empty directory"),
+        "{}",
+        text(&out)
+    );
+    ensure!(files(&a)? == fa);
+    Ok(())
+}
