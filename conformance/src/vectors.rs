@@ -24,27 +24,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
+use crate::names;
 use crate::tree::ExpectedEntry;
 
 include!(concat!(env!("OUT_DIR"), "/vectors.rs"));
-
-/// The media types and annotations the vectors use, as the proposal spells them.
-pub mod names {
-    /// OCI image manifest.
-    pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-    /// OCI image index.
-    pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
-    /// OCI image config.
-    pub const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-    /// The OCI empty descriptor's media type.
-    pub const EMPTY: &str = "application/vnd.oci.empty.v1+json";
-    /// The anchor's artifact type.
-    pub const ANCHOR_ARTIFACT: &str = "application/vnd.oci-blocks.anchor.v1";
-    /// The index annotation that marks the blocks manifest and the anchor.
-    pub const VARIANT: &str = "io.oci-blocks.variant";
-    /// The annotation that names a tag in `index.json`.
-    pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
-}
 
 /// The groups, in report order.
 pub const GROUPS: [&str; 4] = ["plain", "imports", "malicious", "fallback"];
@@ -473,7 +456,7 @@ impl Vector {
                         "anchor" => {
                             let mut d = anchor.descriptor();
                             d["platform"] = json!({"architecture": "unknown", "os": "unknown"});
-                            d["artifactType"] = json!(names::ANCHOR_ARTIFACT);
+                            d["artifactType"] = json!(names::ANCHOR_TYPE);
                             d["annotations"] = json!({names::VARIANT: "anchor"});
                             entries.push(d);
                         }
@@ -486,14 +469,14 @@ impl Vector {
                     }
                 }
                 w.json(
-                    names::INDEX,
-                    &json!({"schemaVersion": 2, "mediaType": names::INDEX, "manifests": entries}),
+                    names::OCI_INDEX,
+                    &json!({"schemaVersion": 2, "mediaType": names::OCI_INDEX, "manifests": entries}),
                 )?
             }
         };
         let mut d = top.descriptor();
         d["annotations"] = json!({names::REF_NAME: self.name()});
-        let index = json!({"schemaVersion": 2, "mediaType": names::INDEX, "manifests": [d]});
+        let index = json!({"schemaVersion": 2, "mediaType": names::OCI_INDEX, "manifests": [d]});
         std::fs::write(root.join("index.json"), serde_json::to_vec_pretty(&index)?)?;
         Ok(())
     }
@@ -528,33 +511,33 @@ impl Vector {
         if let Some(v) = &platform.variant {
             config["variant"] = json!(v);
         }
-        let config = w.json(names::CONFIG, &config)?;
+        let config = w.json(names::OCI_CONFIG, &config)?;
         let mut m = json!({
             "schemaVersion": 2,
-            "mediaType": names::MANIFEST,
+            "mediaType": names::OCI_MANIFEST,
             "config": config.descriptor(),
             "layers": descriptors,
         });
         if let Some(blocks) = blocks {
             m["blocks"] = Value::Array(blocks.to_vec());
         }
-        w.json(names::MANIFEST, &m)
+        w.json(names::OCI_MANIFEST, &m)
     }
 }
 
 /// The GC anchor: an artifact manifest whose layers are the blocks.
 fn anchor(w: &LayoutWriter<'_>, blocks: &[Value]) -> Result<Blob> {
-    let empty = w.blob(names::EMPTY, b"{}")?;
+    let empty = w.blob(names::OCI_EMPTY, b"{}")?;
     let layers: Vec<Value> = blocks
         .iter()
         .map(|b| json!({"mediaType": b["mediaType"], "digest": b["digest"], "size": b["size"]}))
         .collect();
     w.json(
-        names::MANIFEST,
+        names::OCI_MANIFEST,
         &json!({
             "schemaVersion": 2,
-            "mediaType": names::MANIFEST,
-            "artifactType": names::ANCHOR_ARTIFACT,
+            "mediaType": names::OCI_MANIFEST,
+            "artifactType": names::ANCHOR_TYPE,
             "config": empty.descriptor(),
             "layers": layers,
         }),

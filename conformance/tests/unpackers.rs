@@ -353,3 +353,44 @@ fn vectors_are_written_whole_and_the_same_every_time() -> Result<()> {
     ensure!(files(&a)? == fa);
     Ok(())
 }
+
+#[test]
+fn keep_leaves_each_work_directory_with_the_platform_and_the_output() -> Result<()> {
+    workspace_binary("oci-blocks", "oci-blocks")?;
+    let tmp = tempfile::tempdir()?;
+    let keep = tmp.path().join("kept");
+    let command = format!("echo {{platform}} > {{tmp}}/platform; echo unpacking; {OCI_BLOCKS}");
+    let out = suite()
+        .args([
+            "unpack",
+            "--only",
+            "fallback/multi-platform",
+            "--platform",
+            "linux/arm64/v8",
+        ])
+        .args(["--command", &command, "--keep"])
+        .arg(&keep)
+        .output()?;
+    let on_arm64 = std::env::consts::ARCH == "aarch64";
+    ensure!(
+        out.status.code() == Some(if on_arm64 { 0 } else { 1 }),
+        "{}",
+        text(&out)
+    );
+    let work = keep.join("fallback-multi-platform");
+    let platform = fs::read_to_string(work.join("tmp/platform"))?;
+    ensure!(platform.trim() == "linux/arm64/v8", "{platform}");
+    let log = fs::read_to_string(keep.join("fallback-multi-platform.log"))?;
+    ensure!(log.starts_with("unpacking\n"), "{log}");
+    ensure!(work.join("layout/index.json").is_file());
+    // The vectors target arm64 and this unpacker picks its own platform: on any
+    // other machine it finds no manifest for itself, and the failure says so.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !on_arm64 {
+        ensure!(
+            stdout.contains("FAIL  fallback/multi-platform: exited"),
+            "{stdout}"
+        );
+    }
+    Ok(())
+}

@@ -8,24 +8,10 @@
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
-/// OCI image manifest.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// OCI image config.
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-/// The OCI empty descriptor's media type.
-pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
-/// An uncompressed tar layer (and block).
-pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-/// An uncompressed tar layer with import entries.
-pub const IMPORT_LAYER_TAR: &str = "application/vnd.oci-blocks.image.layer.v1.tar";
-/// The artifact type of the GC anchor.
-pub const ANCHOR_TYPE: &str = "application/vnd.oci-blocks.anchor.v1";
-/// The annotation that marks the anchor and the blocks manifest in an index.
-pub const VARIANT: &str = "io.oci-blocks.variant";
-/// Media type of blobs that are not layers.
-pub const OCTET_STREAM: &str = "application/octet-stream";
+pub use crate::names::{
+    ANCHOR_TYPE, IMPORT_LAYER_TAR, LAYER_TAR, OCI_CONFIG, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST,
+    OCTET_STREAM, VARIANT,
+};
 
 /// `sha256:<hex>` of some bytes.
 pub fn sha256(bytes: &[u8]) -> String {

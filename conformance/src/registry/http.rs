@@ -227,7 +227,10 @@ impl Client {
             .http_status_as_error(false)
             .tls_config(tls.build())
             .accept_encoding(ureq::config::AutoHeaderValue::None)
-            .user_agent("oci-blocks-registry-conformance/0.1")
+            .user_agent(concat!(
+                "oci-blocks-conformance/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_global(Some(Duration::from_secs(300)))
             .build();
