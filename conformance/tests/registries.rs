@@ -125,18 +125,14 @@ fn oci_blocks_registry_passes_every_test() -> Result<()> {
         .output()?;
     ensure!(out.status.success(), "{}", text(&out));
     let report = json_report(&out)?;
-    for r in report["results"].as_array().into_iter().flatten() {
+    for r in results(&report) {
         let gc = r["id"] == "blocks/survive-gc" || r["id"] == "blocks/anchor-keeps-blocks";
         ensure!((r["status"] == "skipped") == gc, "{r}");
     }
     ensure!(
-        report["results"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|r| r["why"]
-                .as_str()
-                .is_some_and(|w| w.contains("--gc-command"))),
+        results(&report).any(|r| r["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("--gc-command"))),
         "{report:#}"
     );
 
@@ -153,10 +149,7 @@ fn oci_blocks_registry_passes_every_test() -> Result<()> {
         .output()?;
     ensure!(out.status.code() == Some(1), "{}", text(&out));
     let report = json_report(&out)?;
-    let failed: Vec<&str> = report["results"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let failed: Vec<&str> = results(&report)
         .filter(|r| r["status"] == "failed")
         .filter_map(|r| r["id"].as_str())
         .collect();
@@ -202,11 +195,7 @@ fn docker_registry_ends_as_recorded() -> Result<()> {
     ] {
         ensure!(status_of(&report, id) == Some("passed"), "{id}: {report:#}");
     }
-    let lost = report["results"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["id"] == "blocks/survive-gc")
+    let lost = result_of(&report, "blocks/survive-gc")
         .map(|r| r.to_string())
         .unwrap_or_default();
     ensure!(

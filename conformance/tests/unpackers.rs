@@ -77,7 +77,7 @@ fn umoci_ends_as_recorded_and_refuses_every_import_vector() -> Result<()> {
         .output()?;
     ensure!(out.status.success(), "{}", text(&out));
     let report = json_report(&out)?;
-    for r in report["results"].as_array().into_iter().flatten() {
+    for r in results(&report) {
         let id = r["id"].as_str().unwrap_or_default();
         let status = r["status"].as_str().unwrap_or_default();
         if id.starts_with("imports/") {
@@ -91,11 +91,7 @@ fn umoci_ends_as_recorded_and_refuses_every_import_vector() -> Result<()> {
     }
     // A stub layer with a standard media type is the silent failure the import
     // media type prevents: umoci succeeds and the imported file is missing.
-    let silent = report["results"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["id"] == "imports/standard-media-type");
+    let silent = result_of(&report, "imports/standard-media-type");
     let diff = silent.and_then(|r| r["diff"].as_str()).unwrap_or_default();
     ensure!(
         diff.contains("- lib/x.jar") && diff.contains("+ lib/.import.x.jar"),
@@ -118,11 +114,7 @@ fn a_naive_unpacker_is_caught_escaping_and_ignoring_whiteouts() -> Result<()> {
     let report = json_report(&out)?;
     let failed = |id: &str| status_of(&report, id) == Some("failed");
     let reason = |id: &str| -> String {
-        report["results"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["id"] == id)
+        result_of(&report, id)
             .map(|r| format!("{} {}", r["reason"], r["diff"]))
             .unwrap_or_default()
     };

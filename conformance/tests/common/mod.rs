@@ -108,11 +108,17 @@ pub fn json_report(out: &Output) -> Result<serde_json::Value> {
         .with_context(|| format!("not a JSON report:\n{}", text(out)))
 }
 
+/// Every result of a JSON report.
+pub fn results(report: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    report["results"].as_array().into_iter().flatten()
+}
+
+/// The result of test `id` in a JSON report.
+pub fn result_of<'a>(report: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
+    results(report).find(|r| r["id"] == id)
+}
+
 /// The status of test `id` in a JSON report.
 pub fn status_of<'a>(report: &'a serde_json::Value, id: &str) -> Option<&'a str> {
-    report["results"]
-        .as_array()?
-        .iter()
-        .find(|r| r["id"] == id)?["status"]
-        .as_str()
+    result_of(report, id)?["status"].as_str()
 }
