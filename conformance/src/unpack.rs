@@ -150,15 +150,21 @@ fn run_one(
     let log_path = base.join(format!("{}.log", vector.id.replace('/', "-")));
     let (status, log) = execute(&command, work, &log_path, options.timeout)?;
 
+    // The root filesystem is read once, for the containment checks and for
+    // the verdict.
+    let root = if rootfs.is_dir() {
+        Some(Tree::read(&rootfs)?)
+    } else {
+        None
+    };
     let places = Places {
         work,
         base,
         made,
         host,
         layout: &layout,
-        rootfs: &rootfs,
     };
-    let breaches = containment(vector, &places, &before)?;
+    let breaches = containment(vector, &places, &before, root.as_ref())?;
     if !breaches.is_empty() {
         return Ok(Outcome::Failed {
             reason: format!(
@@ -180,14 +186,14 @@ fn run_one(
             log_tail(&log)
         )),
         (ExpectResult::Tree, _) => {
-            if !rootfs.is_dir() {
+            let Some(root) = &root else {
                 return Ok(Outcome::failed(format!(
                     "exited 0 but created no root filesystem at {}\n{}",
                     rootfs.display(),
                     log_tail(&log)
                 )));
-            }
-            let lines = diff(&Tree::expected(&expect.tree)?, &Tree::read(&rootfs)?);
+            };
+            let lines = diff(&Tree::expected(&expect.tree)?, root);
             if lines.is_empty() {
                 Outcome::Passed
             } else {
@@ -205,11 +211,7 @@ fn run_one(
             expect.rule.as_deref().unwrap_or("see the vector")
         )),
         (ExpectResult::Fail, _) => {
-            let left = if rootfs.is_dir() {
-                Tree::read(&rootfs)?.nodes.len()
-            } else {
-                0
-            };
+            let left = root.as_ref().map_or(0, |r| r.nodes.len());
             if left > 0 || (rootfs.exists() && !rootfs.is_dir()) {
                 Outcome::failed(format!(
                     "refused the image but left a root filesystem with {left} entries: \
@@ -341,19 +343,22 @@ struct Places<'a> {
     host: &'a Path,
     /// `W/layout`.
     layout: &'a Path,
-    /// `W/rootfs`.
-    rootfs: &'a Path,
 }
 
-/// Every way the run left the root: one line each.
-fn containment(vector: &Vector, places: &Places<'_>, before: &Tree) -> Result<Vec<String>> {
+/// Every way the run left the root, given the layout's tree before the run
+/// and the root filesystem's after it: one line each.
+fn containment(
+    vector: &Vector,
+    places: &Places<'_>,
+    before: &Tree,
+    root: Option<&Tree>,
+) -> Result<Vec<String>> {
     let Places {
         work,
         base,
         made,
         host,
         layout,
-        rootfs,
     } = *places;
     let mut out = Vec::new();
     let allowed = ["layout", "rootfs", "tmp"];
@@ -378,9 +383,8 @@ fn containment(vector: &Vector, places: &Places<'_>, before: &Tree) -> Result<Ve
     for line in diff(before, &after) {
         out.push(format!("changed the image layout: {line}"));
     }
-    if rootfs.is_dir() {
+    if let Some(root) = root {
         let inodes: BTreeSet<&String> = after.links.values().collect();
-        let root = Tree::read(rootfs)?;
         for (path, inode) in &root.links {
             if inodes.contains(inode) {
                 out.push(format!(
