@@ -352,12 +352,16 @@ pub struct Expectations {
 }
 
 impl Expectations {
-    /// Reads an expectations file.
+    /// Reads an expectations file; one that records nothing is an error.
     pub fn load(path: &Path) -> Result<Expectations> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        toml::from_str(&text)
-            .with_context(|| format!("{}: not an expectations file", path.display()))
+        let e: Expectations = toml::from_str(&text)
+            .with_context(|| format!("{}: not an expectations file", path.display()))?;
+        if e.outcomes.is_empty() {
+            bail!("{}: records no outcome", path.display());
+        }
+        Ok(e)
     }
 
     /// The outcomes of `report`, to record.
@@ -421,14 +425,6 @@ pub fn write_file(path: &Path, text: &str) -> Result<()> {
     std::io::Write::write_all(&mut tmp, text.as_bytes())?;
     tmp.persist(path)
         .with_context(|| format!("write {}", path.display()))?;
-    Ok(())
-}
-
-/// Refuses an expectations file that records nothing.
-pub fn check_nonempty(e: &Expectations, path: &Path) -> Result<()> {
-    if e.outcomes.is_empty() {
-        bail!("{}: records no outcome", path.display());
-    }
     Ok(())
 }
 
@@ -541,7 +537,11 @@ mod tests {
         );
         let empty = Expectations::default();
         assert_eq!(empty.compare(&r).len(), 3);
-        assert!(check_nonempty(&empty, Path::new("x.toml")).is_err());
+        let tmp = tempfile::tempdir()?;
+        let file = tmp.path().join("x.toml");
+        std::fs::write(&file, "[outcomes]\n")?;
+        let err = Expectations::load(&file).err();
+        assert!(format!("{err:?}").contains("records no outcome"), "{err:?}");
         Ok(())
     }
 }
