@@ -5,56 +5,68 @@
 //! resolved as if the root were `/` (openat2 `RESOLVE_IN_ROOT` where the kernel
 //! has it, a checked component walk where it does not), so an absolute or `..`
 //! symlink planted by a lower layer is re-anchored at the root and never
-//! followed on the host. Entry names are cleaned lexically first (`..` cannot
-//! climb above the root). Whiteouts apply only to lower layers: a `.wh.` entry
-//! never removes what its own layer created, whichever comes first in the tar,
-//! and opaque whiteouts are applied when the layer ends. Directory times are set
-//! last, once every layer is in place.
+//! followed on the host. Entry names are cleaned and entry types classified by
+//! the core's [`oci_blocks_core::entry`], the same functions the validator
+//! uses, so both read the same archive. Whiteouts apply only to lower layers:
+//! a `.wh.` entry never removes what its own layer created, whichever comes
+//! first in the tar, and opaque whiteouts are applied when the layer ends.
+//! Directory times are set last, once every layer is in place.
+//!
+//! The same applier extracts blocks into the block store, with the rules of
+//! [`oci_blocks_core::block`] enforced: a block is as untrusted as a layer.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::fs::Permissions;
 use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use oci_blocks_core::import::{ImportEntry, import_name};
-use oci_blocks_core::names::{MAX_IMPORT_SIZE, OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
+use oci_blocks_core::block::BlockShape;
+use oci_blocks_core::entry::{self, Kind, Role};
+use oci_blocks_core::import::ImportEntry;
+use oci_blocks_core::limits::Limits;
+use oci_blocks_core::names::MAX_IMPORT_SIZE;
 use oci_blocks_core::tarcheck;
-use oci_blocks_core::validate::scan::is_unclean;
+use oci_blocks_core::validate::Rule;
 use pathrs::flags::OpenFlags;
 use pathrs::{InodeType, Root};
 
+use crate::store::{EntryMeta, Name};
 use crate::{Error, Result};
 
-/// Cleans a tar entry name into a path relative to the root: leading `/` and
-/// `./` dropped, `.` and empty components skipped, `..` clamped at the root.
-pub fn clean(raw: &[u8]) -> PathBuf {
-    let text = String::from_utf8_lossy(raw);
-    let mut out = PathBuf::new();
-    for c in Path::new(text.as_ref()).components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
+/// A cleaned path as a [`Path`].
+pub(crate) fn as_path(bytes: &[u8]) -> &Path {
+    Path::new(OsStr::from_bytes(bytes))
+}
+
+/// The tar header fields of an import entry that the directories it creates
+/// without an entry of their own take (`spec/imports.md`, "Metadata").
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImportHeader {
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Modification time.
+    pub mtime: u64,
 }
 
 /// Materializes import entries; the unpacker backs it with the block store.
 pub trait ImportSource {
-    /// Creates `target` (relative to the root) from `import`, and returns every
-    /// path it created, so whiteouts of the same layer leave them alone.
+    /// Creates `target` (cleaned, relative to the root) from `import`, and
+    /// returns every path it created (cleaned, relative to the root), so that
+    /// whiteouts of the same layer leave them alone.
     fn materialize(
         &mut self,
         root: &Root,
-        target: &Path,
+        target: &[u8],
         import: &ImportEntry,
+        header: &ImportHeader,
         subject: &str,
-    ) -> Result<Vec<PathBuf>>;
+    ) -> Result<Vec<Vec<u8>>>;
 }
 
 /// What applying layers did beyond the obvious.
@@ -132,52 +144,72 @@ pub(crate) fn set_xattrs(
     }
 }
 
-/// The metadata of one block entry, recorded when a block is extracted.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct EntryMeta {
-    /// `dir`, `file`, `symlink` or `hardlink`.
-    pub kind: String,
-    /// Permission bits.
-    pub mode: u32,
-    /// Owner.
-    pub uid: u64,
-    /// Group.
-    pub gid: u64,
-    /// Modification time.
-    pub mtime: u64,
-    /// Link target (symlinks as written; hard links as a cleaned block path).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub link: Option<String>,
-    /// Extended attributes, restored on materialization.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub xattrs: Vec<(String, Vec<u8>)>,
+/// The paths one layer made, for its whiteouts: they never hide them.
+#[derive(Default)]
+struct Own(BTreeSet<Vec<u8>>);
+
+impl Own {
+    fn insert(&mut self, path: Vec<u8>) {
+        self.0.insert(path);
+    }
+
+    fn contains(&self, path: &[u8]) -> bool {
+        self.0.contains(path)
+    }
+
+    /// Whether the layer made `path` or anything below it.
+    fn any_at_or_below(&self, path: &[u8]) -> bool {
+        if path.is_empty() {
+            return !self.0.is_empty();
+        }
+        if self.contains(path) {
+            return true;
+        }
+        let below = [path, b"/"].concat();
+        self.0
+            .range(below.clone()..)
+            .next()
+            .is_some_and(|p| p.starts_with(&below))
+    }
+}
+
+/// A block being extracted: its shape, the metadata of every entry, and the
+/// hard links, which are made once every entry is in place so that any
+/// order works.
+#[derive(Default)]
+struct BlockRecord {
+    shape: BlockShape,
+    entries: Vec<EntryMeta>,
+    links: Vec<(Vec<u8>, Vec<u8>, String)>,
 }
 
 /// Applies layers to one root, in order.
 pub struct Applier<'r> {
     root: &'r Root,
     privileged: bool,
+    limits: Limits,
     /// Directories' final modes and times, applied last. Without privilege a
     /// directory stays owner-writable until then (as `umoci --rootless` does),
     /// so that a read-only directory of a lower layer can still be filled.
-    dir_times: Vec<(PathBuf, u32, u64)>,
-    /// When set, the tar is a block: whiteouts and import entries are refused
-    /// and every entry's metadata is recorded here.
-    block: Option<Vec<(PathBuf, EntryMeta)>>,
+    dir_times: Vec<(Vec<u8>, u32, u64)>,
+    /// When set, the tar is a block: what a block may hold is enforced and
+    /// every entry's metadata is recorded here.
+    block: Option<BlockRecord>,
     /// Directories known to exist, so that parents are not re-created (and
     /// re-resolved) for every file.
-    known_dirs: HashSet<PathBuf>,
+    known_dirs: BTreeSet<Vec<u8>>,
     /// What was done.
     pub report: ApplyReport,
 }
 
-fn exists(root: &Root, path: &Path) -> bool {
-    root.resolve_nofollow(path).is_ok()
+fn exists(root: &Root, path: &[u8]) -> bool {
+    root.resolve_nofollow(as_path(path)).is_ok()
 }
 
 /// Whether `path` is a directory (not a link to one) inside the root.
-pub(crate) fn is_dir(root: &Root, path: &Path) -> bool {
-    root.resolve_nofollow(path)
+pub(crate) fn is_dir(root: &Root, path: &[u8]) -> bool {
+    let at = if path.is_empty() { b"." as &[u8] } else { path };
+    root.resolve_nofollow(as_path(at))
         .and_then(|h| {
             h.reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY | OpenFlags::O_NOFOLLOW)
         })
@@ -185,58 +217,87 @@ pub(crate) fn is_dir(root: &Root, path: &Path) -> bool {
 }
 
 impl<'r> Applier<'r> {
-    /// An applier for `root`; ownership and device nodes are applied only when
-    /// running as root.
-    pub fn new(root: &'r Root) -> Self {
+    /// An applier for `root` within `limits`; ownership and device nodes are
+    /// applied only when running as root.
+    pub fn new(root: &'r Root, limits: Limits) -> Self {
         Applier {
             root,
             privileged: rustix::process::geteuid().is_root(),
+            limits,
             dir_times: Vec::new(),
             block: None,
-            known_dirs: HashSet::new(),
+            known_dirs: BTreeSet::new(),
             report: ApplyReport::default(),
         }
     }
 
-    /// An applier for extracting a block: it refuses whiteouts and import
-    /// entries and records every entry's metadata.
-    pub fn for_block(root: &'r Root) -> Self {
-        let mut a = Applier::new(root);
-        a.block = Some(Vec::new());
+    /// An applier for extracting a block: it refuses what a block may not
+    /// hold, keeps files without write permission, and records every entry's
+    /// metadata.
+    pub fn for_block(root: &'r Root, limits: Limits) -> Self {
+        let mut a = Applier::new(root, limits);
+        a.block = Some(BlockRecord::default());
         a
     }
 
-    /// The metadata recorded by a block applier.
-    pub fn recorded(&mut self) -> Vec<(PathBuf, EntryMeta)> {
-        self.block.take().unwrap_or_default()
+    /// For a block: makes its hard links, checks the rules that need the
+    /// whole block, and returns its entries' metadata, sorted by path.
+    pub fn finish_block(&mut self, subject: &str) -> Result<Vec<EntryMeta>> {
+        let Some(record) = self.block.take() else {
+            return Ok(Vec::new());
+        };
+        if let Some(p) = record.shape.finish().into_iter().next() {
+            return Err(Error::invalid(
+                format!("{subject}: entry {}", p.entry),
+                format!("{} [{}]", p.reason, p.rule),
+            ));
+        }
+        for (path, target, shown) in &record.links {
+            self.root
+                .create(
+                    as_path(path),
+                    &InodeType::Hardlink(as_path(target).to_path_buf()),
+                )
+                .map_err(|e| Error::in_root(format!("{subject}: creating hard link {shown}"), e))?;
+        }
+        let mut entries = record.entries;
+        entries.sort_by(|a, b| a.path.0.cmp(&b.path.0));
+        Ok(entries)
     }
 
-    fn remove(&mut self, path: &Path) -> Result<()> {
-        if path.as_os_str().is_empty() || !exists(self.root, path) {
+    fn remove(&mut self, path: &[u8]) -> Result<()> {
+        if path.is_empty() || !exists(self.root, path) {
             return Ok(());
         }
-        self.known_dirs.retain(|d| !d.starts_with(path));
+        let below = [path, b"/"].concat();
+        self.known_dirs
+            .retain(|d| d.as_slice() != path && !d.starts_with(&below));
         self.root
-            .remove_all(path)
-            .map_err(|e| Error::in_root(format!("removing {}", path.display()), e))
+            .remove_all(as_path(path))
+            .map_err(|e| Error::in_root(format!("removing {}", as_path(path).display()), e))
     }
 
-    fn parent_dirs(&mut self, path: &Path) -> Result<()> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if self.known_dirs.contains(parent) {
-                return Ok(());
+    fn parent_dirs(&mut self, path: &[u8]) -> Result<()> {
+        let parent = entry::clean(path);
+        let parent = parent.parent();
+        if parent.is_empty() || self.known_dirs.contains(parent) {
+            return Ok(());
+        }
+        self.root
+            .mkdir_all(as_path(parent), &Permissions::from_mode(0o755))
+            .map_err(|e| {
+                Error::in_root(
+                    format!("creating the parents of {}", as_path(path).display()),
+                    e,
+                )
+            })?;
+        let mut p = parent;
+        loop {
+            self.known_dirs.insert(p.to_vec());
+            match p.iter().rposition(|&b| b == b'/') {
+                Some(i) => p = &p[..i],
+                None => break,
             }
-            self.root
-                .mkdir_all(parent, &Permissions::from_mode(0o755))
-                .map_err(|e| {
-                    Error::in_root(format!("creating the parents of {}", path.display()), e)
-                })?;
-            self.known_dirs.extend(
-                parent
-                    .ancestors()
-                    .filter(|a| !a.as_os_str().is_empty())
-                    .map(Path::to_path_buf),
-            );
         }
         Ok(())
     }
@@ -249,161 +310,194 @@ impl<'r> Applier<'r> {
         mut imports: Option<&mut dyn ImportSource>,
         subject: &str,
     ) -> Result<()> {
-        let mut created: HashSet<PathBuf> = HashSet::new();
-        let mut opaque: Vec<PathBuf> = Vec::new();
+        let mut own = Own::default();
+        let mut opaque: Vec<Vec<u8>> = Vec::new();
         // Import targets of this layer: no other entry of the layer may be
         // at or below one ([import.conflict]).
-        let mut imported: Vec<PathBuf> = Vec::new();
+        let mut imported: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut import_count = 0u64;
         let mut archive = tar::Archive::new(stream);
         let entries = archive
             .entries()
             .map_err(|e| Error::invalid(subject, format!("not a tar archive: {e}")))?;
         for entry in entries {
-            let mut entry =
-                entry.map_err(|e| Error::invalid(subject, format!("malformed tar: {e}")))?;
-            tarcheck::check_entry_size(&entry).map_err(|e| {
-                Error::invalid(subject, format!("malformed tar: {e} [layer.tar-malformed]"))
+            let mut entry = entry.map_err(|e| tar_error(subject, e))?;
+            tarcheck::check_entry(&mut entry).map_err(|e| {
+                Error::invalid(
+                    subject,
+                    format!("malformed tar: {e} [{}]", Rule::LayerTarMalformed),
+                )
             })?;
             let raw = entry.path_bytes().into_owned();
-            let path = clean(&raw);
             let shown = String::from_utf8_lossy(&raw).into_owned();
-            self.report.entries += 1;
-            let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-                continue; // the root itself
-            };
-            let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            if self.block.is_some() {
-                let esubject = format!("{subject}: entry {shown}");
-                if name.starts_with(WHITEOUT_PREFIX) {
-                    return Err(Error::invalid(
-                        esubject,
-                        "a block must not contain whiteouts [block.whiteout]",
-                    ));
-                }
-                if import_name(&name).is_some() {
-                    return Err(Error::invalid(
-                        esubject,
-                        "a block must not contain import entries [block.import-entry]",
-                    ));
-                }
-                let unclean = |p: &[u8]| is_unclean(&String::from_utf8_lossy(p));
-                let link_unclean = entry.header().entry_type().is_hard_link()
-                    && entry.link_name_bytes().is_some_and(|l| unclean(&l));
-                if unclean(&raw) || link_unclean {
-                    return Err(Error::invalid(
-                        esubject,
-                        "a block path must be relative and must not contain `..` [block.path-unclean]",
-                    ));
+            let esubject = format!("{subject}: entry {shown}");
+            let kind = entry::kind(entry.header().entry_type());
+            if let Some(block) = &mut self.block {
+                let link = entry.link_name_bytes().map(|l| l.into_owned());
+                if !block.shape.add(&raw, kind.clone(), link.as_deref()) {
+                    let shape = std::mem::take(&mut block.shape);
+                    let p = shape.finish().into_iter().next();
+                    return Err(match p {
+                        Some(p) => Error::invalid(
+                            format!("{subject}: entry {}", p.entry),
+                            format!("{} [{}]", p.reason, p.rule),
+                        ),
+                        None => Error::invalid(esubject, "not something a block may hold"),
+                    });
                 }
             }
-            if name == OPAQUE_WHITEOUT {
-                opaque.push(parent);
-                continue;
-            }
-            if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-                let target = parent.join(hidden);
-                if hidden.is_empty() || hidden == "." || hidden == ".." {
+            let kind = match kind {
+                Ok(Kind::GlobalHeader) => continue,
+                Ok(k) => k,
+                Err(why) => {
                     return Err(Error::invalid(
-                        format!("{subject}: entry {shown}"),
-                        "a whiteout must name a file",
-                    ));
-                }
-                let own = created.iter().any(|c| c.starts_with(&target));
-                if !own {
-                    self.remove(&target)?;
-                } else if is_dir(self.root, &target) {
-                    // This layer already put something at or below the
-                    // whited-out path: what lower layers had there is still
-                    // hidden, as by an opaque whiteout, and the layer's own
-                    // entries stay.
-                    opaque.push(target);
-                }
-                continue;
-            }
-            if let (Some(source), Some(import)) = (imports.as_deref_mut(), import_name(&name)) {
-                let esubject = format!("{subject}: entry {shown}");
-                let target_name = import.map_err(|e| Error::invalid(&esubject, e.to_string()))?;
-                if !entry.header().entry_type().is_file() {
-                    return Err(Error::invalid(
-                        &esubject,
-                        "an import entry must be a regular file",
-                    ));
-                }
-                if entry.size() > MAX_IMPORT_SIZE {
-                    return Err(Error::invalid(
-                        &esubject,
-                        format!("{} bytes, more than {MAX_IMPORT_SIZE}", entry.size()),
-                    ));
-                }
-                let mut content = Vec::new();
-                entry
-                    .read_to_end(&mut content)
-                    .map_err(|e| Error::invalid(&esubject, e.to_string()))?;
-                let parsed = ImportEntry::parse(&content)
-                    .map_err(|e| Error::invalid(&esubject, e.to_string()))?;
-                let target = parent.join(target_name);
-                if created.iter().any(|c| c.starts_with(&target)) {
-                    return Err(Error::invalid(
-                        &esubject,
+                        esubject,
                         format!(
-                            "the layer also holds {} [import.conflict]",
-                            target.display()
+                            "{why}, which this unpacker does not apply [{}]",
+                            Rule::LayerEntryType
                         ),
                     ));
                 }
-                self.parent_dirs(&target)?;
-                self.known_dirs.retain(|d| !d.starts_with(&target));
-                let made = source.materialize(self.root, &target, &parsed, &esubject)?;
-                created.extend(made);
-                imported.push(target);
-                self.report.imports += 1;
-                continue;
+            };
+            let name = entry::clean(&raw);
+            self.report.entries += 1;
+            let role = entry::role(&name);
+            let path = name.path.clone();
+            let parent = name.parent().to_vec();
+            match role {
+                Role::Root => continue,
+                Role::Opaque if self.block.is_none() => {
+                    opaque.push(parent);
+                    continue;
+                }
+                Role::Whiteout(hidden) if self.block.is_none() => {
+                    if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                        return Err(Error::invalid(esubject, "a whiteout must name a file"));
+                    }
+                    let target = entry::join(&parent, &hidden);
+                    if !own.any_at_or_below(&target) {
+                        self.remove(&target)?;
+                    } else if is_dir(self.root, &target) {
+                        // This layer already put something at or below the
+                        // whited-out path: what lower layers had there is still
+                        // hidden, as by an opaque whiteout, and the layer's own
+                        // entries stay.
+                        opaque.push(target);
+                    }
+                    continue;
+                }
+                Role::Import(named) if imports.is_some() => {
+                    let source = imports
+                        .as_deref_mut()
+                        .ok_or_else(|| Error::invalid(&esubject, "no import source"))?;
+                    let target_name = named
+                        .map_err(|e| Error::invalid(&esubject, format!("{e} [{}]", e.rule())))?;
+                    if kind != Kind::File {
+                        return Err(Error::invalid(
+                            &esubject,
+                            format!(
+                                "an import entry must be a regular file, not a {} [{}]",
+                                kind.describe(),
+                                Rule::ImportEntryType
+                            ),
+                        ));
+                    }
+                    if entry.size() > MAX_IMPORT_SIZE {
+                        return Err(Error::invalid(
+                            &esubject,
+                            format!(
+                                "{} bytes, more than {MAX_IMPORT_SIZE} [{}]",
+                                entry.size(),
+                                Rule::ImportTooLarge
+                            ),
+                        ));
+                    }
+                    import_count += 1;
+                    self.limits
+                        .check_imports_per_layer(subject, import_count)
+                        .map_err(|e| {
+                            Error::invalid(&esubject, format!("{e} [{}]", Rule::LimitExceeded))
+                        })?;
+                    let header = ImportHeader {
+                        uid: entry.header().uid().unwrap_or(0),
+                        gid: entry.header().gid().unwrap_or(0),
+                        mtime: entry.header().mtime().unwrap_or(0),
+                    };
+                    let mut content = Vec::new();
+                    entry
+                        .read_to_end(&mut content)
+                        .map_err(|e| Error::invalid(&esubject, e.to_string()))?;
+                    let parsed = ImportEntry::parse(&content)
+                        .map_err(|e| Error::invalid(&esubject, format!("{e} [{}]", e.rule())))?;
+                    let target = entry::join(&parent, &target_name);
+                    if own.any_at_or_below(&target) {
+                        return Err(Error::invalid(
+                            &esubject,
+                            format!(
+                                "the layer also holds {} [{}]",
+                                as_path(&target).display(),
+                                Rule::ImportConflict
+                            ),
+                        ));
+                    }
+                    self.parent_dirs(&target)?;
+                    let below = [&target[..], b"/"].concat();
+                    self.known_dirs
+                        .retain(|d| *d != target && !d.starts_with(&below));
+                    let made =
+                        source.materialize(self.root, &target, &parsed, &header, &esubject)?;
+                    for p in made {
+                        own.insert(p);
+                    }
+                    imported.insert(target);
+                    self.report.imports += 1;
+                    continue;
+                }
+                _ => {}
             }
-            if let Some(t) = imported.iter().find(|t| path.starts_with(t)) {
+            if let Some(t) = conflicting_import(&imported, &path) {
                 return Err(Error::invalid(
-                    format!("{subject}: entry {shown}"),
-                    format!("the layer also imports {} [import.conflict]", t.display()),
+                    esubject,
+                    format!(
+                        "the layer also imports {} [{}]",
+                        as_path(t).display(),
+                        Rule::ImportConflict
+                    ),
                 ));
             }
-            self.apply_entry(&mut entry, &path, &shown, subject)?;
-            created.insert(path);
+            self.apply_entry(&mut entry, kind, &path, &esubject)?;
+            own.insert(path);
         }
         tarcheck::check_end(archive.into_inner()).map_err(|e| {
-            Error::invalid(subject, format!("malformed tar: {e} [layer.tar-malformed]"))
+            Error::invalid(
+                subject,
+                format!("malformed tar: {e} [{}]", Rule::LayerTarMalformed),
+            )
         })?;
         for dir in opaque {
-            self.clear_lower(&dir, &created)?;
+            self.clear_lower(&dir, &own)?;
         }
         Ok(())
     }
 
     /// Removes what lower layers put under `dir`, keeping what this layer made.
-    fn clear_lower(&mut self, dir: &Path, created: &HashSet<PathBuf>) -> Result<()> {
-        let at = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        let Ok(handle) = self.root.resolve_nofollow(at) else {
+    fn clear_lower(&mut self, dir: &[u8], own: &Own) -> Result<()> {
+        let at: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let Ok(handle) = self.root.resolve_nofollow(as_path(at)) else {
             return Ok(());
         };
         let Ok(file) = handle.reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY) else {
             return Ok(());
         };
-        let names: Vec<PathBuf> = rustix::fs::Dir::read_from(&file)
-            .map_err(|e| Error::io(dir, e.into()))?
-            .filter_map(|e| e.ok())
-            .map(|e| PathBuf::from(String::from_utf8_lossy(e.file_name().to_bytes()).into_owned()))
-            .filter(|n| n.as_os_str() != "." && n.as_os_str() != "..")
-            .collect();
+        let names = crate::fsat::list(&file).map_err(|e| Error::io(as_path(dir), e))?;
         for name in names {
-            let child = dir.join(&name);
-            if created.contains(&child) {
+            let child = entry::join(dir, &name);
+            if own.contains(&child) {
                 if is_dir(self.root, &child) {
-                    self.clear_lower(&child, created)?;
+                    self.clear_lower(&child, own)?;
                 }
-            } else if created.iter().any(|c| c.starts_with(&child)) {
-                self.clear_lower(&child, created)?;
+            } else if own.any_at_or_below(&child) {
+                self.clear_lower(&child, own)?;
             } else {
                 self.remove(&child)?;
             }
@@ -414,174 +508,166 @@ impl<'r> Applier<'r> {
     fn apply_entry(
         &mut self,
         entry: &mut tar::Entry<'_, impl Read>,
-        path: &Path,
-        shown: &str,
-        subject: &str,
+        kind: Kind,
+        path: &[u8],
+        esubject: &str,
     ) -> Result<()> {
         let header = entry.header();
-        let kind = header.entry_type();
-        let esubject = format!("{subject}: entry {shown}");
         let mode = header
             .mode()
-            .map_err(|e| Error::invalid(&esubject, e.to_string()))?
+            .map_err(|e| Error::invalid(esubject, e.to_string()))?
             & 0o7777;
         let mtime = header.mtime().unwrap_or(0);
         let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
-        let xattrs = xattrs_of(entry, &esubject)?;
+        let size = entry.size();
+        let xattrs = xattrs_of(entry, esubject)?;
         let header = entry.header();
+        let shown = as_path(path).display().to_string();
         let in_root = |what: &'static str| {
-            let p = path.display().to_string();
+            let p = shown.clone();
             move |e| Error::in_root(format!("{what} {p}"), e)
         };
-        if let Some(recorded) = &mut self.block {
-            let kind_name = match kind {
-                k if k.is_dir() => "dir",
-                k if k.is_symlink() => "symlink",
-                k if k.is_hard_link() => "hardlink",
-                k if k.is_file() || k == tar::EntryType::Continuous => "file",
-                _ => {
-                    return Err(Error::invalid(
-                        &esubject,
-                        format!("a block holds files, directories and links, not {kind:?}"),
-                    ));
-                }
-            };
-            let link = entry.link_name_bytes().map(|l| {
-                if kind.is_hard_link() {
-                    clean(&l).display().to_string()
-                } else {
-                    String::from_utf8_lossy(&l).into_owned()
-                }
+        let fs_path = as_path(path);
+        let link = entry.link_name_bytes().map(|l| l.into_owned());
+        if let Some(record) = &mut self.block {
+            record.entries.push(EntryMeta {
+                path: Name(path.to_vec()),
+                kind,
+                mode,
+                uid,
+                gid,
+                mtime,
+                size: if kind == Kind::File { size } else { 0 },
+                link: link.as_ref().map(|l| {
+                    Name(if kind == Kind::HardLink {
+                        entry::clean(l).path
+                    } else {
+                        l.clone()
+                    })
+                }),
+                xattrs: xattrs.clone(),
             });
-            recorded.push((
-                path.to_path_buf(),
-                EntryMeta {
-                    kind: kind_name.into(),
-                    mode,
-                    uid,
-                    gid,
-                    mtime,
-                    link,
-                    xattrs: xattrs.clone(),
-                },
-            ));
         }
-        if kind.is_dir() {
+        if kind == Kind::Dir {
             if !is_dir(self.root, path) {
                 self.remove(path)?;
             }
             let handle = self
                 .root
-                .mkdir_all(path, &Permissions::from_mode(0o700))
+                .mkdir_all(fs_path, &Permissions::from_mode(0o700))
                 .map_err(in_root("creating directory"))?;
             let dir = handle
                 .reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY)
                 .map_err(in_root("opening directory"))?;
-            self.known_dirs.insert(path.to_path_buf());
+            self.known_dirs.insert(path.to_vec());
             if self.privileged {
                 std::os::unix::fs::fchown(&dir, Some(uid as u32), Some(gid as u32))
-                    .map_err(|e| Error::io(path, e))?;
+                    .map_err(|e| Error::io(fs_path, e))?;
             }
             let now = if self.privileged { mode } else { mode | 0o700 };
             dir.set_permissions(Permissions::from_mode(now))
-                .map_err(|e| Error::io(path, e))?;
+                .map_err(|e| Error::io(fs_path, e))?;
             set_xattrs(
                 &dir,
-                path,
+                fs_path,
                 &xattrs,
                 self.privileged,
                 &mut self.report.skipped_xattrs,
             );
-            self.dir_times.push((path.to_path_buf(), mode, mtime));
+            self.dir_times.push((path.to_vec(), mode, mtime));
             return Ok(());
         }
         self.remove(path)?;
         self.parent_dirs(path)?;
-        if kind.is_file() || kind == tar::EntryType::Continuous {
-            let mut file = self
-                .root
-                .create_file(
-                    path,
-                    OpenFlags::O_WRONLY | OpenFlags::O_EXCL | OpenFlags::O_NOFOLLOW,
-                    &Permissions::from_mode(0o600),
-                )
-                .map_err(in_root("creating file"))?;
-            io::copy(entry, &mut file)
-                .map_err(|e| Error::invalid(&esubject, format!("content unreadable: {e}")))?;
-            // Ownership first: a chown clears set-id bits and capabilities.
-            if self.privileged {
-                std::os::unix::fs::fchown(&file, Some(uid as u32), Some(gid as u32))
-                    .map_err(|e| Error::io(path, e))?;
+        match kind {
+            Kind::File => {
+                let mut file = self
+                    .root
+                    .create_file(
+                        fs_path,
+                        OpenFlags::O_WRONLY | OpenFlags::O_EXCL | OpenFlags::O_NOFOLLOW,
+                        &Permissions::from_mode(0o600),
+                    )
+                    .map_err(in_root("creating file"))?;
+                io::copy(entry, &mut file).map_err(|e| tar_error(esubject, e))?;
+                // Ownership first: a chown clears set-id bits and capabilities.
+                if self.privileged {
+                    std::os::unix::fs::fchown(&file, Some(uid as u32), Some(gid as u32))
+                        .map_err(|e| Error::io(fs_path, e))?;
+                }
+                // The block store's files are never written after extraction.
+                let kept = if self.block.is_some() {
+                    mode & 0o7555
+                } else {
+                    mode
+                };
+                file.set_permissions(Permissions::from_mode(kept))
+                    .map_err(|e| Error::io(fs_path, e))?;
+                set_xattrs(
+                    &file,
+                    fs_path,
+                    &xattrs,
+                    self.privileged,
+                    &mut self.report.skipped_xattrs,
+                );
+                file.set_modified(UNIX_EPOCH + Duration::from_secs(mtime))
+                    .map_err(|e| Error::io(fs_path, e))?;
             }
-            file.set_permissions(Permissions::from_mode(mode))
-                .map_err(|e| Error::io(path, e))?;
-            set_xattrs(
-                &file,
-                path,
-                &xattrs,
-                self.privileged,
-                &mut self.report.skipped_xattrs,
-            );
-            file.set_modified(UNIX_EPOCH + Duration::from_secs(mtime))
-                .map_err(|e| Error::io(path, e))?;
-        } else if kind.is_symlink() {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| Error::invalid(&esubject, "a symlink without a target"))?;
-            let target = PathBuf::from(String::from_utf8_lossy(&target).into_owned());
-            self.root
-                .create(path, &InodeType::Symlink(target))
-                .map_err(in_root("creating symlink"))?;
-            for (name, _) in &xattrs {
-                let why = "not restored on symlinks";
-                (self.report.skipped_xattrs).push(format!("{}: {name} ({why})", path.display()));
+            Kind::Symlink => {
+                let target =
+                    link.ok_or_else(|| Error::invalid(esubject, "a symlink without a target"))?;
+                self.root
+                    .create(fs_path, &InodeType::Symlink(as_path(&target).to_path_buf()))
+                    .map_err(in_root("creating symlink"))?;
+                for (name, _) in &xattrs {
+                    let why = "not restored on symlinks";
+                    (self.report.skipped_xattrs).push(format!("{shown}: {name} ({why})"));
+                }
             }
-        } else if kind.is_hard_link() {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| Error::invalid(&esubject, "a hard link without a target"))?;
-            let target = clean(&target);
-            if target.as_os_str().is_empty() {
-                return Err(Error::invalid(&esubject, "a hard link to the root"));
+            Kind::HardLink => {
+                let target =
+                    link.ok_or_else(|| Error::invalid(esubject, "a hard link without a target"))?;
+                let target = entry::clean(&target).path;
+                if target.is_empty() {
+                    return Err(Error::invalid(esubject, "a hard link to the root"));
+                }
+                if let Some(record) = &mut self.block {
+                    // Made at the end, so that a link may come before its target.
+                    record.links.push((path.to_vec(), target, shown));
+                    return Ok(());
+                }
+                self.root
+                    .create(
+                        fs_path,
+                        &InodeType::Hardlink(as_path(&target).to_path_buf()),
+                    )
+                    .map_err(in_root("creating hard link"))?;
             }
-            self.root
-                .create(path, &InodeType::Hardlink(target))
-                .map_err(in_root("creating hard link"))?;
-        } else if kind.is_fifo() {
-            self.root
-                .create(path, &InodeType::Fifo(Permissions::from_mode(mode)))
-                .map_err(in_root("creating fifo"))?;
-        } else if kind.is_character_special() || kind.is_block_special() {
-            if !self.privileged {
-                self.report.skipped_devices.push(path.display().to_string());
-                return Ok(());
+            Kind::Fifo => {
+                self.root
+                    .create(fs_path, &InodeType::Fifo(Permissions::from_mode(mode)))
+                    .map_err(in_root("creating fifo"))?;
             }
-            let dev = rustix::fs::makedev(
-                header.device_major().ok().flatten().unwrap_or(0),
-                header.device_minor().ok().flatten().unwrap_or(0),
-            );
-            let perm = Permissions::from_mode(mode);
-            let inode = if kind.is_character_special() {
-                InodeType::CharacterDevice(perm, dev)
-            } else {
-                InodeType::BlockDevice(perm, dev)
-            };
-            self.root
-                .create(path, &inode)
-                .map_err(in_root("creating device"))?;
-        } else if matches!(
-            kind,
-            tar::EntryType::XGlobalHeader
-                | tar::EntryType::XHeader
-                | tar::EntryType::GNULongName
-                | tar::EntryType::GNULongLink
-        ) {
-            // Metadata entries the tar reader has already applied.
-        } else {
-            return Err(Error::invalid(
-                &esubject,
-                format!("unsupported entry type {kind:?}"),
-            ));
+            Kind::CharDevice | Kind::BlockDevice => {
+                if !self.privileged {
+                    self.report.skipped_devices.push(shown);
+                    return Ok(());
+                }
+                let dev = rustix::fs::makedev(
+                    header.device_major().ok().flatten().unwrap_or(0),
+                    header.device_minor().ok().flatten().unwrap_or(0),
+                );
+                let perm = Permissions::from_mode(mode);
+                let inode = if kind == Kind::CharDevice {
+                    InodeType::CharacterDevice(perm, dev)
+                } else {
+                    InodeType::BlockDevice(perm, dev)
+                };
+                self.root
+                    .create(fs_path, &inode)
+                    .map_err(in_root("creating device"))?;
+            }
+            Kind::Dir | Kind::GlobalHeader => {}
         }
         Ok(())
     }
@@ -589,7 +675,7 @@ impl<'r> Applier<'r> {
     /// Sets directory times (last, so that later entries do not bump them) and
     /// returns what was done.
     pub fn finish(self) -> Result<ApplyReport> {
-        let mut done = HashSet::new();
+        let mut done = BTreeSet::new();
         // Deepest last-declared first; a directory declared again by a later
         // layer takes that layer's mode and time.
         for (path, mode, mtime) in self.dir_times.iter().rev() {
@@ -598,16 +684,44 @@ impl<'r> Applier<'r> {
             }
             if let Ok(dir) = self
                 .root
-                .resolve_nofollow(path)
+                .resolve_nofollow(as_path(path))
                 .and_then(|h| h.reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY))
             {
                 if !self.privileged {
                     dir.set_permissions(Permissions::from_mode(*mode))
-                        .map_err(|e| Error::io(path, e))?;
+                        .map_err(|e| Error::io(as_path(path), e))?;
                 }
                 let _ = dir.set_modified(UNIX_EPOCH + Duration::from_secs(*mtime));
             }
         }
         Ok(self.report)
+    }
+}
+
+/// The import target of this layer at or above `path`, if any.
+fn conflicting_import<'a>(imported: &'a BTreeSet<Vec<u8>>, path: &[u8]) -> Option<&'a Vec<u8>> {
+    let mut p = path;
+    loop {
+        if let Some(t) = imported.get(p) {
+            return Some(t);
+        }
+        match p.iter().rposition(|&b| b == b'/') {
+            Some(i) => p = &p[..i],
+            None => return None,
+        }
+    }
+}
+
+/// A tar read failure, naming a bound it hit when it was one.
+pub(crate) fn tar_error(subject: &str, e: io::Error) -> Error {
+    match oci_blocks_core::limits::exceeded_in(&e) {
+        Some(bound) => Error::invalid(subject, format!("{bound} [{}]", Rule::LimitExceeded)),
+        None => match oci_blocks_core::digest::verification_error(&e) {
+            Some(inner) => Error::invalid(subject, inner.to_string()),
+            None => Error::invalid(
+                subject,
+                format!("malformed tar: {e} [{}]", Rule::LayerTarMalformed),
+            ),
+        },
     }
 }

@@ -4,8 +4,10 @@
 //! - [`apply`] applies layers as the image-spec says, every path resolved inside
 //!   the root filesystem through `pathrs` (in-root resolution: symlinks planted by
 //!   an image are re-anchored at the root, never followed on the host).
-//! - [`store`] verifies each block once, extracts it once, and keeps it for
-//!   every image that imports from it.
+//! - [`store`] verifies each block once, extracts it once (as untrusted as a
+//!   layer), and keeps it for every image that imports from it; imports are
+//!   materialized from it below an open directory, following no symlink
+//!   ([`fsat`]).
 //! - [`unpack`] picks the manifest (the blocks variant of a fallback index),
 //!   verifies every blob and diff ID while streaming, materializes imports, and
 //!   renames the finished root filesystem into place.
@@ -15,6 +17,9 @@
 pub mod apply;
 pub mod bundle;
 mod error;
+pub mod fsat;
+mod materialize;
+pub mod options;
 pub mod store;
 pub mod unpack;
 

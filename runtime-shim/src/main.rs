@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use oci_blocks_core::layout::{OciDir, OciRef, default_state_dir};
+use oci_blocks_shim::options::LimitArgs;
 use oci_blocks_shim::store::BlockStore;
 use oci_blocks_shim::{LinkMode, UnpackOptions, unpack};
 
@@ -37,6 +38,8 @@ enum Command {
         /// Platform to pick from an index (default: this machine's).
         #[arg(long)]
         platform: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Report what the block store holds, and reclaim what no root filesystem uses.
     Store {
@@ -92,6 +95,7 @@ fn run() -> Result<()> {
             link,
             read_only,
             platform,
+            limits,
         } => {
             let r = OciRef::parse(&image)?;
             let layout = OciDir::open(&r.path)?;
@@ -100,6 +104,7 @@ fn run() -> Result<()> {
                 link,
                 read_only,
                 platform,
+                limits: limits.limits(),
             };
             let report = unpack(&layout, r.tag.as_deref(), &rootfs, &options)
                 .with_context(|| format!("unpacking {image}"))?;

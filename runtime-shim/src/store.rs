@@ -3,11 +3,19 @@
 //! filesystems from there.
 //!
 //! Layout: `DIR/blocks/<alg>/<hex>/tree/` (the extracted block, regular files
-//! without write permission) and `entries.json` (each entry's mode, owner, time
-//! and link target as the block records them, which materialization applies).
-//! A block is extracted into `DIR/tmp/` and renamed into place only after its
-//! digest has been verified, so the store never holds a partial or tampered
-//! block.
+//! without write permission) and `block.json` (each entry's type, mode,
+//! owner, time, size and link target as the block records them, which
+//! materialization applies). A block is extracted into `DIR/tmp/` and renamed
+//! into place only after its digest has been verified, so the store never
+//! holds a partial or tampered block.
+//!
+//! A block is as untrusted as a layer. It is extracted through the same
+//! in-root applier, with the rules of `spec/blocks.md` enforced as it
+//! streams (no path below a non-directory, hard links that name a regular
+//! file of the block), and every later read of its tree walks the recorded
+//! path below an open descriptor of the tree without following any symbolic
+//! link. A block extracted under an earlier `block.json` format is extracted
+//! again.
 //!
 //! Each unpacked root filesystem is recorded in `DIR/users/` with the blocks
 //! it uses and the identity (device and inode) of its directory. A root
@@ -18,20 +26,88 @@
 //! takes it exclusively, so it never removes a block an unpack is about to
 //! record.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs::{self, Permissions};
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use oci_blocks_core::Digest;
 use oci_blocks_core::digest::verification_error;
+use oci_blocks_core::entry::Kind;
 use oci_blocks_core::layout::OciDir;
+use oci_blocks_core::limits::{Bounded, Limits};
 use oci_blocks_core::names::{Compression, tar_compression};
 use pathrs::Root;
 
-use crate::apply::{Applier, EntryMeta};
+use crate::apply::Applier;
 use crate::{Error, Result};
+
+/// The format of `block.json`. A block recorded in another format (or in the
+/// `entries.json` of the first one) is extracted again.
+const FORMAT: u32 = 2;
+
+/// A path or link target as bytes: written as a string when it is UTF-8,
+/// else as the array of its bytes, so that no name is folded into another.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Name(pub Vec<u8>);
+
+impl serde::Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.serialize_bytes(&self.0),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Text(String),
+            Bytes(Vec<u8>),
+        }
+        Ok(Name(match Repr::deserialize(d)? {
+            Repr::Text(t) => t.into_bytes(),
+            Repr::Bytes(b) => b,
+        }))
+    }
+}
+
+/// The metadata of one block entry, recorded when a block is extracted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EntryMeta {
+    /// The cleaned path in the block.
+    pub path: Name,
+    /// File, directory, symlink or hard link.
+    pub kind: Kind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Modification time.
+    pub mtime: u64,
+    /// Content bytes (regular files).
+    pub size: u64,
+    /// Link target: a symlink's as written, a hard link's as a cleaned block path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<Name>,
+    /// Extended attributes, restored on materialization.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    format: u32,
+    entries: Vec<EntryMeta>,
+}
 
 /// A root filesystem recorded as using blocks of the store.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -75,10 +151,53 @@ pub struct BlockStore {
 /// One extracted block.
 #[derive(Clone, Debug)]
 pub struct Extracted {
-    /// The extracted tree.
-    pub tree: PathBuf,
-    /// Each entry's metadata, by path in the block.
-    pub entries: BTreeMap<String, EntryMeta>,
+    /// The extracted tree, open: every read walks below it without following
+    /// symbolic links.
+    pub tree: Arc<OwnedFd>,
+    /// Each entry's metadata, sorted by path bytes.
+    pub entries: Arc<Vec<EntryMeta>>,
+    /// Where each path is in `entries`.
+    pub index: Arc<HashMap<Vec<u8>, usize>>,
+    /// Bytes of its regular files.
+    pub content_bytes: u64,
+}
+
+impl Extracted {
+    fn new(tree: OwnedFd, mut entries: Vec<EntryMeta>) -> Self {
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.path.0.clone(), i))
+            .collect();
+        let content_bytes = entries
+            .iter()
+            .filter(|e| e.kind == Kind::File)
+            .map(|e| e.size)
+            .sum();
+        Extracted {
+            tree: Arc::new(tree),
+            entries: Arc::new(entries),
+            index: Arc::new(index),
+            content_bytes,
+        }
+    }
+
+    /// The entry at `path`.
+    pub fn get(&self, path: &[u8]) -> Option<&EntryMeta> {
+        self.index.get(path).map(|&i| &self.entries[i])
+    }
+
+    /// The entries strictly below `dir` (all of them for the root).
+    pub fn below(&self, dir: &[u8]) -> &[EntryMeta] {
+        if dir.is_empty() {
+            return &self.entries;
+        }
+        let prefix = [dir, b"/"].concat();
+        let start = self.entries.partition_point(|e| e.path.0 < prefix);
+        let len = self.entries[start..].partition_point(|e| e.path.0.starts_with(&prefix));
+        &self.entries[start..start + len]
+    }
 }
 
 /// Opens a tar blob of `media_type` for reading, verified against its digest.
@@ -284,28 +403,57 @@ impl BlockStore {
         fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))
     }
 
-    /// The extracted block, extracting it first (verified) if the store lacks
-    /// it. The flag says whether it was extracted now.
+    /// A block the store holds in the current format.
+    fn load(&self, digest: &Digest) -> Option<Extracted> {
+        let dir = self.block_dir(digest);
+        let bytes = fs::read(dir.join("block.json")).ok()?;
+        let record: Record = serde_json::from_slice(&bytes).ok()?;
+        if record.format != FORMAT {
+            return None;
+        }
+        let tree = crate::fsat::open_dir(&dir.join("tree")).ok()?;
+        Some(Extracted::new(tree, record.entries))
+    }
+
+    /// Moves a block directory of an earlier format (or a broken one) out of
+    /// the way, and removes it.
+    fn discard_stale(&self, digest: &Digest) -> Result<()> {
+        let dir = self.block_dir(digest);
+        if fs::symlink_metadata(&dir).is_err() {
+            return Ok(());
+        }
+        let aside = tempfile::Builder::new()
+            .prefix("stale-")
+            .tempdir_in(self.dir.join("tmp"))
+            .map_err(|e| Error::io(self.dir.join("tmp"), e))?
+            .keep();
+        let gone = aside.join("block");
+        match fs::rename(&dir, &gone) {
+            Ok(()) => {}
+            // Another unpack moved it first.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+        make_writable(&aside);
+        let _ = fs::remove_dir_all(&aside);
+        Ok(())
+    }
+
+    /// The extracted block, extracting it first (verified, within `limits`)
+    /// if the store lacks it. The flag says whether it was extracted now.
     pub fn ensure(
         &self,
         layout: &OciDir,
         digest: &Digest,
         size: u64,
         media_type: &str,
+        limits: &Limits,
     ) -> Result<(Extracted, bool)> {
-        let dir = self.block_dir(digest);
-        let meta_path = dir.join("entries.json");
-        if let Ok(bytes) = fs::read(&meta_path) {
-            if let Ok(entries) = serde_json::from_slice(&bytes) {
-                return Ok((
-                    Extracted {
-                        tree: dir.join("tree"),
-                        entries,
-                    },
-                    false,
-                ));
-            }
+        if let Some(found) = self.load(digest) {
+            return Ok((found, false));
         }
+        self.discard_stale(digest)?;
+        let dir = self.block_dir(digest);
         let subject = format!("block {digest}");
         let tmp = tempfile::Builder::new()
             .prefix("extract-")
@@ -316,32 +464,27 @@ impl BlockStore {
         let root = Root::open(&tree)
             .map_err(|e| Error::in_root(format!("opening {}", tree.display()), e))?;
         let mut blob = layout.open_blob(digest, Some(size))?;
-        let mut applier = Applier::for_block(&root);
+        let mut applier = Applier::for_block(&root, *limits);
         let applied: Result<_> = (|| {
-            let mut stream = open_tar(&mut blob, media_type, &subject)?;
-            applier.apply_layer(&mut stream, None, &subject)?;
-            io::copy(&mut stream, &mut io::sink()).map_err(|e| blob_error(&subject, e))?;
+            let stream = open_tar(&mut blob, media_type, &subject)?;
+            let mut bounded = Bounded::expansion(stream, limits, &subject, size);
+            applier.apply_layer(&mut bounded, None, &subject)?;
+            io::copy(&mut bounded, &mut io::sink())
+                .map_err(|e| crate::apply::tar_error(&subject, e))?;
             Ok(())
         })();
         // A corrupt blob often shows first as a malformed tar: name the cause.
         let verified = blob.finish().map_err(|e| blob_error(&subject, e));
         verified?;
         applied?;
-        let recorded = applier.recorded();
+        let entries = applier.finish_block(&subject)?;
         applier.finish()?;
-        let entries: BTreeMap<String, EntryMeta> = recorded
-            .into_iter()
-            .map(|(p, m)| (p.display().to_string(), m))
-            .collect();
-        for (path, m) in &entries {
-            if m.kind == "file" {
-                let p = tree.join(path);
-                let _ = fs::set_permissions(&p, Permissions::from_mode(m.mode & 0o7555));
-            }
-        }
-        let json =
-            serde_json::to_vec(&entries).map_err(|e| Error::io(&meta_path, io::Error::other(e)))?;
-        fs::write(tmp.path().join("entries.json"), json).map_err(|e| Error::io(tmp.path(), e))?;
+        let json = serde_json::to_vec(&Record {
+            format: FORMAT,
+            entries: entries.clone(),
+        })
+        .map_err(|e| Error::io(tmp.path(), io::Error::other(e)))?;
+        fs::write(tmp.path().join("block.json"), json).map_err(|e| Error::io(tmp.path(), e))?;
         if let Some(parent) = dir.parent() {
             fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
@@ -349,17 +492,14 @@ impl BlockStore {
         if let Err(e) = fs::rename(&kept, &dir) {
             make_writable(&kept);
             let _ = fs::remove_dir_all(&kept);
-            if !dir.join("entries.json").is_file() {
-                return Err(Error::io(&dir, e));
-            }
+            // Another unpack extracted it at the same time.
+            return match self.load(digest) {
+                Some(found) => Ok((found, false)),
+                None => Err(Error::io(&dir, e)),
+            };
         }
-        Ok((
-            Extracted {
-                tree: dir.join("tree"),
-                entries,
-            },
-            true,
-        ))
+        let tree = crate::fsat::open_dir(&dir.join("tree")).map_err(|e| Error::io(&dir, e))?;
+        Ok((Extracted::new(tree, entries), true))
     }
 }
 

@@ -4,25 +4,22 @@
 //! materialized from the block store, and the result renamed into place only
 //! when everything verified.
 
-use std::collections::HashMap;
-use std::fs::{self, Permissions};
-use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
 
 use oci_blocks_core::Digest;
 use oci_blocks_core::digest::{Algorithm, DigestReader};
-use oci_blocks_core::import::ImportEntry;
 use oci_blocks_core::layout::OciDir;
+use oci_blocks_core::limits::{Bounded, Limits};
 use oci_blocks_core::manifest::{Index, Manifest};
 use oci_blocks_core::names::{ANNOTATION_VARIANT, OCI_INDEX, VARIANT_BLOCKS, is_import_layer};
 use oci_blocks_core::oci_spec::image::Descriptor;
-use pathrs::flags::OpenFlags;
-use pathrs::{InodeType, Root};
+use oci_blocks_core::validate::Rule;
+use pathrs::Root;
 
 use crate::apply::{Applier, ApplyReport, ImportSource};
-use crate::store::{BlockStore, Extracted, blob_error, open_tar};
+use crate::materialize::StoreImports;
+use crate::store::{BlockStore, blob_error, open_tar};
 use crate::{Error, Result};
 
 /// How imported files reach the root filesystem.
@@ -51,6 +48,8 @@ pub struct UnpackOptions {
     pub read_only: bool,
     /// `os/arch` to pick from an index (default: this machine's).
     pub platform: Option<String>,
+    /// Bounds on what the image may cost.
+    pub limits: Limits,
 }
 
 /// What an unpack did.
@@ -127,265 +126,6 @@ fn choose(layout: &OciDir, root: &Descriptor, platform: &str) -> Result<(Digest,
     let d = Digest::try_from(chosen.digest())?;
     let m = Manifest::from_bytes(layout.read_json_blob(&d, Some(chosen.size()))?)?;
     Ok((d, m))
-}
-
-struct StoreImports<'a> {
-    layout: &'a OciDir,
-    store: &'a BlockStore,
-    declared: HashMap<Digest, Descriptor>,
-    extracted: HashMap<Digest, Extracted>,
-    link: LinkMode,
-    privileged: bool,
-    report_extracted: Vec<String>,
-    report_reused: Vec<String>,
-    skipped_xattrs: Vec<String>,
-}
-
-impl StoreImports<'_> {
-    fn block(&mut self, digest: &Digest, subject: &str) -> Result<Extracted> {
-        if let Some(e) = self.extracted.get(digest) {
-            return Ok(e.clone());
-        }
-        let d = self.declared.get(digest).ok_or_else(|| {
-            Error::invalid(subject, format!("block {digest} is not listed in the manifest's blocks [import.undeclared-digest]"))
-        })?;
-        let (ex, new) =
-            self.store
-                .ensure(self.layout, digest, d.size(), d.media_type().as_ref())?;
-        if new {
-            self.report_extracted.push(digest.to_string());
-        } else {
-            self.report_reused.push(digest.to_string());
-        }
-        self.extracted.insert(digest.clone(), ex.clone());
-        Ok(ex)
-    }
-
-    /// Creates `dest` from the stored file; returns it open, except for hard links.
-    fn place_file(
-        &self,
-        root: &Root,
-        dest: &Path,
-        source: &Path,
-        mode: u32,
-    ) -> Result<Option<fs::File>> {
-        let in_root = |e| Error::in_root(format!("materializing {}", dest.display()), e);
-        if self.link == LinkMode::Hardlink {
-            let parent = dest.parent().unwrap_or(Path::new(""));
-            let dir = root.resolve(parent).map_err(in_root)?;
-            let name = dest.file_name().unwrap_or_default();
-            let src_dir = fs::File::open(source.parent().unwrap_or(Path::new("/")))
-                .map_err(|e| Error::io(source, e))?;
-            rustix::fs::linkat(
-                &src_dir,
-                source.file_name().unwrap_or_default(),
-                &dir,
-                name,
-                rustix::fs::AtFlags::empty(),
-            )
-            .map_err(|e| Error::io(dest, e.into()))?;
-            return Ok(None);
-        }
-        let mut src = fs::File::open(source).map_err(|e| Error::io(source, e))?;
-        let mut file = root
-            .create_file(
-                dest,
-                OpenFlags::O_WRONLY | OpenFlags::O_EXCL | OpenFlags::O_NOFOLLOW,
-                &Permissions::from_mode(0o600),
-            )
-            .map_err(in_root)?;
-        let cloned = matches!(self.link, LinkMode::Auto | LinkMode::Reflink)
-            && rustix::fs::ioctl_ficlone(&file, &src).is_ok();
-        if !cloned {
-            if self.link == LinkMode::Reflink {
-                return Err(Error::Option {
-                    option: "--link reflink".into(),
-                    reason: format!("the file system of {} cannot clone files", source.display()),
-                });
-            }
-            io::copy(&mut src, &mut file).map_err(|e| Error::io(source, e))?;
-        }
-        file.set_permissions(Permissions::from_mode(mode))
-            .map_err(|e| Error::io(dest, e))?;
-        Ok(Some(file))
-    }
-}
-
-impl ImportSource for StoreImports<'_> {
-    fn materialize(
-        &mut self,
-        root: &Root,
-        target: &Path,
-        import: &ImportEntry,
-        subject: &str,
-    ) -> Result<Vec<PathBuf>> {
-        let block = self.block(import.digest(), subject)?;
-        let source = import.source_in_block();
-        let under = |p: &str| -> Option<String> {
-            if source.is_empty() {
-                Some(p.to_string())
-            } else if p == source {
-                Some(String::new())
-            } else {
-                p.strip_prefix(source)
-                    .and_then(|r| r.strip_prefix('/'))
-                    .map(str::to_string)
-            }
-        };
-        let selected: Vec<(String, &crate::apply::EntryMeta, String)> = block
-            .entries
-            .iter()
-            .filter_map(|(p, m)| under(p).map(|rel| (p.clone(), m, rel)))
-            .collect();
-        let implied_dir = source.is_empty()
-            || block
-                .entries
-                .keys()
-                .any(|p| p.starts_with(&format!("{source}/")));
-        if selected.is_empty() && !implied_dir {
-            return Err(Error::invalid(
-                subject,
-                format!(
-                    "block {} has no entry {} [import.source-missing]",
-                    import.digest(),
-                    import.source()
-                ),
-            ));
-        }
-        // What the layer would have had at `target`: replace, or merge directories.
-        let target_is_dir = selected
-            .iter()
-            .find(|(_, _, rel)| rel.is_empty())
-            .is_none_or(|(_, m, _)| m.kind == "dir");
-        // Into a target that did not exist nothing below it exists either, so
-        // the per-entry existence checks are skipped.
-        let fresh = root.resolve_nofollow(target).is_err();
-        if !fresh {
-            let existing_dir = crate::apply::is_dir(root, target);
-            if !(existing_dir && target_is_dir) {
-                root.remove_all(target)
-                    .map_err(|e| Error::in_root(format!("replacing {}", target.display()), e))?;
-            }
-        }
-        if target_is_dir {
-            root.mkdir_all(target, &Permissions::from_mode(0o755))
-                .map_err(|e| Error::in_root(format!("creating {}", target.display()), e))?;
-        }
-        let mut created = vec![target.to_path_buf()];
-        let mut dir_modes = Vec::new();
-        for (path, meta, rel) in &selected {
-            let dest = if rel.is_empty() {
-                target.to_path_buf()
-            } else {
-                target.join(rel)
-            };
-            let stored = block.tree.join(path);
-            let in_root = |e| Error::in_root(format!("materializing {}", dest.display()), e);
-            match meta.kind.as_str() {
-                "dir" => {
-                    // Into a fresh target, entries come parents first (sorted
-                    // paths), so one mkdirat suffices; otherwise merge.
-                    let made = fresh
-                        && !rel.is_empty()
-                        && root
-                            .create(&dest, &InodeType::Directory(Permissions::from_mode(0o755)))
-                            .is_ok();
-                    if !made {
-                        root.mkdir_all(&dest, &Permissions::from_mode(0o755))
-                            .map_err(in_root)?;
-                    }
-                    dir_modes.push((dest.clone(), *meta));
-                }
-                "file" => {
-                    if !fresh && root.resolve_nofollow(&dest).is_ok() {
-                        root.remove_all(&dest).map_err(in_root)?;
-                    }
-                    if let Some(file) = self.place_file(root, &dest, &stored, meta.mode)? {
-                        if self.privileged {
-                            let (uid, gid) = (meta.uid as u32, meta.gid as u32);
-                            let _ = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
-                            // The chown cleared any set-id bits.
-                            let _ = file.set_permissions(Permissions::from_mode(meta.mode));
-                        }
-                        crate::apply::set_xattrs(
-                            &file,
-                            &dest,
-                            &meta.xattrs,
-                            self.privileged,
-                            &mut self.skipped_xattrs,
-                        );
-                        let _ = file.set_modified(UNIX_EPOCH + Duration::from_secs(meta.mtime));
-                    }
-                    created.push(dest);
-                    continue;
-                }
-                "symlink" => {
-                    if !fresh && root.resolve_nofollow(&dest).is_ok() {
-                        root.remove_all(&dest).map_err(in_root)?;
-                    }
-                    let link = meta.link.clone().unwrap_or_default();
-                    root.create(&dest, &InodeType::Symlink(PathBuf::from(link)))
-                        .map_err(in_root)?;
-                }
-                "hardlink" => {
-                    if !fresh && root.resolve_nofollow(&dest).is_ok() {
-                        root.remove_all(&dest).map_err(in_root)?;
-                    }
-                    let link = meta.link.clone().unwrap_or_default();
-                    match under(&link) {
-                        // Inside the imported subtree: stays a hard link, re-rooted.
-                        Some(inside) => {
-                            let to = if inside.is_empty() {
-                                target.to_path_buf()
-                            } else {
-                                target.join(inside)
-                            };
-                            root.create(&dest, &InodeType::Hardlink(to))
-                                .map_err(in_root)?;
-                        }
-                        // Outside it: a regular file with the target's content.
-                        None => {
-                            let mode = block.entries.get(&link).map_or(0o644, |m| m.mode);
-                            self.place_file(root, &dest, &block.tree.join(&link), mode)?;
-                        }
-                    }
-                }
-                other => {
-                    return Err(Error::invalid(
-                        subject,
-                        format!("unexpected block entry type {other}"),
-                    ));
-                }
-            }
-            if self.privileged && meta.kind != "symlink" {
-                if let Ok(f) = root
-                    .resolve_nofollow(&dest)
-                    .and_then(|h| h.reopen(OpenFlags::O_RDONLY))
-                {
-                    let _ =
-                        std::os::unix::fs::fchown(&f, Some(meta.uid as u32), Some(meta.gid as u32));
-                }
-            }
-            created.push(dest);
-        }
-        for (dest, meta) in dir_modes.into_iter().rev() {
-            if let Ok(f) = root
-                .resolve_nofollow(&dest)
-                .and_then(|h| h.reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY))
-            {
-                let _ = f.set_permissions(Permissions::from_mode(meta.mode));
-                crate::apply::set_xattrs(
-                    &f,
-                    &dest,
-                    &meta.xattrs,
-                    self.privileged,
-                    &mut self.skipped_xattrs,
-                );
-                let _ = f.set_modified(UNIX_EPOCH + Duration::from_secs(meta.mtime));
-            }
-        }
-        Ok(created)
-    }
 }
 
 /// Refuses a target that exists and is not an empty directory.
@@ -477,9 +217,10 @@ pub fn unpack(
         return Err(Error::invalid(
             format!("manifest {digest}"),
             format!(
-                "{} layers but {} rootfs.diff_ids [layer.diff-id-mismatch]",
+                "{} layers but {} rootfs.diff_ids [{}]",
                 manifest.layers().len(),
-                diff_ids.len()
+                diff_ids.len(),
+                Rule::LayerDiffIdMismatch
             ),
         ));
     }
@@ -497,23 +238,14 @@ pub fn unpack(
     let _lock = store.lock_shared()?;
     let root =
         Root::open(staging.path()).map_err(|e| Error::in_root("opening the staging root", e))?;
-    let mut imports = StoreImports {
-        layout,
-        store: &store,
-        declared: manifest
-            .blocks()
-            .iter()
-            .filter_map(|b| Digest::try_from(b.digest()).ok().map(|d| (d, b.clone())))
-            .collect(),
-        extracted: HashMap::new(),
-        link: options.link,
-        privileged: rustix::process::geteuid().is_root(),
-        report_extracted: Vec::new(),
-        report_reused: Vec::new(),
-        skipped_xattrs: Vec::new(),
-    };
+    let declared = manifest
+        .blocks()
+        .iter()
+        .filter_map(|b| Digest::try_from(b.digest()).ok().map(|d| (d, b.clone())))
+        .collect();
+    let mut imports = StoreImports::new(layout, &store, declared, options.link, options.limits);
     let has_blocks = !manifest.blocks().is_empty();
-    let mut applier = Applier::new(&root);
+    let mut applier = Applier::new(&root, options.limits);
     for (i, layer) in manifest.layers().iter().enumerate() {
         let ld = Digest::try_from(layer.digest())?;
         let subject = format!("layer {i} ({ld})");
@@ -521,7 +253,8 @@ pub fn unpack(
         let mut blob = layout.open_blob(&ld, Some(layer.size()))?;
         let applied: Result<_> = (|| {
             let stream = open_tar(&mut blob, &media_type, &subject)?;
-            let mut hashing = DigestReader::new(stream, Algorithm::Sha256);
+            let bounded = Bounded::expansion(stream, &options.limits, &subject, layer.size());
+            let mut hashing = DigestReader::new(bounded, Algorithm::Sha256);
             let source: Option<&mut dyn ImportSource> =
                 if has_blocks || is_import_layer(&media_type) {
                     Some(&mut imports)
@@ -529,7 +262,10 @@ pub fn unpack(
                     None
                 };
             applier.apply_layer(&mut hashing, source, &subject)?;
-            Ok(hashing.finish().map_err(|e| blob_error(&subject, e))?.0)
+            Ok(hashing
+                .finish()
+                .map_err(|e| crate::apply::tar_error(&subject, e))?
+                .0)
         })();
         // A corrupt blob often shows first as a malformed tar: name the cause.
         let verified = blob.finish().map_err(|e| blob_error(&subject, e));
@@ -541,8 +277,9 @@ pub fn unpack(
             return Err(Error::invalid(
                 subject,
                 format!(
-                    "uncompressed content hashes to {diff_id}, rootfs.diff_ids says {} [layer.diff-id-mismatch]",
-                    diff_ids[i]
+                    "uncompressed content hashes to {diff_id}, rootfs.diff_ids says {} [{}]",
+                    diff_ids[i],
+                    Rule::LayerDiffIdMismatch
                 ),
             ));
         }

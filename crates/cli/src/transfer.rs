@@ -105,6 +105,8 @@ pub struct PullArgs {
     /// The root filesystem will be mounted read-only (allows --link hardlink).
     #[arg(long)]
     read_only: bool,
+    #[command(flatten)]
+    limits: oci_blocks_shim::options::LimitArgs,
     /// Verify the registry's TLS certificate (false also allows plain HTTP).
     #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
     tls_verify: bool,
@@ -322,6 +324,7 @@ pub fn run_pull(args: PullArgs) -> Result<ExitCode> {
         link: args.link,
         read_only: args.read_only,
         platform: Some(platform),
+        limits: args.limits.limits(),
     };
     let layout = OciDir::open(&layout_dir)?;
     let unpacked = match (&args.unpack, &args.bundle) {

@@ -41,6 +41,8 @@ pub struct Args {
     /// Platform to pick from an index (default: this machine's).
     #[arg(long, value_name = "OS/ARCH")]
     platform: Option<String>,
+    #[command(flatten)]
+    limits: oci_blocks_shim::options::LimitArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -59,6 +61,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         link: args.link,
         read_only: args.read_only,
         platform: args.platform.clone(),
+        limits: args.limits.limits(),
     };
     let (report, target) = match (&args.bundle, &args.rootfs) {
         (Some(bundle), _) => (

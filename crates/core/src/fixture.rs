@@ -138,7 +138,8 @@ pub struct LayerSpec {
 pub struct EntrySpec {
     /// The path, written as is.
     pub path: String,
-    /// `file` (default), `dir`, `symlink`, `hardlink`, `fifo`.
+    /// `file` (default), `dir`, `symlink`, `hardlink`, `fifo`, `char`, or
+    /// `typeflag:X` for any other one-byte type.
     #[serde(rename = "type", default = "file")]
     pub kind: String,
     /// File content; `{block:NAME}` becomes that block's digest.
@@ -156,6 +157,12 @@ pub struct EntrySpec {
     /// Permission bits (default 0o644 for files, 0o755 for directories).
     #[serde(default)]
     pub mode: Option<u32>,
+    /// Owner (default 0).
+    #[serde(default)]
+    pub uid: u64,
+    /// Group (default 0).
+    #[serde(default)]
+    pub gid: u64,
     /// Extended attributes, written as `SCHILY.xattr.NAME` PAX records.
     #[serde(default)]
     pub xattrs: BTreeMap<String, String>,
@@ -262,12 +269,17 @@ pub fn tar_of(entries: &[EntrySpec], blocks: &BTreeMap<String, Digest>) -> Resul
             "symlink" => (tar::EntryType::Symlink, 0o777),
             "hardlink" => (tar::EntryType::Link, 0o644),
             "fifo" => (tar::EntryType::Fifo, 0o644),
-            other => return Err(invalid(&e.path, format!("unknown entry type {other:?}"))),
+            "char" => (tar::EntryType::Char, 0o644),
+            // Any typeflag, as `typeflag:V`.
+            other => match other.strip_prefix("typeflag:").map(str::as_bytes) {
+                Some([byte]) => (tar::EntryType::new(*byte), 0o644),
+                _ => return Err(invalid(&e.path, format!("unknown entry type {other:?}"))),
+            },
         };
         header.set_entry_type(entry_type);
         header.set_mode(e.mode.unwrap_or(default_mode));
-        header.set_uid(0);
-        header.set_gid(0);
+        header.set_uid(e.uid);
+        header.set_gid(e.gid);
         header.set_mtime(1);
         let content = match (&e.bytes, entry_type) {
             (Some(bytes), _) => bytes.clone(),

@@ -9,6 +9,9 @@
 //! - [`names`]: every media type, annotation key and reserved name, in one place.
 //! - [`digest`]: a validated [`Digest`] and streaming hash verification.
 //! - [`import`]: the import-entry grammar.
+//! - [`entry`]: tar entry names cleaned and entry types classified, one way for
+//!   every reader; [`block`]: what a block may hold.
+//! - [`limits`]: the bounds on the work a hostile image can cause.
 //! - [`validate`]: the JSON Schemas of `spec/schemas` plus the semantic rules, for
 //!   one document ([`validate::validate_document`]) or a whole image in a layout
 //!   ([`validate::check_image`]), each violation named by a stable rule id.
@@ -21,11 +24,14 @@
 //! keeps the raw bytes of manifests, since `oci-spec` drops unknown fields such as
 //! `blocks`, and a re-serialized manifest would have another digest.
 
+pub mod block;
 pub mod digest;
+pub mod entry;
 mod error;
 pub mod fixture;
 pub mod import;
 pub mod layout;
+pub mod limits;
 pub mod manifest;
 pub mod names;
 pub mod tarcheck;

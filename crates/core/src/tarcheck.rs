@@ -5,7 +5,10 @@
 //! failing: a PAX `size` record that contradicts the ustar header's size
 //! (readers that ignore PAX then find other entries), and data after the
 //! end-of-archive marker (readers that skip zero blocks then find entries the
-//! others never saw). Both are refused as `layer.tar-malformed`.
+//! others never saw). Both are refused as `layer.tar-malformed`, and so is a
+//! PAX global header with records other than `comment`: some readers apply
+//! global records (`path`, `uid`, `mtime`) to every later entry and others
+//! ignore them.
 
 use std::io::{self, Read};
 
@@ -23,6 +26,31 @@ pub fn check_entry_size<R: Read>(entry: &tar::Entry<'_, R>) -> io::Result<()> {
                 "entry {name}: the PAX size {effective} contradicts the header's size {header}"
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Every per-entry check: [`check_entry_size`], and a PAX global header (`g`)
+/// may carry only `comment` records (`git archive` writes one).
+pub fn check_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<()> {
+    check_entry_size(entry)?;
+    if entry.header().entry_type() != tar::EntryType::XGlobalHeader {
+        return Ok(());
+    }
+    let Some(records) = entry.pax_extensions()? else {
+        return Ok(());
+    };
+    for record in records {
+        let record = record?;
+        let key = record.key().unwrap_or("(not UTF-8)");
+        if key != "comment" {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a PAX global header with a {key:?} record: readers disagree on whether it applies to later entries"
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -72,7 +100,7 @@ mod tests {
     fn check(bytes: &[u8]) -> io::Result<()> {
         let mut a = tar::Archive::new(bytes);
         for e in a.entries()? {
-            check_entry_size(&e?)?;
+            check_entry(&mut e?)?;
         }
         check_end(a.into_inner())
     }
@@ -89,6 +117,28 @@ mod tests {
     fn a_pax_size_contradicting_the_header_is_refused() -> io::Result<()> {
         let e = check(&archive(Some("2"), 3, b"abc")?).err();
         assert!(e.is_some_and(|e| e.to_string().contains("PAX size 2")));
+        Ok(())
+    }
+
+    #[test]
+    fn a_global_header_may_carry_only_a_comment() -> io::Result<()> {
+        for (key, ok) in [("comment", true), ("path", false), ("mtime", false)] {
+            let mut b = tar::Builder::new(Vec::new());
+            let record = format!("{} {key}=x\n", key.len() + 6);
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::XGlobalHeader);
+            h.set_path("pax_global_header")?;
+            h.set_size(record.len() as u64);
+            h.set_cksum();
+            b.append(&h, record.as_bytes())?;
+            let mut f = tar::Header::new_ustar();
+            f.set_path("f")?;
+            f.set_size(0);
+            f.set_cksum();
+            b.append(&f, &[][..])?;
+            let e = check(&b.into_inner()?).err();
+            assert_eq!(e.is_none(), ok, "{key}: {e:?}");
+        }
         Ok(())
     }
 

@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     let before = (listing(outer.path()), listing(&sentinel));
 
     let root = pathrs::Root::open(&rootfs).expect("root");
-    let mut applier = Applier::new(&root);
+    let mut applier = Applier::new(&root, oci_blocks_core::limits::Limits::default());
     let applied = applier
         .apply_layer(first, None, "layer 0")
         .and_then(|()| applier.apply_layer(second, None, "layer 1"));

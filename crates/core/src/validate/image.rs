@@ -532,41 +532,36 @@ impl Walker<'_> {
                 format!("not a readable {media_type}: {e}"),
             ));
         }
+        if let Some(bound) = &scan.limit {
+            report.push(Violation::new(
+                Rule::LimitExceeded,
+                subject,
+                bound.to_string(),
+            ));
+        }
         if as_block {
-            for w in &scan.whiteouts {
+            for p in &scan.block_problems {
+                report.push(Violation::new(p.rule, subject, &p.reason).at_entry(&p.entry));
+            }
+        } else {
+            for (path, why) in &scan.bad_types {
                 report.push(
                     Violation::new(
-                        Rule::BlockWhiteout,
+                        Rule::LayerEntryType,
                         subject,
-                        "a block must not contain whiteouts",
+                        format!("{why}, which no unpacker here applies"),
                     )
-                    .at_entry(w),
+                    .at_entry(path),
                 );
             }
-            let import_entries = scan
-                .imports
-                .iter()
-                .map(|i| i.entry.clone())
-                .chain(scan.bad_imports.iter().map(|(p, _)| p.clone()))
-                .chain(scan.non_regular_imports.iter().map(|(p, _)| p.clone()));
-            for e in import_entries {
+            for path in &scan.unclean_paths {
                 report.push(
                     Violation::new(
-                        Rule::BlockImportEntry,
+                        Rule::LayerPathUnclean,
                         subject,
-                        "a block must not contain import entries",
+                        "the name is absolute or has a `..` component; it is cleaned lexically, and `..` stops at the root",
                     )
-                    .at_entry(e),
-                );
-            }
-            for p in &scan.unclean_paths {
-                report.push(
-                    Violation::new(
-                        Rule::BlockPathUnclean,
-                        subject,
-                        "a block path must be relative and must not contain `..`",
-                    )
-                    .at_entry(p),
+                    .at_entry(path),
                 );
             }
         }
@@ -630,7 +625,7 @@ impl Walker<'_> {
             ));
         }
         for found in &scan.imports {
-            if scan.paths.contains(&found.target) {
+            if scan.paths.contains(&found.target_bytes) {
                 report.push(
                     Violation::new(
                         Rule::ImportConflict,

@@ -71,6 +71,12 @@ rules! {
     BlobSizeMismatch = "blob.size-mismatch", Error, "blocks.md";
     /// A layer or block is not a readable tar under its media type.
     LayerTarMalformed = "layer.tar-malformed", Error, "imports.md";
+    /// A layer or block entry has a type no reader here applies (GNU sparse, vendor types).
+    LayerEntryType = "layer.entry-type", Error, "imports.md";
+    /// A layer entry name is absolute or has `..`; readers clean it lexically.
+    LayerPathUnclean = "layer.path-unclean", Warning, "imports.md";
+    /// A layer, block or image exceeds a bound of the implementation.
+    LimitExceeded = "limit.exceeded", Error, "imports.md";
     /// A layer's uncompressed digest is not its `rootfs.diff_ids` entry.
     LayerDiffIdMismatch = "layer.diff-id-mismatch", Error, "imports.md";
     /// A layer with import entries uses a standard media type (SHOULD NOT).
@@ -109,6 +115,14 @@ rules! {
     BlockImportEntry = "block.import-entry", Error, "imports.md";
     /// A block entry path is absolute or has `..`.
     BlockPathUnclean = "block.path-unclean", Error, "imports.md";
+    /// A block entry lies below a non-directory entry of the block.
+    BlockPathPrefix = "block.path-prefix", Error, "blocks.md";
+    /// A block's hard link names no regular file of the block.
+    BlockHardlinkTarget = "block.hardlink-target", Error, "blocks.md";
+    /// Two entries of a block have the same path.
+    BlockDuplicatePath = "block.duplicate-path", Error, "blocks.md";
+    /// A block entry is not a file, directory or link.
+    BlockEntryType = "block.entry-type", Error, "blocks.md";
 }
 
 impl Rule {

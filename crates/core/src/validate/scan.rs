@@ -4,10 +4,13 @@
 use std::collections::HashSet;
 use std::io::{self, Read};
 
+use crate::block::{BlockProblem, BlockShape};
 use crate::digest::{Algorithm, Digest, DigestReader, verification_error};
-use crate::import::{ImportEntry, ImportError, import_name};
+use crate::entry::{self, Kind, Role};
+use crate::import::{ImportEntry, ImportError};
 use crate::layout::OciDir;
-use crate::names::{Compression, MAX_IMPORT_SIZE, WHITEOUT_PREFIX, tar_compression};
+use crate::limits::{Bounded, Exceeded, Limits, exceeded_in};
+use crate::names::{Compression, MAX_IMPORT_SIZE, tar_compression};
 use crate::{Error, Result};
 
 /// An import entry found in a layer.
@@ -17,6 +20,9 @@ pub struct FoundImport {
     pub entry: String,
     /// The path it materializes, `D/NAME`.
     pub target: String,
+    /// The same, as the bytes of the cleaned name.
+    #[serde(skip)]
+    pub target_bytes: Vec<u8>,
     /// The parsed entry.
     #[serde(serialize_with = "ser_display")]
     pub import: ImportEntry,
@@ -65,9 +71,11 @@ pub struct TarScan {
     pub uncompressed_size: u64,
     /// Number of tar entries.
     pub entries: u64,
-    /// Every entry path, normalized (no leading `./` or `/`, no trailing `/`), and
-    /// every directory they imply.
-    pub paths: HashSet<String>,
+    /// A bound of [`Limits`] stopped the scan there.
+    pub limit: Option<Exceeded>,
+    /// Every entry path, cleaned ([`entry::clean`]), and every directory they
+    /// imply.
+    pub paths: HashSet<Vec<u8>>,
     /// Top-level names, in archive order, for display.
     pub top_level: Vec<String>,
     /// Valid import entries.
@@ -78,44 +86,37 @@ pub struct TarScan {
     pub non_regular_imports: Vec<(String, String)>,
     /// Import entries present twice.
     pub duplicate_imports: Vec<String>,
-    /// Whiteout entries.
-    pub whiteouts: Vec<String>,
-    /// Entries (or hardlink targets) that are absolute or contain `..`.
+    /// Entries whose type no reader here applies: path and type.
+    pub bad_types: Vec<(String, String)>,
+    /// Entry names that are absolute or contain `..` (cleaned lexically).
     pub unclean_paths: Vec<String>,
+    /// What the archive breaks of the rules for blocks ([`BlockShape`]);
+    /// reported only when it is a block.
+    pub block_problems: Vec<BlockProblem>,
 }
 
 impl TarScan {
-    /// Whether `path` (normalized) is an entry or an implied directory.
+    /// Whether `path` (cleaned, relative) is an entry or an implied directory.
     pub fn contains(&self, path: &str) -> bool {
-        path.is_empty() || self.paths.contains(path)
+        path.is_empty() || self.paths.contains(path.as_bytes())
     }
-}
-
-/// Normalizes a tar path: strips leading `./` and `/` and trailing `/`.
-pub fn normalize(path: &str) -> &str {
-    let mut p = path;
-    loop {
-        if let Some(rest) = p.strip_prefix("./") {
-            p = rest;
-        } else if let Some(rest) = p.strip_prefix('/') {
-            p = rest;
-        } else {
-            break;
-        }
-    }
-    p.trim_end_matches('/')
-}
-
-/// Whether a block entry path (or hard-link target) breaks `block.path-unclean`:
-/// absolute, or with a `..` component.
-pub fn is_unclean(raw: &str) -> bool {
-    raw.starts_with('/') || raw.split('/').any(|c| c == "..")
 }
 
 /// Scans a tar blob of `media_type` from the layout. I/O errors other than a
 /// missing or corrupt blob are returned as errors; problems with the content are
 /// recorded in the scan.
 pub fn scan_blob(dir: &OciDir, digest: &Digest, size: u64, media_type: &str) -> Result<TarScan> {
+    scan_blob_within(dir, digest, size, media_type, &Limits::default())
+}
+
+/// [`scan_blob`] within the given bounds.
+pub fn scan_blob_within(
+    dir: &OciDir,
+    digest: &Digest,
+    size: u64,
+    media_type: &str,
+    limits: &Limits,
+) -> Result<TarScan> {
     let mut scan = TarScan::default();
     let Some(compression) = tar_compression(media_type) else {
         scan.tar_error = Some(format!(
@@ -143,7 +144,8 @@ pub fn scan_blob(dir: &OciDir, digest: &Digest, size: u64, media_type: &str) -> 
                 }
             },
         };
-        let mut uncompressed = DigestReader::new(decoded, Algorithm::Sha256);
+        let bounded = Bounded::expansion(decoded, limits, &format!("blob {digest}"), size);
+        let mut uncompressed = DigestReader::new(bounded, Algorithm::Sha256);
         let walked = walk(&mut uncompressed, &mut scan);
         let drained = walked.and_then(|()| io::copy(&mut uncompressed, &mut io::sink()).map(drop));
         drained.and_then(|()| uncompressed.finish())
@@ -177,7 +179,9 @@ pub fn scan_blob(dir: &OciDir, digest: &Digest, size: u64, media_type: &str) -> 
             scan.uncompressed_size = n;
         }
         Err(e) => {
-            if scan.tar_error.is_none() {
+            if let Some(bound) = exceeded_in(&e) {
+                scan.limit = Some(bound.clone());
+            } else if scan.tar_error.is_none() {
                 scan.tar_error = Some(e.to_string());
             }
         }
@@ -187,45 +191,53 @@ pub fn scan_blob(dir: &OciDir, digest: &Digest, size: u64, media_type: &str) -> 
 
 fn walk(stream: impl Read, scan: &mut TarScan) -> io::Result<()> {
     let mut archive = tar::Archive::new(stream);
-    let mut seen_imports: HashSet<String> = HashSet::new();
+    let mut seen_imports: HashSet<Vec<u8>> = HashSet::new();
+    let mut shape = BlockShape::default();
     for entry in archive.entries()? {
         let mut entry = entry?;
-        crate::tarcheck::check_entry_size(&entry)?;
+        crate::tarcheck::check_entry(&mut entry)?;
         scan.entries += 1;
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let path = normalize(&raw).to_string();
-        if is_unclean(&raw) {
-            scan.unclean_paths.push(raw.clone());
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let name = entry::clean(&raw);
+        let kind = entry::kind(entry.header().entry_type());
+        let link = entry.link_name_bytes().map(|l| l.into_owned());
+        shape.add(&raw, kind.clone(), link.as_deref());
+        let kind = match kind {
+            Ok(Kind::GlobalHeader) => continue,
+            Ok(k) => k,
+            Err(why) => {
+                scan.bad_types.push((shown, why));
+                continue;
+            }
+        };
+        if name.is_unclean() {
+            scan.unclean_paths.push(shown.clone());
         }
-        let entry_type = entry.header().entry_type();
-        if entry_type.is_hard_link() {
-            if let Some(target) = entry.link_name_bytes() {
-                let target = String::from_utf8_lossy(&target).into_owned();
-                if is_unclean(&target) {
-                    scan.unclean_paths
-                        .push(format!("{raw} (hardlink to {target})"));
+        if kind == Kind::HardLink {
+            if let Some(target) = &link {
+                if entry::clean(target).is_unclean() {
+                    scan.unclean_paths.push(format!(
+                        "{shown} (hard link to {})",
+                        String::from_utf8_lossy(target)
+                    ));
                 }
             }
         }
-        let (dir, base) = match path.rsplit_once('/') {
-            Some((d, b)) => (d, b),
-            None => ("", path.as_str()),
-        };
+        let path = name.display();
         let top = path.split('/').next().unwrap_or_default();
-        if !top.is_empty() && !scan.paths.contains(top) {
+        if !top.is_empty() && !scan.paths.contains(top.as_bytes()) {
             scan.top_level.push(top.to_string());
         }
-        if base.starts_with(WHITEOUT_PREFIX) {
-            scan.whiteouts.push(path.clone());
-        }
-        if let Some(name) = import_name(base) {
-            if !(entry_type.is_file() || entry_type == tar::EntryType::Continuous) {
+        let role = entry::role(&name);
+        if let Role::Import(named) = &role {
+            if kind != Kind::File {
                 scan.non_regular_imports
-                    .push((path.clone(), format!("{entry_type:?}")));
-            } else if !seen_imports.insert(path.clone()) {
+                    .push((path.clone(), kind.describe().to_string()));
+            } else if !seen_imports.insert(name.path.clone()) {
                 scan.duplicate_imports.push(path.clone());
             } else {
-                match name.and_then(|name| {
+                match named.clone().and_then(|target_name| {
                     let size = entry.size();
                     if size > MAX_IMPORT_SIZE {
                         return Err(ImportError::TooLarge { size });
@@ -238,33 +250,37 @@ fn walk(stream: impl Read, scan: &mut TarScan) -> io::Result<()> {
                         .map_err(|_| ImportError::Syntax {
                             reason: "content unreadable",
                         })?;
-                    ImportEntry::parse(&content).map(|import| (name, import))
+                    ImportEntry::parse(&content).map(|import| (target_name, import))
                 }) {
-                    Ok((name, import)) => scan.imports.push(FoundImport {
-                        entry: path.clone(),
-                        target: if dir.is_empty() {
-                            name.to_string()
-                        } else {
-                            format!("{dir}/{name}")
-                        },
-                        import,
-                    }),
+                    Ok((target_name, import)) => {
+                        let target = entry::join(name.parent(), &target_name);
+                        scan.imports.push(FoundImport {
+                            entry: path.clone(),
+                            target: String::from_utf8_lossy(&target).into_owned(),
+                            target_bytes: target,
+                            import,
+                        })
+                    }
                     Err(e) => scan.bad_imports.push((path.clone(), e)),
                 }
             }
         }
         // A whiteout names a path of a lower layer, not content of this one (a
         // whiteout below `D/NAME` beside `D/.import.NAME` is allowed).
-        if !base.starts_with(WHITEOUT_PREFIX) {
-            insert_with_ancestors(&mut scan.paths, &path);
+        if !matches!(role, Role::Whiteout(_) | Role::Opaque) {
+            insert_with_ancestors(&mut scan.paths, &name.path);
         }
     }
+    scan.block_problems = shape.finish();
     crate::tarcheck::check_end(archive.into_inner())
 }
 
-fn insert_with_ancestors(paths: &mut HashSet<String>, path: &str) {
+fn insert_with_ancestors(paths: &mut HashSet<Vec<u8>>, path: &[u8]) {
     let mut p = path;
-    while !p.is_empty() && paths.insert(p.to_string()) {
-        p = p.rsplit_once('/').map_or("", |(d, _)| d);
+    while !p.is_empty() && paths.insert(p.to_vec()) {
+        p = p
+            .iter()
+            .rposition(|&b| b == b'/')
+            .map_or(&[][..], |i| &p[..i]);
     }
 }

@@ -1,0 +1,545 @@
+//! Materializing imports from the block store into a root filesystem.
+//!
+//! An import at `D/NAME` behaves as if the layer held, at that position, the
+//! entries of the block at and below `SOURCE` (`spec/imports.md`): `D` is
+//! resolved inside the root like the parent of any layer entry, and below it
+//! every path is created relative to an open directory without following any
+//! symbolic link ([`crate::fsat`]). Whatever lower layers left at `D/NAME` or
+//! below it is replaced exactly as a layer entry would replace it: a
+//! directory over a directory merges, anything else is removed, and a
+//! symbolic link is removed, never followed.
+//!
+//! The entries are placed in canonical order (`spec/fallback.md`,
+//! "Materialized entries"): directories before what they hold, and of every
+//! set of paths that are one file in the block (a regular file and the hard
+//! links to it), the first in that order gets the content and the others are
+//! hard links to it, whatever order the block's archive had. A hard link to a
+//! file outside the imported subtree becomes such a file of its own. Files
+//! come from the store by copy, reflink or, for read-only root filesystems,
+//! hard link; the store's shared inodes are then never chowned, chmodded or
+//! touched.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use oci_blocks_core::Digest;
+use oci_blocks_core::entry::{self, Kind};
+use oci_blocks_core::import::ImportEntry;
+use oci_blocks_core::layout::OciDir;
+use oci_blocks_core::limits::Limits;
+use oci_blocks_core::oci_spec::image::Descriptor;
+use oci_blocks_core::validate::Rule;
+use pathrs::Root;
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
+
+use crate::apply::{ImportHeader, ImportSource, as_path, set_xattrs};
+use crate::fsat;
+use crate::store::{BlockStore, EntryMeta, Extracted};
+use crate::unpack::LinkMode;
+use crate::{Error, Result};
+
+/// What one path of an import becomes.
+#[derive(Debug)]
+enum What<'b> {
+    /// A directory: with the block entry's metadata, or (implied by deeper
+    /// entries) with mode 0755 and the import entry's owner and time.
+    Dir(Option<&'b EntryMeta>),
+    /// A symbolic link.
+    Symlink(&'b EntryMeta),
+    /// A regular file with this entry's content and metadata.
+    File(&'b EntryMeta),
+    /// A hard link to the file placed at this path (relative to `D/NAME`).
+    Link(Vec<u8>),
+}
+
+/// One path of an import, relative to `D/NAME` (empty: `D/NAME` itself).
+#[derive(Debug)]
+struct Item<'b> {
+    rel: Vec<u8>,
+    what: What<'b>,
+}
+
+impl Item<'_> {
+    /// The canonical sort key: the path, with a `/` after a directory.
+    fn key(&self) -> Vec<u8> {
+        let mut k = self.rel.clone();
+        if matches!(self.what, What::Dir(_)) && !k.is_empty() {
+            k.push(b'/');
+        }
+        k
+    }
+}
+
+/// The regular file a block entry is, following hard links.
+fn file_of<'b>(block: &'b Extracted, e: &'b EntryMeta) -> Option<&'b EntryMeta> {
+    let mut cur = e;
+    for _ in 0..64 {
+        match cur.kind {
+            Kind::File => return Some(cur),
+            Kind::HardLink => cur = block.get(&cur.link.as_ref()?.0)?,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Everything an import creates, in canonical order, and the bytes of its
+/// files.
+fn plan<'b>(
+    block: &'b Extracted,
+    source: &[u8],
+    subject: &str,
+    import: &ImportEntry,
+) -> Result<(Vec<Item<'b>>, u64)> {
+    let named = block.get(source);
+    let below = block.below(source);
+    if named.is_none() && below.is_empty() && !source.is_empty() {
+        return Err(Error::invalid(
+            subject,
+            format!(
+                "block {} has no entry {} [{}]",
+                import.digest(),
+                import.source(),
+                Rule::ImportSourceMissing
+            ),
+        ));
+    }
+    let broken = |e: &EntryMeta| {
+        Error::invalid(
+            subject,
+            format!(
+                "block {}: hard link {} names no regular file [{}]",
+                import.digest(),
+                String::from_utf8_lossy(&e.path.0),
+                Rule::BlockHardlinkTarget
+            ),
+        )
+    };
+    let mut items = Vec::new();
+    let item = |rel: Vec<u8>, e: &'b EntryMeta| -> Result<Item<'b>> {
+        let what = match e.kind {
+            Kind::Dir => What::Dir(Some(e)),
+            Kind::Symlink => What::Symlink(e),
+            Kind::File | Kind::HardLink => What::File(file_of(block, e).ok_or_else(|| broken(e))?),
+            other => {
+                return Err(Error::invalid(
+                    subject,
+                    format!(
+                        "block {} holds a {} [{}]",
+                        import.digest(),
+                        other.describe(),
+                        Rule::BlockEntryType
+                    ),
+                ));
+            }
+        };
+        Ok(Item { rel, what })
+    };
+    match named {
+        Some(e) => items.push(item(Vec::new(), e)?),
+        None => items.push(Item {
+            rel: Vec::new(),
+            what: What::Dir(None),
+        }),
+    }
+    let skip = if source.is_empty() {
+        0
+    } else {
+        source.len() + 1
+    };
+    if matches!(items[0].what, What::Dir(_)) {
+        for e in below {
+            items.push(item(e.path.0[skip..].to_vec(), e)?);
+        }
+    }
+    // Directories that only deeper entries imply.
+    let mut have: HashSet<Vec<u8>> = items.iter().map(|i| i.rel.clone()).collect();
+    let mut implied = Vec::new();
+    for i in &items {
+        let mut p = &i.rel[..];
+        while let Some(at) = p.iter().rposition(|&b| b == b'/') {
+            p = &p[..at];
+            if have.insert(p.to_vec()) {
+                implied.push(p.to_vec());
+            }
+        }
+        if !i.rel.is_empty() && !i.rel.contains(&b'/') && have.insert(Vec::new()) {
+            implied.push(Vec::new());
+        }
+    }
+    items.extend(implied.into_iter().map(|rel| Item {
+        rel,
+        what: What::Dir(None),
+    }));
+    items.sort_by_cached_key(Item::key);
+    // Of the paths that are one file, the first holds it.
+    let mut leaders: HashMap<&[u8], Vec<u8>> = HashMap::new();
+    let mut bytes = 0;
+    for item in &mut items {
+        if let What::File(f) = item.what {
+            match leaders.get(&f.path.0[..]) {
+                Some(leader) => item.what = What::Link(leader.clone()),
+                None => {
+                    leaders.insert(&f.path.0, item.rel.clone());
+                    bytes += f.size;
+                }
+            }
+        }
+    }
+    Ok((items, bytes))
+}
+
+fn timestamps(mtime: u64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: mtime as i64,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// Imports resolved from the block store.
+pub(crate) struct StoreImports<'a> {
+    pub(crate) layout: &'a OciDir,
+    pub(crate) store: &'a BlockStore,
+    pub(crate) declared: HashMap<Digest, Descriptor>,
+    pub(crate) extracted: HashMap<Digest, Extracted>,
+    pub(crate) link: LinkMode,
+    pub(crate) privileged: bool,
+    pub(crate) limits: Limits,
+    /// Bytes the image's imports materialized so far.
+    pub(crate) materialized: u64,
+    /// Content bytes of the distinct blocks imported so far.
+    pub(crate) imported_content: u64,
+    imported: HashSet<Digest>,
+    pub(crate) report_extracted: Vec<String>,
+    pub(crate) report_reused: Vec<String>,
+    pub(crate) skipped_xattrs: Vec<String>,
+}
+
+impl<'a> StoreImports<'a> {
+    pub(crate) fn new(
+        layout: &'a OciDir,
+        store: &'a BlockStore,
+        declared: HashMap<Digest, Descriptor>,
+        link: LinkMode,
+        limits: Limits,
+    ) -> Self {
+        StoreImports {
+            layout,
+            store,
+            declared,
+            extracted: HashMap::new(),
+            link,
+            privileged: rustix::process::geteuid().is_root(),
+            limits,
+            materialized: 0,
+            imported_content: 0,
+            imported: HashSet::new(),
+            report_extracted: Vec::new(),
+            report_reused: Vec::new(),
+            skipped_xattrs: Vec::new(),
+        }
+    }
+
+    /// The block, extracted into the store if it is not there yet.
+    pub(crate) fn block(&mut self, digest: &Digest, subject: &str) -> Result<Extracted> {
+        if let Some(e) = self.extracted.get(digest) {
+            return Ok(e.clone());
+        }
+        let d = self.declared.get(digest).ok_or_else(|| {
+            Error::invalid(
+                subject,
+                format!(
+                    "block {digest} is not listed in the manifest's blocks [{}]",
+                    Rule::ImportUndeclaredDigest
+                ),
+            )
+        })?;
+        let (ex, new) = self.store.ensure(
+            self.layout,
+            digest,
+            d.size(),
+            d.media_type().as_ref(),
+            &self.limits,
+        )?;
+        if new {
+            self.report_extracted.push(digest.to_string());
+        } else {
+            self.report_reused.push(digest.to_string());
+        }
+        self.extracted.insert(digest.clone(), ex.clone());
+        Ok(ex)
+    }
+
+    /// Places the file `content` (a regular file of the block) as `name` in
+    /// `dir`.
+    fn place_file(
+        &mut self,
+        block: &Extracted,
+        content: &EntryMeta,
+        dir: impl AsFd,
+        name: &[u8],
+        shown: &Path,
+    ) -> Result<()> {
+        let stored = String::from_utf8_lossy(&content.path.0).into_owned();
+        let store_err = |e: io::Error| Error::io(Path::new("block store").join(&stored), e);
+        if self.link == LinkMode::Hardlink {
+            let (sdir, sname) = fsat::split(&content.path.0);
+            let src = fsat::open_dir_beneath(&*block.tree, sdir).map_err(store_err)?;
+            let st = rustix::fs::statat(&src, sname, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| store_err(e.into()))?;
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+            {
+                return Err(store_err(io::Error::other(
+                    "not a regular file in the store",
+                )));
+            }
+            rustix::fs::linkat(&src, sname, dir, name, AtFlags::empty())
+                .map_err(|e| Error::io(shown, e.into()))?;
+            return Ok(());
+        }
+        let src =
+            fsat::open_beneath(&*block.tree, &content.path.0, OFlags::RDONLY).map_err(store_err)?;
+        let st = rustix::fs::fstat(&src).map_err(|e| store_err(e.into()))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(store_err(io::Error::other(
+                "not a regular file in the store",
+            )));
+        }
+        let dst = fsat::create_file_at(dir, name).map_err(|e| Error::io(shown, e))?;
+        let cloned = matches!(self.link, LinkMode::Auto | LinkMode::Reflink)
+            && rustix::fs::ioctl_ficlone(&dst, &src).is_ok();
+        if !cloned {
+            if self.link == LinkMode::Reflink {
+                return Err(Error::Option {
+                    option: "--link reflink".into(),
+                    reason: format!("the file system of the block store cannot clone {stored}"),
+                });
+            }
+            let (mut from, mut to) = (
+                fs::File::from(src),
+                fs::File::from(dst.try_clone().map_err(|e| Error::io(shown, e))?),
+            );
+            io::copy(&mut from, &mut to).map_err(|e| Error::io(shown, e))?;
+        }
+        // Ownership first: a chown clears set-id bits and capabilities.
+        if self.privileged {
+            rustix::fs::fchown(
+                &dst,
+                Some(rustix::process::Uid::from_raw(content.uid as u32)),
+                Some(rustix::process::Gid::from_raw(content.gid as u32)),
+            )
+            .map_err(|e| Error::io(shown, e.into()))?;
+        }
+        rustix::fs::fchmod(&dst, Mode::from_raw_mode(content.mode & 0o7777))
+            .map_err(|e| Error::io(shown, e.into()))?;
+        set_xattrs(
+            &dst,
+            shown,
+            &content.xattrs,
+            self.privileged,
+            &mut self.skipped_xattrs,
+        );
+        rustix::fs::futimens(&dst, &timestamps(content.mtime))
+            .map_err(|e| Error::io(shown, e.into()))?;
+        Ok(())
+    }
+
+    /// Gives a directory its final metadata.
+    fn finish_dir(
+        &mut self,
+        fd: &OwnedFd,
+        meta: Option<&EntryMeta>,
+        header: &ImportHeader,
+        shown: &Path,
+    ) -> Result<()> {
+        let (mode, uid, gid, mtime) = match meta {
+            Some(m) => (m.mode, m.uid, m.gid, m.mtime),
+            None => (0o755, header.uid, header.gid, header.mtime),
+        };
+        if self.privileged {
+            rustix::fs::fchown(
+                fd,
+                Some(rustix::process::Uid::from_raw(uid as u32)),
+                Some(rustix::process::Gid::from_raw(gid as u32)),
+            )
+            .map_err(|e| Error::io(shown, e.into()))?;
+        }
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & 0o7777))
+            .map_err(|e| Error::io(shown, e.into()))?;
+        if let Some(m) = meta {
+            set_xattrs(
+                fd,
+                shown,
+                &m.xattrs,
+                self.privileged,
+                &mut self.skipped_xattrs,
+            );
+        }
+        let _ = rustix::fs::futimens(fd, &timestamps(mtime));
+        Ok(())
+    }
+}
+
+impl ImportSource for StoreImports<'_> {
+    fn materialize(
+        &mut self,
+        root: &Root,
+        target: &[u8],
+        import: &ImportEntry,
+        header: &ImportHeader,
+        subject: &str,
+    ) -> Result<Vec<Vec<u8>>> {
+        let block = self.block(import.digest(), subject)?;
+        let (items, bytes) = plan(&block, import.source_in_block().as_bytes(), subject, import)?;
+        if self.imported.insert(import.digest().clone()) {
+            self.imported_content += block.content_bytes;
+        }
+        let total = self.materialized + bytes;
+        self.limits
+            .check_import_bytes(total, self.imported_content)
+            .map_err(|e| Error::invalid(subject, format!("{e} [{}]", Rule::LimitExceeded)))?;
+        self.materialized = total;
+
+        let (dpath, dname) = fsat::split(target);
+        let in_root = |e| Error::in_root(format!("materializing {}", as_path(target).display()), e);
+        let parent = if dpath.is_empty() {
+            root.resolve(".").map_err(in_root)?
+        } else {
+            root.resolve(as_path(dpath)).map_err(in_root)?
+        };
+        let shown = |rel: &[u8]| as_path(&entry::join(target, rel)).to_path_buf();
+        let fresh = fsat::stat_at(&parent, dname).map_err(|e| Error::io(shown(b""), e))?
+            == fsat::Found::Nothing;
+
+        // The destination itself.
+        let mut stack: Vec<(Vec<u8>, OwnedFd)> = Vec::new();
+        let mut dirs: Vec<(Vec<u8>, Option<&EntryMeta>)> = Vec::new();
+        let mut links: Vec<(&Item<'_>, &[u8])> = Vec::new();
+        let first = &items[0];
+        match &first.what {
+            What::Dir(meta) => {
+                let (fd, _) =
+                    fsat::ensure_dir_at(&parent, dname).map_err(|e| Error::io(shown(b""), e))?;
+                if !self.privileged {
+                    let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700));
+                }
+                dirs.push((Vec::new(), *meta));
+                stack.push((Vec::new(), fd));
+            }
+            other => {
+                if !fresh {
+                    fsat::remove_at(&parent, dname).map_err(|e| Error::io(shown(b""), e))?;
+                }
+                self.place(&block, other, &parent, dname, &shown(b""))?;
+            }
+        }
+        for item in &items[1..] {
+            let (pdir, name) = fsat::split(&item.rel);
+            while stack.last().is_some_and(|(rel, _)| rel.as_slice() != pdir) {
+                stack.pop();
+            }
+            let Some((_, pfd)) = stack.last() else {
+                return Err(Error::invalid(
+                    subject,
+                    format!("{} has no parent in the import", shown(&item.rel).display()),
+                ));
+            };
+            let here = shown(&item.rel);
+            match &item.what {
+                What::Dir(meta) => {
+                    let fd = if fresh {
+                        rustix::fs::mkdirat(pfd, name, Mode::from_raw_mode(0o700))
+                            .map_err(|e| Error::io(&here, e.into()))?;
+                        fsat::open_dir_at(pfd, name).map_err(|e| Error::io(&here, e))?
+                    } else {
+                        let (fd, _) =
+                            fsat::ensure_dir_at(pfd, name).map_err(|e| Error::io(&here, e))?;
+                        if !self.privileged {
+                            let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700));
+                        }
+                        fd
+                    };
+                    dirs.push((item.rel.clone(), *meta));
+                    stack.push((item.rel.clone(), fd));
+                }
+                What::Link(_) => links.push((item, name)),
+                other => {
+                    let pfd = pfd.try_clone().map_err(|e| Error::io(&here, e))?;
+                    if !fresh {
+                        fsat::remove_at(&pfd, name).map_err(|e| Error::io(&here, e))?;
+                    }
+                    self.place(&block, other, &pfd, name, &here)?;
+                }
+            }
+        }
+        stack.clear();
+        // Hard links, once every file they name is in place.
+        if !links.is_empty() {
+            let top = fsat::open_dir_at(&parent, dname).map_err(|e| Error::io(shown(b""), e))?;
+            for (item, name) in links {
+                let What::Link(leader) = &item.what else {
+                    continue;
+                };
+                let here = shown(&item.rel);
+                let (pdir, _) = fsat::split(&item.rel);
+                let pfd = fsat::open_dir_beneath(&top, pdir).map_err(|e| Error::io(&here, e))?;
+                let (ldir, lname) = fsat::split(leader);
+                let lfd = fsat::open_dir_beneath(&top, ldir).map_err(|e| Error::io(&here, e))?;
+                if !fresh {
+                    fsat::remove_at(&pfd, name).map_err(|e| Error::io(&here, e))?;
+                }
+                rustix::fs::linkat(&lfd, lname, &pfd, name, AtFlags::empty())
+                    .map_err(|e| Error::io(&here, e.into()))?;
+            }
+        }
+        // Directories last, deepest first: their final modes and times.
+        for (rel, meta) in dirs.into_iter().rev() {
+            let here = shown(&rel);
+            let fd = if rel.is_empty() {
+                fsat::open_dir_at(&parent, dname)
+            } else {
+                let top = fsat::open_dir_at(&parent, dname).map_err(|e| Error::io(&here, e))?;
+                fsat::open_dir_beneath(&top, &rel)
+            }
+            .map_err(|e| Error::io(&here, e))?;
+            self.finish_dir(&fd, meta, header, &here)?;
+        }
+        Ok(items.iter().map(|i| entry::join(target, &i.rel)).collect())
+    }
+}
+
+impl StoreImports<'_> {
+    /// Creates a file or symlink `name` in `dir` (nothing is there).
+    fn place(
+        &mut self,
+        block: &Extracted,
+        what: &What<'_>,
+        dir: &impl AsFd,
+        name: &[u8],
+        shown: &Path,
+    ) -> Result<()> {
+        match what {
+            What::File(content) => self.place_file(block, content, dir, name, shown),
+            What::Symlink(meta) => {
+                let link = meta.link.as_ref().map(|l| &l.0[..]).unwrap_or_default();
+                rustix::fs::symlinkat(link, dir, name).map_err(|e| Error::io(shown, e.into()))?;
+                for (x, _) in &meta.xattrs {
+                    self.skipped_xattrs.push(format!(
+                        "{}: {x} (not restored on symlinks)",
+                        shown.display()
+                    ));
+                }
+                Ok(())
+            }
+            // Directories and links are placed by the caller.
+            What::Dir(_) | What::Link(_) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! Hostile blocks and imports through `oci-blocks-shim unpack`: nothing an image
+//! holds may reach a file outside the root filesystem, and the block store's
+//! shared inodes keep their owner and mode.
+//!
+//! Each case runs in a work directory that also holds a host tree (`host/`):
+//! files with known content, modes and times that the image aims at by their
+//! absolute paths. Every file of the work directory other than the root
+//! filesystems and the store is recorded before the unpack and compared after
+//! it: type, mode, owner, size, link count, time, content and link target.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Result, ensure};
+use oci_blocks_core::Digest;
+use oci_blocks_core::fixture::{self, ImageSpec};
+
+/// What is recorded of one path.
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    nlink: u64,
+    mtime: i64,
+    content: Option<Digest>,
+    link: Option<PathBuf>,
+}
+
+fn stamp(p: &Path) -> Result<Stamp> {
+    let m = fs::symlink_metadata(p)?;
+    let content = if m.is_file() {
+        Some(Digest::sha256(&fs::read(p)?))
+    } else {
+        None
+    };
+    let link = if m.file_type().is_symlink() {
+        Some(fs::read_link(p)?)
+    } else {
+        None
+    };
+    Ok(Stamp {
+        mode: m.mode(),
+        uid: m.uid(),
+        gid: m.gid(),
+        size: m.len(),
+        nlink: m.nlink(),
+        mtime: m.mtime(),
+        content,
+        link,
+    })
+}
+
+/// Every path below `dir` except those whose first component `skip` names.
+fn snapshot(dir: &Path, skip: &dyn Fn(&str) -> bool) -> Result<BTreeMap<PathBuf, Stamp>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let rel = p.strip_prefix(dir)?.to_path_buf();
+        let first = rel
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned());
+        if first.as_deref().is_some_and(skip) {
+            continue;
+        }
+        if fs::symlink_metadata(&p)?.is_dir() {
+            for e in fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+        // The work directory itself gains the outputs.
+        if !rel.as_os_str().is_empty() {
+            out.insert(rel, stamp(&p)?);
+        }
+    }
+    Ok(out)
+}
+
+/// A work directory with a host tree the images aim at.
+struct Host {
+    tmp: tempfile::TempDir,
+}
+
+impl Host {
+    fn new() -> Result<Host> {
+        let tmp = tempfile::tempdir()?;
+        let host = tmp.path().join("host");
+        fs::create_dir_all(host.join("bin"))?;
+        fs::write(host.join("secret"), "host secret")?;
+        fs::write(host.join("bin/tool"), "#!/bin/sh\n")?;
+        let mode = |p: &Path, m: u32| {
+            fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m))
+        };
+        mode(&host.join("secret"), 0o600)?;
+        mode(&host.join("bin/tool"), 0o755)?;
+        Ok(Host { tmp })
+    }
+
+    fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// The host tree's absolute path.
+    fn host(&self) -> String {
+        self.path().join("host").display().to_string()
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path().join("store")
+    }
+
+    /// The work directory minus root filesystems and the store.
+    fn snapshot(&self) -> Result<BTreeMap<PathBuf, Stamp>> {
+        snapshot(self.path(), &|first| {
+            first.starts_with("root") || first == "store"
+        })
+    }
+
+    /// Builds the image described by `toml` (`{HOST}` is the host tree's path)
+    /// as `img-NAME`.
+    fn image(&self, name: &str, toml: &str) -> Result<PathBuf> {
+        let text = format!(
+            "description = \"{name}\"\n{}",
+            toml.replace("{HOST}", &self.host())
+        );
+        let dir = self.path().join(format!("img-{name}"));
+        fixture::build(&ImageSpec::from_toml(&text, name)?, &dir, "latest")?;
+        Ok(dir)
+    }
+
+    /// Unpacks `img` into `root-NAME` with `extra` options; checks that nothing
+    /// outside changed and that a failure leaves no root filesystem. Returns
+    /// whether it succeeded, the root filesystem and the output.
+    fn unpack(&self, name: &str, img: &Path, extra: &[&str]) -> Result<(bool, PathBuf, String)> {
+        let before = self.snapshot()?;
+        let root = self.path().join(format!("root-{name}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_oci-blocks-shim"))
+            .arg("unpack")
+            .arg("--store")
+            .arg(self.store())
+            .args(extra)
+            .arg(format!("oci:{}:latest", img.display()))
+            .arg(&root)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let after = self.snapshot()?;
+        for (path, was) in &before {
+            match after.get(path) {
+                None => anyhow::bail!("{name}: {} disappeared: {text}", path.display()),
+                Some(now) => ensure!(
+                    now == was,
+                    "{name}: {} changed from {was:?} to {now:?}: {text}",
+                    path.display()
+                ),
+            }
+        }
+        let new: Vec<_> = after.keys().filter(|p| !before.contains_key(*p)).collect();
+        ensure!(
+            new.is_empty(),
+            "{name}: new paths outside the root: {new:?}"
+        );
+        if !out.status.success() {
+            ensure!(
+                !root.exists(),
+                "{name}: a failed unpack left {}",
+                root.display()
+            );
+        }
+        Ok((out.status.success(), root, text))
+    }
+
+    /// Every file of the store's extracted trees: owner and mode, by path.
+    fn store_inodes(&self) -> Result<BTreeMap<PathBuf, (u32, u32, u32)>> {
+        let mut out = BTreeMap::new();
+        for (p, s) in snapshot(&self.store().join("blocks"), &|_| false)? {
+            out.insert(p, (s.uid, s.gid, s.mode));
+        }
+        Ok(out)
+    }
+}
+
+const HARDLINK: &[&str] = &["--link", "hardlink", "--read-only"];
+
+fn fails_naming(case: &str, result: &(bool, PathBuf, String), needles: &[&str]) -> Result<()> {
+    let (ok, _, out) = result;
+    ensure!(!ok, "{case}: the unpack succeeded: {out}");
+    for n in needles {
+        ensure!(
+            out.contains(n),
+            "{case}: the error does not name {n:?}: {out}"
+        );
+    }
+    Ok(())
+}
+
+/// A block's symlink `evil -> /` and a setuid file below it: extracting the
+/// block must not reach the host file of that path, even though the layer
+/// imports only another file of the block.
+#[test]
+fn a_block_symlink_never_leads_extraction_to_the_host() -> Result<()> {
+    let h = Host::new()?;
+    let img = h.image(
+        "setuid",
+        r#"
+[[blocks]]
+name = "b"
+entries = [
+  { path = "lib.jar", content = "jar" },
+  { path = "evil", type = "symlink", target = "/" },
+  { path = "evil{HOST}/bin/tool", content = "owned", mode = 0o4755 },
+]
+[[layers]]
+media_type = "import"
+entries = [{ path = "app/.import.lib.jar", content = "/lib.jar from {block:b}" }]
+"#,
+    )?;
+    let r = h.unpack("setuid", &img, &[])?;
+    fails_naming(
+        "setuid",
+        &r,
+        &["block.path-prefix", "evil", "symbolic link"],
+    )?;
+    Ok(())
+}
+
+/// An import whose SOURCE passes through a block's symlink, copied and hard
+/// linked: the host file must not be read, nor its inode linked.
+#[test]
+fn an_import_source_never_passes_through_a_block_symlink() -> Result<()> {
+    let h = Host::new()?;
+    let img = h.image(
+        "through",
+        r#"
+[[blocks]]
+name = "b"
+entries = [
+  { path = "evil", type = "symlink", target = "/" },
+  { path = "evil{HOST}/secret", content = "decoy" },
+]
+[[layers]]
+media_type = "import"
+entries = [{ path = "app/.import.secret", content = "/evil{HOST}/secret from {block:b}" }]
+"#,
+    )?;
+    for (case, extra) in [("through-copy", &[][..]), ("through-hardlink", HARDLINK)] {
+        let r = h.unpack(case, &img, extra)?;
+        fails_naming(case, &r, &["block.path-prefix"])?;
+    }
+    Ok(())
+}
+
+/// A block's hard link to its own symlink that points at a host file.
+#[test]
+fn a_block_hard_link_to_a_block_symlink_is_refused() -> Result<()> {
+    let h = Host::new()?;
+    let img = h.image(
+        "hardlink-symlink",
+        r#"
+[[blocks]]
+name = "b"
+entries = [
+  { path = "link", type = "symlink", target = "{HOST}/secret" },
+  { path = "h", type = "hardlink", target = "link" },
+]
+[[layers]]
+media_type = "import"
+entries = [{ path = "app/.import.h", content = "/h from {block:b}" }]
+"#,
+    )?;
+    for (case, extra) in [("hl-copy", &[][..]), ("hl-hardlink", HARDLINK)] {
+        let r = h.unpack(case, &img, extra)?;
+        fails_naming(case, &r, &["block.hardlink-target", "link"])?;
+    }
+    Ok(())
+}
+
+/// With `--link hardlink`, a block's hard link entry that names another owner
+/// must not re-own the store's shared inode for every later unpack.
+#[test]
+fn a_block_hard_link_entry_never_re_owns_the_stores_inode() -> Result<()> {
+    let h = Host::new()?;
+    let img = h.image(
+        "reown",
+        r#"
+[[blocks]]
+name = "b"
+entries = [
+  { path = "lib/", type = "dir" },
+  { path = "lib/a.jar", content = "jar", mode = 0o644 },
+  { path = "lib/b.jar", type = "hardlink", target = "lib/a.jar", uid = 4242, gid = 4242, mode = 0o4777 },
+]
+[[layers]]
+media_type = "import"
+entries = [{ path = "app/.import.lib", content = "/lib from {block:b}" }]
+"#,
+    )?;
+    let (ok, root, out) = h.unpack("reown-1", &img, HARDLINK)?;
+    ensure!(ok, "{out}");
+    let stored = h.store_inodes()?;
+    let a = root.join("app/lib/a.jar");
+    let b = root.join("app/lib/b.jar");
+    ensure!(
+        fs::metadata(&a)?.ino() == fs::metadata(&b)?.ino(),
+        "b.jar is a.jar"
+    );
+    ensure!(fs::read_to_string(&b)? == "jar");
+    // As root, the store holds the block's owner (0); never the link entry's.
+    let files: Vec<_> = stored
+        .iter()
+        .filter(|(p, _)| p.ends_with("a.jar"))
+        .collect();
+    ensure!(files.len() == 1, "{stored:?}");
+    let (uid, gid, mode) = *files[0].1;
+    ensure!(
+        (uid, gid) == (0, 0) && mode & 0o7000 == 0,
+        "the store's inode was re-owned or given set-id bits: {uid}:{gid} {mode:o}"
+    );
+    // A later unpack sees the block's own metadata.
+    let (ok, root2, out) = h.unpack("reown-2", &img, &[])?;
+    ensure!(ok, "{out}");
+    let m = fs::metadata(root2.join("app/lib/a.jar"))?;
+    ensure!(
+        (m.uid(), m.gid(), m.mode() & 0o7777) == (0, 0, 0o644),
+        "a copy after the hard-linked unpack: {}:{} {:o}",
+        m.uid(),
+        m.gid(),
+        m.mode()
+    );
+    ensure!(h.store_inodes()? == stored, "the store changed");
+    Ok(())
+}
+
+/// What lower layers left at or below an import's destination is replaced as
+/// a layer entry would replace it: a symlink there is removed, never followed.
+#[test]
+fn materialization_replaces_lower_symlinks_at_and_below_its_destination() -> Result<()> {
+    let h = Host::new()?;
+    let block = r#"
+[[blocks]]
+name = "b"
+entries = [
+  { path = "pkg/", type = "dir" },
+  { path = "pkg/sub/", type = "dir" },
+  { path = "pkg/sub/x", content = "from the block" },
+  { path = "pkg/f", content = "file" },
+]
+[[blocks]]
+name = "j"
+entries = [{ path = "lib.jar", content = "jar" }]
+"#;
+    let up = "../".repeat(16);
+    let cases = [
+        ("below-abs", "site/pkg/sub", "{HOST}".to_string()),
+        ("below-rel", "site/pkg/sub", format!("{up}{{HOST}}")),
+        (
+            "below-dangling",
+            "site/pkg/sub",
+            "/nonexistent-oci-blocks".into(),
+        ),
+        ("below-file", "site/pkg/f", "{HOST}/secret".into()),
+        ("at-dir", "site/pkg", "{HOST}".into()),
+    ];
+    for (case, link, target) in cases {
+        let img = h.image(
+            case,
+            &format!(
+                r#"{block}
+[[layers]]
+entries = [{{ path = "site/pkg/", type = "dir" }}, {{ path = "{link}", type = "symlink", target = "{target}" }}]
+[[layers]]
+media_type = "import"
+entries = [{{ path = "site/.import.pkg", content = "/pkg from {{block:b}}" }}]
+"#
+            ),
+        )?;
+        let (ok, root, out) = h.unpack(case, &img, &[])?;
+        ensure!(ok, "{case}: a valid image must unpack: {out}");
+        let sub = root.join("site/pkg/sub");
+        ensure!(
+            fs::symlink_metadata(&sub)?.is_dir(),
+            "{case}: site/pkg/sub is not a directory"
+        );
+        ensure!(
+            fs::read_to_string(sub.join("x"))? == "from the block",
+            "{case}"
+        );
+        ensure!(
+            fs::symlink_metadata(root.join("site/pkg/f"))?.is_file(),
+            "{case}: site/pkg/f"
+        );
+    }
+    // A file import over a lower symlink to a host file.
+    let img = h.image(
+        "at-file",
+        &format!(
+            r#"{block}
+[[layers]]
+entries = [{{ path = "app/lib.jar", type = "symlink", target = "{{HOST}}/secret" }}]
+[[layers]]
+media_type = "import"
+entries = [{{ path = "app/.import.lib.jar", content = "/lib.jar from {{block:j}}" }}]
+"#
+        ),
+    )?;
+    for (case, extra) in [("at-file-copy", &[][..]), ("at-file-hardlink", HARDLINK)] {
+        let (ok, root, out) = h.unpack(case, &img, extra)?;
+        ensure!(ok, "{case}: {out}");
+        let jar = root.join("app/lib.jar");
+        ensure!(fs::symlink_metadata(&jar)?.is_file(), "{case}");
+        ensure!(fs::read_to_string(&jar)? == "jar", "{case}");
+    }
+    Ok(())
+}
