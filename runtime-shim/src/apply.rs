@@ -302,19 +302,24 @@ impl<'r> Applier<'r> {
         Ok(())
     }
 
-    /// Applies one uncompressed layer. `imports` resolves `.import.` entries
-    /// when the layer may have them; without it they are plain files.
+    /// Applies one uncompressed layer, whose blob has `compressed` bytes.
+    /// `imports` resolves `.import.` entries when the layer may have them;
+    /// without it they are plain files. An entry that would take the layer
+    /// past its expansion bound is refused before it is written.
     pub fn apply_layer(
         &mut self,
         stream: impl Read,
         mut imports: Option<&mut dyn ImportSource>,
         subject: &str,
+        compressed: u64,
     ) -> Result<()> {
+        let bound = self.limits.expansion_limit(compressed);
         let mut own = Own::default();
         let mut opaque: Vec<Vec<u8>> = Vec::new();
         // Import targets of this layer: no other entry of the layer may be
         // at or below one ([import.conflict]).
         let mut imported: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut import_entries: BTreeSet<Vec<u8>> = BTreeSet::new();
         let mut import_count = 0u64;
         let mut archive = tar::Archive::new(stream);
         let entries = archive
@@ -331,6 +336,18 @@ impl<'r> Applier<'r> {
             let raw = entry.path_bytes().into_owned();
             let shown = String::from_utf8_lossy(&raw).into_owned();
             let esubject = format!("{subject}: entry {shown}");
+            let end = entry.raw_file_position().saturating_add(entry.size());
+            if end > bound {
+                let e = self
+                    .limits
+                    .check_expansion(subject, compressed, end)
+                    .err()
+                    .map_or_else(|| "over its expansion bound".to_string(), |e| e.to_string());
+                return Err(Error::invalid(
+                    esubject,
+                    format!("{e} [{}]", Rule::LimitExceeded),
+                ));
+            }
             let kind = entry::kind(entry.header().entry_type());
             if let Some(block) = &mut self.block {
                 let link = entry.link_name_bytes().map(|l| l.into_owned());
@@ -409,6 +426,15 @@ impl<'r> Applier<'r> {
                                 "{} bytes, more than {MAX_IMPORT_SIZE} [{}]",
                                 entry.size(),
                                 Rule::ImportTooLarge
+                            ),
+                        ));
+                    }
+                    if !import_entries.insert(path.clone()) {
+                        return Err(Error::invalid(
+                            &esubject,
+                            format!(
+                                "the same import entry appears twice in the layer [{}]",
+                                Rule::ImportDuplicate
                             ),
                         ));
                     }
@@ -717,7 +743,7 @@ pub(crate) fn tar_error(subject: &str, e: io::Error) -> Error {
     match oci_blocks_core::limits::exceeded_in(&e) {
         Some(bound) => Error::invalid(subject, format!("{bound} [{}]", Rule::LimitExceeded)),
         None => match oci_blocks_core::digest::verification_error(&e) {
-            Some(inner) => Error::invalid(subject, inner.to_string()),
+            Some(inner) => crate::store::core_error(subject, inner),
             None => Error::invalid(
                 subject,
                 format!("malformed tar: {e} [{}]", Rule::LayerTarMalformed),

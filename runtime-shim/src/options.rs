@@ -12,15 +12,15 @@ pub struct LimitArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value = "64GiB")]
     pub max_import_bytes: u64,
     /// How many times the content of the blocks it imports an image may
-    /// materialize, beyond its first GiB (an import of one block a thousand
-    /// times is refused early).
+    /// materialize, plus 64 MiB (an import of one block a thousand times is
+    /// refused early).
     #[arg(long, value_name = "N", default_value_t = Limits::default().import_ratio)]
     pub max_import_ratio: u64,
     /// Import entries in one layer.
     #[arg(long, value_name = "N", default_value_t = Limits::default().imports_per_layer)]
     pub max_imports_per_layer: u64,
-    /// How many times its compressed size a layer or block may expand to,
-    /// beyond its first GiB.
+    /// How many times its compressed size a layer or block may expand to
+    /// (at least 1 GiB).
     #[arg(long, value_name = "N", default_value_t = Limits::default().expansion_ratio)]
     pub max_expansion: u64,
 }

@@ -225,9 +225,30 @@ pub(crate) fn open_tar<'a>(
 /// Turns a verification failure surfacing as an I/O error into a clear one.
 pub(crate) fn blob_error(subject: &str, e: io::Error) -> Error {
     match verification_error(&e) {
-        Some(inner) => Error::invalid(subject, inner.to_string()),
+        Some(inner) => core_error(subject, inner),
         None => Error::invalid(subject, e.to_string()),
     }
+}
+
+/// A core error about `subject`, with the rule it breaks when it names one.
+pub(crate) fn core_error(subject: &str, e: &oci_blocks_core::Error) -> Error {
+    match e.rule() {
+        Some(rule) => Error::invalid(subject, format!("{e} [{rule}]")),
+        None => Error::invalid(subject, e.to_string()),
+    }
+}
+
+/// Opens a blob of the layout for verified reading; a missing blob is
+/// `blob.missing`.
+pub(crate) fn open_blob(
+    layout: &OciDir,
+    digest: &Digest,
+    size: u64,
+    subject: &str,
+) -> Result<oci_blocks_core::digest::VerifyingReader<fs::File>> {
+    layout
+        .open_blob(digest, Some(size))
+        .map_err(|e| core_error(subject, &e))
 }
 
 impl BlockStore {
@@ -463,12 +484,12 @@ impl BlockStore {
         fs::create_dir(&tree).map_err(|e| Error::io(&tree, e))?;
         let root = Root::open(&tree)
             .map_err(|e| Error::in_root(format!("opening {}", tree.display()), e))?;
-        let mut blob = layout.open_blob(digest, Some(size))?;
+        let mut blob = open_blob(layout, digest, size, &subject)?;
         let mut applier = Applier::for_block(&root, *limits);
         let applied: Result<_> = (|| {
             let stream = open_tar(&mut blob, media_type, &subject)?;
             let mut bounded = Bounded::expansion(stream, limits, &subject, size);
-            applier.apply_layer(&mut bounded, None, &subject)?;
+            applier.apply_layer(&mut bounded, None, &subject, size)?;
             io::copy(&mut bounded, &mut io::sink())
                 .map_err(|e| crate::apply::tar_error(&subject, e))?;
             Ok(())

@@ -19,7 +19,7 @@ use pathrs::Root;
 
 use crate::apply::{Applier, ApplyReport, ImportSource};
 use crate::materialize::StoreImports;
-use crate::store::{BlockStore, blob_error, open_tar};
+use crate::store::{BlockStore, blob_error, open_blob, open_tar};
 use crate::{Error, Result};
 
 /// How imported files reach the root filesystem.
@@ -250,7 +250,7 @@ pub fn unpack(
         let ld = Digest::try_from(layer.digest())?;
         let subject = format!("layer {i} ({ld})");
         let media_type = layer.media_type().to_string();
-        let mut blob = layout.open_blob(&ld, Some(layer.size()))?;
+        let mut blob = open_blob(layout, &ld, layer.size(), &subject)?;
         let applied: Result<_> = (|| {
             let stream = open_tar(&mut blob, &media_type, &subject)?;
             let bounded = Bounded::expansion(stream, &options.limits, &subject, layer.size());
@@ -261,7 +261,7 @@ pub fn unpack(
                 } else {
                     None
                 };
-            applier.apply_layer(&mut hashing, source, &subject)?;
+            applier.apply_layer(&mut hashing, source, &subject, layer.size())?;
             Ok(hashing
                 .finish()
                 .map_err(|e| crate::apply::tar_error(&subject, e))?

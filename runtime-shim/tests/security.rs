@@ -420,3 +420,195 @@ entries = [{{ path = "app/.import.lib.jar", content = "/lib.jar from {{block:j}}
     }
     Ok(())
 }
+
+/// A block's hard link may come before the file it names, and the paths that
+/// are one file in the block stay one file.
+#[test]
+fn a_hard_link_before_its_target_materializes() -> Result<()> {
+    let h = Host::new()?;
+    let img = h.image(
+        "link-first",
+        r#"
+[[blocks]]
+name = "b"
+entries = [
+  { path = "pkg/", type = "dir" },
+  { path = "pkg/hard.py", type = "hardlink", target = "pkg/mod.py" },
+  { path = "pkg/mod.py", content = "print(1)", mode = 0o640 },
+  { path = "pkg/sub/", type = "dir" },
+  { path = "pkg/sub/again.py", type = "hardlink", target = "pkg/hard.py" },
+]
+[[layers]]
+media_type = "import"
+entries = [
+  { path = "site/.import.pkg", content = "/pkg from {block:b}" },
+  { path = "one/.import.again.py", content = "/pkg/sub/again.py from {block:b}" },
+]
+"#,
+    )?;
+    for (case, extra) in [
+        ("link-first-copy", &[][..]),
+        ("link-first-hardlink", HARDLINK),
+    ] {
+        let (ok, root, out) = h.unpack(case, &img, extra)?;
+        ensure!(ok, "{case}: {out}");
+        let (a, b, c) = (
+            fs::metadata(root.join("site/pkg/hard.py"))?,
+            fs::metadata(root.join("site/pkg/mod.py"))?,
+            fs::metadata(root.join("site/pkg/sub/again.py"))?,
+        );
+        ensure!(a.ino() == b.ino() && b.ino() == c.ino(), "{case}: one file");
+        ensure!(fs::read_to_string(root.join("site/pkg/mod.py"))? == "print(1)");
+        // A link whose file is outside the imported subtree becomes that file.
+        let single = root.join("one/again.py");
+        ensure!(fs::read_to_string(&single)? == "print(1)", "{case}");
+        if extra.is_empty() {
+            ensure!(
+                a.mode() & 0o7777 == 0o640,
+                "{case}: the file's mode: {:o}",
+                a.mode()
+            );
+            ensure!(fs::metadata(&single)?.ino() != a.ino());
+        }
+    }
+    Ok(())
+}
+
+/// One block imported a thousand times: refused by the ratio long before
+/// the disk fills, and by the absolute bound when the ratio is raised.
+#[test]
+fn imports_of_one_block_a_thousand_times_stop_early() -> Result<()> {
+    let h = Host::new()?;
+    let imports: Vec<String> = (0..1000)
+        .map(|i| {
+            format!(r#"{{ path = "app/.import.copy{i}", content = "/big from {{block:b}}" }}"#)
+        })
+        .collect();
+    let img = h.image(
+        "amplify",
+        &format!(
+            r#"
+[[blocks]]
+name = "b"
+entries = [{{ path = "big", content = "0123456789abcdef", repeat = 65536 }}]
+[[layers]]
+media_type = "import+gzip"
+entries = [{}]
+"#,
+            imports.join(", ")
+        ),
+    )?;
+    let r = h.unpack("amplify", &img, &[])?;
+    fails_naming(
+        "amplify",
+        &r,
+        &["limit.exceeded", "--max-import-ratio", "app/.import.copy68"],
+    )?;
+    let r = h.unpack(
+        "amplify-absolute",
+        &img,
+        &[
+            "--max-import-ratio",
+            "100000",
+            "--max-import-bytes",
+            "10MiB",
+        ],
+    )?;
+    fails_naming("amplify-absolute", &r, &["--max-import-bytes", "10.0 MiB"])?;
+    let r = h.unpack(
+        "amplify-count",
+        &img,
+        &[
+            "--max-import-ratio",
+            "1000",
+            "--max-import-bytes",
+            "2GiB",
+            "--max-imports-per-layer",
+            "999",
+        ],
+    )?;
+    fails_naming(
+        "amplify-count",
+        &r,
+        &["--max-imports-per-layer", "1000 import entries"],
+    )?;
+    // Raised far enough, the same image unpacks.
+    let (ok, root, out) = h.unpack(
+        "amplify-raised",
+        &img,
+        &["--max-import-ratio", "1000", "--max-import-bytes", "2GiB"],
+    )?;
+    ensure!(ok, "{out}");
+    ensure!(fs::metadata(root.join("app/copy999"))?.len() == 1 << 20);
+    Ok(())
+}
+
+/// Writes a gzip layer of one tar entry claiming `size` zero bytes, as
+/// concatenated gzip members, so that a few MiB stand for GiBs; tags it.
+fn bomb(dir: &Path, size: u64) -> Result<PathBuf> {
+    use flate2::{Compression, write::GzEncoder};
+    use oci_blocks_core::layout::OciDir;
+    use std::io::Write;
+    let layout = OciDir::create(dir)?;
+    let mut header = tar::Header::new_ustar();
+    header.set_path("zeros")?;
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let member = |bytes: &[u8]| -> Result<Vec<u8>> {
+        let mut e = GzEncoder::new(Vec::new(), Compression::new(6));
+        e.write_all(bytes)?;
+        Ok(e.finish()?)
+    };
+    let chunk = member(&vec![0u8; 1 << 20])?;
+    let mut blob = member(header.as_bytes())?;
+    let mut hasher =
+        oci_blocks_core::digest::Hasher::new(oci_blocks_core::digest::Algorithm::Sha256);
+    hasher.update(header.as_bytes());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..(size >> 20) {
+        blob.extend_from_slice(&chunk);
+        hasher.update(&zeros);
+    }
+    // The end-of-archive marker.
+    blob.extend_from_slice(&member(&[0u8; 1024])?);
+    hasher.update(&[0u8; 1024]);
+    let (ld, ls) = layout.write_blob_bytes(&blob)?;
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [hasher.finish().as_str()]},
+    });
+    let (cd, cs) = layout.write_blob_bytes(&serde_json::to_vec(&config)?)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.as_str(), "size": cs},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld.as_str(), "size": ls}],
+    });
+    let bytes = serde_json::to_vec(&manifest)?;
+    let (md, ms) = layout.write_blob_bytes(&bytes)?;
+    let desc = oci_blocks_core::oci_spec::image::Descriptor::new(
+        oci_blocks_core::oci_spec::image::MediaType::ImageManifest,
+        ms,
+        md.as_oci().clone(),
+    );
+    layout.set_tag("latest", desc)?;
+    Ok(dir.to_path_buf())
+}
+
+/// A 5 MiB gzip layer that expands to 5 GiB is refused before anything of it
+/// is written.
+#[test]
+fn a_decompression_bomb_is_refused_before_it_is_written() -> Result<()> {
+    let h = Host::new()?;
+    let img = bomb(&h.path().join("img-bomb"), 5 << 30)?;
+    let compressed: u64 = fs::read_dir(img.join("blobs/sha256"))?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0);
+    ensure!(compressed < 8 << 20, "the bomb is {compressed} bytes");
+    let r = h.unpack("bomb", &img, &[])?;
+    fails_naming("bomb", &r, &["limit.exceeded", "--max-expansion", "zeros"])?;
+    Ok(())
+}

@@ -294,3 +294,71 @@ fn a_reader_that_goes_away_ends_the_output_quietly() -> Result<()> {
     );
     Ok(())
 }
+
+/// What the unpacker does not check of an image, by design: the anchor is
+/// for registries, and a block that no import names is never fetched
+/// (`spec/blocks.md`, "Lazy fetching").
+const NOT_UNPACKERS: &[&str] = &["fallback.anchor-incomplete"];
+
+/// The validator and the unpacker read every example image alike: an image
+/// `validate` approves unpacks, and one it refuses fails to unpack, naming
+/// the same rule, and the names both see agree.
+#[test]
+fn validate_and_unpack_agree_on_every_image_example() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = repo().join("spec/examples/images");
+    let mut disagree = Vec::new();
+    for entry in fs::read_dir(&dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let spec = ImageSpec::from_toml(&fs::read_to_string(&path)?, &name)?;
+        if spec.sparse {
+            continue; // its blobs are elsewhere by design
+        }
+        let out_dir = tmp.path().join(&name);
+        fixture::build(&spec, &out_dir, "v1")?;
+        let reference = format!("oci:{}:v1", out_dir.display());
+        let validated = run(&["validate", "--json", &reference])?;
+        let json: serde_json::Value = serde_json::from_slice(&validated.stdout)?;
+        let root = tmp.path().join(format!("{name}.rootfs"));
+        // A store of its own: a block verified for one example would serve
+        // another that has a corrupt copy of it.
+        let unpacked = run(&[
+            "unpack",
+            "--store",
+            &tmp.path()
+                .join(format!("{name}.store"))
+                .display()
+                .to_string(),
+            &reference,
+            &root.display().to_string(),
+        ])?;
+        let rule = spec.expect.as_ref().and_then(|e| e.rule.clone());
+        let exempt = rule.as_deref().is_some_and(|r| NOT_UNPACKERS.contains(&r));
+        let agrees = match (&rule, json["valid"] == true, unpacked.status.success()) {
+            (None, true, true) => true,
+            (Some(r), false, false) => text(&unpacked).contains(&format!("[{r}]")),
+            (Some(_), false, true) => exempt,
+            _ => false,
+        };
+        if !agrees {
+            disagree.push(format!(
+                "{name}: validate {} / unpack {}: {}",
+                json["valid"],
+                unpacked.status,
+                text(&unpacked)
+            ));
+        }
+        if !unpacked.status.success() {
+            ensure!(
+                !root.exists(),
+                "{name}: a failed unpack left its root filesystem"
+            );
+        }
+    }
+    ensure!(disagree.is_empty(), "{}", disagree.join("\n"));
+    Ok(())
+}

@@ -120,6 +120,19 @@ impl Error {
             source,
         }
     }
+
+    /// The spec rule an error about a blob or an import breaks, when it is one.
+    pub fn rule(&self) -> Option<crate::validate::Rule> {
+        use crate::validate::Rule;
+        match self {
+            Error::DigestMismatch { .. } => Some(Rule::BlobDigestMismatch),
+            Error::SizeMismatch { .. } | Error::TooLarge { .. } => Some(Rule::BlobSizeMismatch),
+            Error::BlobNotFound { .. } => Some(Rule::BlobMissing),
+            Error::InvalidDigest { .. } => Some(Rule::DigestInvalid),
+            Error::Import(e) => Some(e.rule()),
+            _ => None,
+        }
+    }
 }
 
 /// Result with this crate's [`Error`].

@@ -138,8 +138,9 @@ pub struct LayerSpec {
 pub struct EntrySpec {
     /// The path, written as is.
     pub path: String,
-    /// `file` (default), `dir`, `symlink`, `hardlink`, `fifo`, `char`, or
-    /// `typeflag:X` for any other one-byte type.
+    /// `file` (default), `dir`, `symlink`, `hardlink`, `fifo`, `char`,
+    /// `gnu-sparse` (an old-GNU sparse file, all hole), or `typeflag:X` for
+    /// any other one-byte type.
     #[serde(rename = "type", default = "file")]
     pub kind: String,
     /// File content; `{block:NAME}` becomes that block's digest.
@@ -262,8 +263,14 @@ fn write_name(field: &mut [u8], value: &str, what: &str) -> Result<()> {
 pub fn tar_of(entries: &[EntrySpec], blocks: &BTreeMap<String, Digest>) -> Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     for e in entries {
-        let mut header = tar::Header::new_ustar();
+        let mut header = if e.kind == "gnu-sparse" {
+            tar::Header::new_gnu()
+        } else {
+            tar::Header::new_ustar()
+        };
         let (entry_type, default_mode) = match e.kind.as_str() {
+            // An old-GNU sparse file with no data blocks (all hole).
+            "gnu-sparse" => (tar::EntryType::GNUSparse, 0o644),
             "file" => (tar::EntryType::Regular, 0o644),
             "dir" => (tar::EntryType::Directory, 0o755),
             "symlink" => (tar::EntryType::Symlink, 0o777),
@@ -289,6 +296,9 @@ pub fn tar_of(entries: &[EntrySpec], blocks: &BTreeMap<String, Digest>) -> Resul
             _ => Vec::new(),
         };
         header.set_size(content.len() as u64);
+        if let Some(gnu) = header.as_gnu_mut().filter(|_| e.kind == "gnu-sparse") {
+            gnu.set_real_size(0);
+        }
         write_name(&mut header.as_old_mut().name, &e.path, &e.path)?;
         if let Some(target) = &e.target {
             write_name(&mut header.as_old_mut().linkname, target, &e.path)?;

@@ -24,11 +24,12 @@ pub struct Limits {
     /// (`--max-import-bytes`).
     pub import_bytes: u64,
     /// How many times the content of the blocks an image imports it may
-    /// materialize, beyond a first [`Limits::import_floor`]
+    /// materialize, plus [`Limits::import_floor`]
     /// (`--max-import-ratio`): an import of the same block a thousand times is
     /// refused early, whatever the absolute bound.
     pub import_ratio: u64,
-    /// Bytes every image may materialize whatever its blocks hold.
+    /// Bytes every image may materialize beyond the ratio, for small blocks
+    /// imported at many paths.
     pub import_floor: u64,
     /// Import entries in one layer (`--max-imports-per-layer`).
     pub imports_per_layer: u64,
@@ -44,7 +45,7 @@ impl Default for Limits {
         Limits {
             import_bytes: 64 * GIB,
             import_ratio: 4,
-            import_floor: GIB,
+            import_floor: 64 << 20,
             imports_per_layer: 65_536,
             expansion_ratio: 256,
             expansion_floor: GIB,
@@ -196,7 +197,7 @@ impl fmt::Display for Limits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "imports materialize at most {} per image and {}x the imported blocks beyond {}; at most {} imports per layer; layers and blocks expand at most {}x beyond {}",
+            "imports materialize at most {} per image, and {}x the imported blocks plus {}; at most {} imports per layer; layers and blocks expand at most {}x, or {}",
             human(self.import_bytes),
             self.import_ratio,
             human(self.import_floor),
@@ -272,7 +273,9 @@ mod tests {
         assert_eq!(l.expansion_limit(1), GIB);
         assert!(l.check_expansion("layer 0", 5 << 20, 5 * GIB).is_err());
         assert!(l.check_expansion("layer 0", 5 << 20, GIB).is_ok());
-        let e = l.check_expansion("layer 3", 5 << 20, 5 * GIB).expect_err("over the bound");
+        let e = l
+            .check_expansion("layer 3", 5 << 20, 5 * GIB)
+            .expect_err("over the bound");
         assert!(e.to_string().contains("--max-expansion"), "{e}");
         assert!(e.to_string().contains("layer 3 expands to"), "{e}");
     }
@@ -291,18 +294,26 @@ mod tests {
         assert_eq!(bound.flag, "--max-expansion");
         assert!(out.len() <= 100);
         let mut ok = Bounded::expansion(&[0u8; 10][..], &l, "block b", 4);
-        assert_eq!(ok.read_to_end(&mut Vec::new()).expect("within the bound"), 10);
+        assert_eq!(
+            ok.read_to_end(&mut Vec::new()).expect("within the bound"),
+            10
+        );
     }
 
     #[test]
     fn imports_are_bounded_absolutely_and_by_ratio() {
         let l = Limits::default();
-        // The same 50 MiB block imported 1,000 times.
+        // The same 50 MiB block imported 1,000 times stops after 5.
         let block = 50 << 20;
-        assert!(l.check_import_bytes(20 * block, block).is_ok());
-        let e = l.check_import_bytes(1000 * block, block).expect_err("over the bound");
+        assert!(l.check_import_bytes(5 * block, block).is_ok());
+        assert!(l.check_import_bytes(6 * block, block).is_err());
+        let e = l
+            .check_import_bytes(1000 * block, block)
+            .expect_err("over the bound");
         assert_eq!(e.flag, "--max-import-ratio");
-        let e = l.check_import_bytes(65 * GIB, 64 * GIB).expect_err("over the bound");
+        let e = l
+            .check_import_bytes(65 * GIB, 64 * GIB)
+            .expect_err("over the bound");
         assert_eq!(e.flag, "--max-import-bytes");
         assert!(l.check_imports_per_layer("layer 1", 65_537).is_err());
         assert_eq!(human(97), "97 B");

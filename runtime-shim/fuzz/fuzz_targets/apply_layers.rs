@@ -43,8 +43,8 @@ fuzz_target!(|data: &[u8]| {
     let root = pathrs::Root::open(&rootfs).expect("root");
     let mut applier = Applier::new(&root, oci_blocks_core::limits::Limits::default());
     let applied = applier
-        .apply_layer(first, None, "layer 0")
-        .and_then(|()| applier.apply_layer(second, None, "layer 1"));
+        .apply_layer(first, None, "layer 0", first.len() as u64)
+        .and_then(|()| applier.apply_layer(second, None, "layer 1", second.len() as u64));
     if applied.is_ok() {
         let _ = applier.finish();
     }

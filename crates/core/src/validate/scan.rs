@@ -144,9 +144,11 @@ pub fn scan_blob_within(
                 }
             },
         };
-        let bounded = Bounded::expansion(decoded, limits, &format!("blob {digest}"), size);
+        let what = format!("blob {digest}");
+        let bounded = Bounded::expansion(decoded, limits, &what, size);
         let mut uncompressed = DigestReader::new(bounded, Algorithm::Sha256);
-        let walked = walk(&mut uncompressed, &mut scan);
+        let bound = |end: u64| limits.check_expansion(&what, size, end).err();
+        let walked = walk(&mut uncompressed, &mut scan, &bound);
         let drained = walked.and_then(|()| io::copy(&mut uncompressed, &mut io::sink()).map(drop));
         drained.and_then(|()| uncompressed.finish())
     };
@@ -189,12 +191,22 @@ pub fn scan_blob_within(
     Ok(scan)
 }
 
-fn walk(stream: impl Read, scan: &mut TarScan) -> io::Result<()> {
+/// `bound` says whether an entry ending at that offset of the uncompressed
+/// stream exceeds the expansion bound: such an entry stops the scan before
+/// its content is read.
+fn walk(
+    stream: impl Read,
+    scan: &mut TarScan,
+    bound: &dyn Fn(u64) -> Option<Exceeded>,
+) -> io::Result<()> {
     let mut archive = tar::Archive::new(stream);
     let mut seen_imports: HashSet<Vec<u8>> = HashSet::new();
     let mut shape = BlockShape::default();
     for entry in archive.entries()? {
         let mut entry = entry?;
+        if let Some(e) = bound(entry.raw_file_position().saturating_add(entry.size())) {
+            return Err(io::Error::other(e));
+        }
         crate::tarcheck::check_entry(&mut entry)?;
         scan.entries += 1;
         let raw = entry.path_bytes().into_owned();
