@@ -5,6 +5,7 @@
 //! It judges every implementation from the outside, this project's included: it
 //! speaks HTTP to registries and runs unpackers' command lines.
 
+mod materialize;
 mod names;
 mod registry;
 mod report;

@@ -18,6 +18,9 @@ pub const IMPORT_LAYER_TAR: &str = "application/vnd.oci-blocks.image.layer.v1.ta
 pub const ANCHOR_TYPE: &str = "application/vnd.oci-blocks.anchor.v1";
 /// The annotation that marks the anchor and the blocks manifest in an index.
 pub const VARIANT: &str = "io.oci-blocks.variant";
+/// The blocks manifest's annotation naming its legacy manifest
+/// (`spec/fallback.md`, "One view").
+pub const LEGACY: &str = "io.oci-blocks.legacy";
 /// Media type of blobs that are not layers.
 pub const OCTET_STREAM: &str = "application/octet-stream";
 /// The `index.json` annotation that names a tag.

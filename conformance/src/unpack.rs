@@ -306,11 +306,15 @@ fn prepare_host(vector: &Vector, host: &Path) -> Result<()> {
     empty_dir(host);
     for g in &vector.spec.expect.guards {
         let path = host_path(host, &g.path);
+        let mode = if g.kind == "dir" { 0o755 } else { 0o644 };
         if g.kind == "dir" {
             fs::create_dir(&path)
         } else {
             fs::write(&path, &g.content)
         }
+        .and_then(|()| {
+            fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        })
         .with_context(|| format!("guard {}", path.display()))?;
     }
     Ok(())
@@ -399,9 +403,17 @@ fn containment(
         let path = host_path(host, &g.path);
         known.insert(path.clone());
         let meta = fs::symlink_metadata(&path);
+        // Its content, its link count and its mode (a setuid bit set
+        // through a link would show there).
         let intact = match (g.kind.as_str(), &meta) {
-            ("dir", Ok(m)) if m.is_dir() => fs::read_dir(&path)?.next().is_none(),
-            (_, Ok(m)) if m.is_file() => fs::read(&path)? == g.content.as_bytes() && m.nlink() == 1,
+            ("dir", Ok(m)) if m.is_dir() => {
+                fs::read_dir(&path)?.next().is_none() && m.mode() & 0o7777 == 0o755
+            }
+            (_, Ok(m)) if m.is_file() => {
+                fs::read(&path)? == g.content.as_bytes()
+                    && m.nlink() == 1
+                    && m.mode() & 0o7777 == 0o644
+            }
             _ => false,
         };
         if !intact {

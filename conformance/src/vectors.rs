@@ -15,7 +15,7 @@
 //! the suite makes a fresh one for each run, so that hostile vectors aim at
 //! something it can watch and concurrent runs never share it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
@@ -122,9 +122,14 @@ pub struct EntrySpec {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FallbackSpec {
-    /// The legacy manifest's layers: the blocks manifest's layers with every
-    /// import materialized.
-    pub legacy: Vec<LayerSpec>,
+    /// The legacy manifest's layers, when they are not the blocks manifest's
+    /// layers with every import materialized (`spec/fallback.md`), which the
+    /// suite writes by default: a plain index, or two views that differ.
+    #[serde(default)]
+    pub legacy: Option<Vec<LayerSpec>>,
+    /// Leave out the blocks manifest's `io.oci-blocks.legacy` annotation.
+    #[serde(default)]
+    pub unbound: bool,
     /// The order of the index's entries: `legacy`, `anchor`, `blocks` and
     /// `decoys` (default: decoys, legacy, anchor, blocks).
     #[serde(default = "default_order")]
@@ -358,7 +363,7 @@ impl Vector {
             layer_media_type(&b.media_type, true)
                 .with_context(|| format!("vector {id}: block {}", b.name))?;
         }
-        let legacy = spec.fallback.iter().flat_map(|f| f.legacy.iter());
+        let legacy = spec.fallback.iter().flat_map(|f| f.legacy.iter().flatten());
         let decoys = spec.fallback.iter().flat_map(|f| f.decoys.iter().flatten());
         for l in spec.layers.iter().chain(legacy).chain(decoys) {
             layer_media_type(&l.media_type, false).with_context(|| format!("vector {id}"))?;
@@ -429,17 +434,27 @@ impl Vector {
         }
         let has_blocks = !declared.is_empty() || spec.blocks_field;
         let blocks = has_blocks.then_some(declared.as_slice());
-        let main = self.manifest(&w, &spec.layers, blocks, &names, platform)?;
+        // A fallback's legacy manifest first: the blocks manifest names it.
+        let legacy = match &spec.fallback {
+            None => None,
+            Some(f) => Some(match &f.legacy {
+                Some(layers) => self.manifest(&w, layers, None, &names, platform, None)?,
+                None => self.legacy_manifest(&w, &names, platform)?,
+            }),
+        };
+        let bound = legacy
+            .as_ref()
+            .filter(|_| has_blocks && !spec.fallback.as_ref().is_some_and(|f| f.unbound))
+            .map(|l| l.digest.clone());
+        let main = self.manifest(&w, &spec.layers, blocks, &names, platform, bound.as_deref())?;
 
-        let top = match &spec.fallback {
-            None => main,
-            Some(f) => {
-                let legacy = self.manifest(&w, &f.legacy, None, &names, platform)?;
+        let top = match (&spec.fallback, legacy) {
+            (Some(f), Some(legacy)) => {
                 let anchor = anchor(&w, &declared)?;
                 let decoy_platform = platform.decoy();
                 let mut decoys = Vec::new();
                 for layers in &f.decoys {
-                    let m = self.manifest(&w, layers, None, &names, &decoy_platform)?;
+                    let m = self.manifest(&w, layers, None, &names, &decoy_platform, None)?;
                     let mut d = m.descriptor();
                     d["platform"] = decoy_platform.to_json();
                     decoys.push(d);
@@ -473,12 +488,52 @@ impl Vector {
                     &json!({"schemaVersion": 2, "mediaType": names::OCI_INDEX, "manifests": entries}),
                 )?
             }
+            _ => main,
         };
         let mut d = top.descriptor();
         d["annotations"] = json!({names::REF_NAME: self.name()});
         let index = json!({"schemaVersion": 2, "mediaType": names::OCI_INDEX, "manifests": [d]});
         std::fs::write(root.join("index.json"), serde_json::to_vec_pretty(&index)?)?;
         Ok(())
+    }
+
+    /// The legacy manifest of the vector's layers: each layer with import
+    /// entries replaced by its materialization, the others as they are.
+    fn legacy_manifest(
+        &self,
+        w: &LayoutWriter<'_>,
+        names: &Names,
+        platform: &Platform,
+    ) -> Result<Blob> {
+        let blocks: HashMap<String, Vec<EntrySpec>> = self
+            .spec
+            .blocks
+            .iter()
+            .filter_map(|b| Some((names.blocks.get(&b.name)?.clone(), b.entries.clone())))
+            .collect();
+        let one = |e: &EntrySpec| -> Result<(Vec<u8>, String)> {
+            let mut t = tar_of(std::slice::from_ref(e), names)?;
+            t.truncate(t.len().saturating_sub(1024));
+            Ok((t, substitute(&e.content, names)?))
+        };
+        let mut layers = Vec::new();
+        for l in &self.spec.layers {
+            let has_imports = l.entries.iter().any(|e| {
+                e.path
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|b| b.starts_with(".import."))
+            });
+            if !has_imports {
+                layers.push(Layer::Spec(l));
+                continue;
+            }
+            let bytes = crate::materialize::legacy_layer(&l.entries, &one, &blocks)
+                .with_context(|| format!("vector {}: materializing a layer", self.id))?;
+            let standard = l.media_type.replace("import", "tar");
+            layers.push(Layer::Tar(layer_media_type(&standard, false)?, bytes));
+        }
+        self.write_manifest(w, &layers, None, names, platform, None)
     }
 
     /// Writes a manifest of `layers` (and its config) for `platform`.
@@ -489,13 +544,32 @@ impl Vector {
         blocks: Option<&[Value]>,
         names: &Names,
         platform: &Platform,
+        legacy: Option<&str>,
+    ) -> Result<Blob> {
+        let layers: Vec<Layer<'_>> = layers.iter().map(Layer::Spec).collect();
+        self.write_manifest(w, &layers, blocks, names, platform, legacy)
+    }
+
+    fn write_manifest(
+        &self,
+        w: &LayoutWriter<'_>,
+        layers: &[Layer<'_>],
+        blocks: Option<&[Value]>,
+        names: &Names,
+        platform: &Platform,
+        legacy: Option<&str>,
     ) -> Result<Blob> {
         let mut descriptors = Vec::new();
         let mut diff_ids = Vec::new();
         for (i, l) in layers.iter().enumerate() {
-            let media_type = layer_media_type(&l.media_type, false)?;
-            let tar = tar_of(&l.entries, names)
-                .with_context(|| format!("vector {}: layer {i}", self.id))?;
+            let (media_type, tar) = match l {
+                Layer::Spec(l) => (
+                    layer_media_type(&l.media_type, false)?,
+                    tar_of(&l.entries, names)
+                        .with_context(|| format!("vector {}: layer {i}", self.id))?,
+                ),
+                Layer::Tar(media_type, bytes) => (*media_type, bytes.clone()),
+            };
             diff_ids.push(format!("sha256:{}", hex::encode(Sha256::digest(&tar))));
             descriptors.push(
                 w.blob(media_type, &compress(tar, media_type)?)?
@@ -521,8 +595,17 @@ impl Vector {
         if let Some(blocks) = blocks {
             m["blocks"] = Value::Array(blocks.to_vec());
         }
+        if let Some(legacy) = legacy {
+            m["annotations"] = json!({ names::LEGACY: legacy });
+        }
         w.json(names::OCI_MANIFEST, &m)
     }
+}
+
+/// A layer to write: described, or already a tar.
+enum Layer<'a> {
+    Spec(&'a LayerSpec),
+    Tar(&'static str, Vec<u8>),
 }
 
 /// The GC anchor: an artifact manifest whose layers are the blocks.

@@ -24,7 +24,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use oci_blocks_core::block::BlockShape;
+use oci_blocks_core::block::{BlockShape, EntryMeta};
 use oci_blocks_core::entry::{self, Kind, Role};
 use oci_blocks_core::import::ImportEntry;
 use oci_blocks_core::limits::Limits;
@@ -34,7 +34,6 @@ use oci_blocks_core::validate::Rule;
 use pathrs::flags::OpenFlags;
 use pathrs::{InodeType, Root};
 
-use crate::store::{EntryMeta, Name};
 use crate::{Error, Result};
 
 /// A cleaned path as a [`Path`].
@@ -54,11 +53,20 @@ pub struct ImportHeader {
     pub mtime: u64,
 }
 
+/// What an import created.
+#[derive(Debug, Default)]
+pub struct Materialized {
+    /// Every path (cleaned, relative to the root), so that whiteouts of the
+    /// same layer leave them alone.
+    pub paths: Vec<Vec<u8>>,
+    /// Its directories' modes and times, which are set again when every
+    /// layer is in place, as for a layer's directories.
+    pub dirs: Vec<(Vec<u8>, u32, u64)>,
+}
+
 /// Materializes import entries; the unpacker backs it with the block store.
 pub trait ImportSource {
-    /// Creates `target` (cleaned, relative to the root) from `import`, and
-    /// returns every path it created (cleaned, relative to the root), so that
-    /// whiteouts of the same layer leave them alone.
+    /// Creates `target` (cleaned, relative to the root) from `import`.
     fn materialize(
         &mut self,
         root: &Root,
@@ -66,7 +74,7 @@ pub trait ImportSource {
         import: &ImportEntry,
         header: &ImportHeader,
         subject: &str,
-    ) -> Result<Vec<Vec<u8>>>;
+    ) -> Result<Materialized>;
 }
 
 /// What applying layers did beyond the obvious.
@@ -82,40 +90,18 @@ pub struct ApplyReport {
     pub skipped_xattrs: Vec<String>,
 }
 
-/// The prefix of PAX records that carry extended attributes.
-const XATTR_RECORD: &str = "SCHILY.xattr.";
-
-/// Reads an entry's extended attributes from its PAX records. `trusted.*`
-/// attributes configure the host (overlayfs uses them for whiteouts and
-/// redirects), so an image carrying one is refused.
-fn xattrs_of<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    esubject: &str,
-) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut out = Vec::new();
-    let Some(records) = entry
-        .pax_extensions()
-        .map_err(|e| Error::invalid(esubject, format!("PAX records unreadable: {e}")))?
-    else {
-        return Ok(out);
-    };
-    for record in records {
-        let record =
-            record.map_err(|e| Error::invalid(esubject, format!("PAX record unreadable: {e}")))?;
-        let Some(name) = record.key().ok().and_then(|k| k.strip_prefix(XATTR_RECORD)) else {
-            continue;
-        };
-        if name.starts_with("trusted.") {
-            return Err(Error::invalid(
-                esubject,
-                format!(
-                    "extended attribute {name} refused: trusted.* attributes configure the host, not the image"
-                ),
-            ));
-        }
-        out.push((name.to_string(), record.value_bytes().to_vec()));
+/// Refuses `trusted.*` extended attributes: that namespace configures the
+/// host (overlayfs keeps its whiteouts and redirects there), not the image.
+fn refuse_trusted(xattrs: &[(String, Vec<u8>)], esubject: &str) -> Result<()> {
+    match xattrs.iter().find(|(name, _)| name.starts_with("trusted.")) {
+        Some((name, _)) => Err(Error::invalid(
+            esubject,
+            format!(
+                "extended attribute {name} refused: trusted.* attributes configure the host, not the image"
+            ),
+        )),
+        None => Ok(()),
     }
-    Ok(out)
 }
 
 /// Sets the extended attributes this unpacker restores on `file`: `user.*`
@@ -472,9 +458,10 @@ impl<'r> Applier<'r> {
                         .retain(|d| *d != target && !d.starts_with(&below));
                     let made =
                         source.materialize(self.root, &target, &parsed, &header, &esubject)?;
-                    for p in made {
+                    for p in made.paths {
                         own.insert(p);
                     }
+                    self.dir_times.extend(made.dirs);
                     imported.insert(target);
                     self.report.imports += 1;
                     continue;
@@ -538,15 +525,10 @@ impl<'r> Applier<'r> {
         path: &[u8],
         esubject: &str,
     ) -> Result<()> {
-        let header = entry.header();
-        let mode = header
-            .mode()
-            .map_err(|e| Error::invalid(esubject, e.to_string()))?
-            & 0o7777;
-        let mtime = header.mtime().unwrap_or(0);
-        let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
-        let size = entry.size();
-        let xattrs = xattrs_of(entry, esubject)?;
+        let meta = EntryMeta::of(entry, kind)
+            .map_err(|e| Error::invalid(esubject, format!("unreadable header: {e}")))?;
+        refuse_trusted(&meta.xattrs, esubject)?;
+        let (mode, uid, gid, mtime) = (meta.mode, meta.uid, meta.gid, meta.mtime);
         let header = entry.header();
         let shown = as_path(path).display().to_string();
         let in_root = |what: &'static str| {
@@ -555,29 +537,16 @@ impl<'r> Applier<'r> {
         };
         let fs_path = as_path(path);
         let link = entry.link_name_bytes().map(|l| l.into_owned());
+        let xattrs = meta.xattrs.clone();
         if let Some(record) = &mut self.block {
-            record.entries.push(EntryMeta {
-                path: Name(path.to_vec()),
-                kind,
-                mode,
-                uid,
-                gid,
-                mtime,
-                size: if kind == Kind::File { size } else { 0 },
-                link: link.as_ref().map(|l| {
-                    Name(if kind == Kind::HardLink {
-                        entry::clean(l).path
-                    } else {
-                        l.clone()
-                    })
-                }),
-                xattrs: xattrs.clone(),
-            });
+            record.entries.push(meta);
         }
         if kind == Kind::Dir {
             if !is_dir(self.root, path) {
                 self.remove(path)?;
             }
+            // Missing parents as for any other entry (0755), not as this one.
+            self.parent_dirs(path)?;
             let handle = self
                 .root
                 .mkdir_all(fs_path, &Permissions::from_mode(0o700))

@@ -10,7 +10,9 @@
 //!   ([`fsat`]).
 //! - [`unpack`] picks the manifest (the blocks variant of a fallback index),
 //!   verifies every blob and diff ID while streaming, materializes imports, and
-//!   renames the finished root filesystem into place.
+//!   renames the finished root filesystem into place; a blocks manifest
+//!   from a fallback index only when it is the image the index's legacy
+//!   manifest shows (`views`).
 //!
 //! Synchronous, like the rest of the image handling.
 
@@ -22,6 +24,7 @@ mod materialize;
 pub mod options;
 pub mod store;
 pub mod unpack;
+mod views;
 
 pub use error::{Error, Result};
 pub use unpack::{LinkMode, UnpackOptions, UnpackReport, unpack, unpack_bundle};

@@ -19,14 +19,16 @@
 //! hard link; the store's shared inodes are then never chowned, chmodded or
 //! touched.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use oci_blocks_core::Digest;
-use oci_blocks_core::entry::{self, Kind};
+use oci_blocks_core::block::{self, EntryMeta, Item, Placed, PlanError};
+use oci_blocks_core::entry;
+use oci_blocks_core::expand::ImportBudget;
 use oci_blocks_core::import::ImportEntry;
 use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::limits::Limits;
@@ -35,161 +37,28 @@ use oci_blocks_core::validate::Rule;
 use pathrs::Root;
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
-use crate::apply::{ImportHeader, ImportSource, as_path, set_xattrs};
+use crate::apply::{ImportHeader, ImportSource, Materialized, as_path, set_xattrs};
 use crate::fsat;
-use crate::store::{BlockStore, EntryMeta, Extracted};
+use crate::store::{BlockStore, Extracted};
 use crate::unpack::LinkMode;
 use crate::{Error, Result};
 
-/// What one path of an import becomes.
-#[derive(Debug)]
-enum What<'b> {
-    /// A directory: with the block entry's metadata, or (implied by deeper
-    /// entries) with mode 0755 and the import entry's owner and time.
-    Dir(Option<&'b EntryMeta>),
-    /// A symbolic link.
-    Symlink(&'b EntryMeta),
-    /// A regular file with this entry's content and metadata.
-    File(&'b EntryMeta),
-    /// A hard link to the file placed at this path (relative to `D/NAME`).
-    Link(Vec<u8>),
-}
-
-/// One path of an import, relative to `D/NAME` (empty: `D/NAME` itself).
-#[derive(Debug)]
-struct Item<'b> {
-    rel: Vec<u8>,
-    what: What<'b>,
-}
-
-impl Item<'_> {
-    /// The canonical sort key: the path, with a `/` after a directory.
-    fn key(&self) -> Vec<u8> {
-        let mut k = self.rel.clone();
-        if matches!(self.what, What::Dir(_)) && !k.is_empty() {
-            k.push(b'/');
-        }
-        k
-    }
-}
-
-/// The regular file a block entry is, following hard links.
-fn file_of<'b>(block: &'b Extracted, e: &'b EntryMeta) -> Option<&'b EntryMeta> {
-    let mut cur = e;
-    for _ in 0..64 {
-        match cur.kind {
-            Kind::File => return Some(cur),
-            Kind::HardLink => cur = block.get(&cur.link.as_ref()?.0)?,
-            _ => return None,
-        }
-    }
-    None
-}
-
-/// Everything an import creates, in canonical order, and the bytes of its
-/// files.
+/// The core's plan of an import, with its errors named as the unpacker
+/// names them.
 fn plan<'b>(
     block: &'b Extracted,
-    source: &[u8],
-    subject: &str,
     import: &ImportEntry,
+    subject: &str,
 ) -> Result<(Vec<Item<'b>>, u64)> {
-    let named = block.get(source);
-    let below = block.below(source);
-    if named.is_none() && below.is_empty() && !source.is_empty() {
-        return Err(Error::invalid(
-            subject,
-            format!(
-                "block {} has no entry {} [{}]",
-                import.digest(),
-                import.source(),
-                Rule::ImportSourceMissing
-            ),
-        ));
-    }
-    let broken = |e: &EntryMeta| {
-        Error::invalid(
-            subject,
-            format!(
-                "block {}: hard link {} names no regular file [{}]",
-                import.digest(),
-                String::from_utf8_lossy(&e.path.0),
-                Rule::BlockHardlinkTarget
-            ),
-        )
-    };
-    let mut items = Vec::new();
-    let item = |rel: Vec<u8>, e: &'b EntryMeta| -> Result<Item<'b>> {
-        let what = match e.kind {
-            Kind::Dir => What::Dir(Some(e)),
-            Kind::Symlink => What::Symlink(e),
-            Kind::File | Kind::HardLink => What::File(file_of(block, e).ok_or_else(|| broken(e))?),
-            other => {
-                return Err(Error::invalid(
-                    subject,
-                    format!(
-                        "block {} holds a {} [{}]",
-                        import.digest(),
-                        other.describe(),
-                        Rule::BlockEntryType
-                    ),
-                ));
+    block::plan(&block.index, import.source_in_block().as_bytes()).map_err(|e| {
+        let what = match &e {
+            PlanError::SourceMissing => {
+                format!("block {} has no entry {}", import.digest(), import.source())
             }
+            other => format!("block {}: {other}", import.digest()),
         };
-        Ok(Item { rel, what })
-    };
-    match named {
-        Some(e) => items.push(item(Vec::new(), e)?),
-        None => items.push(Item {
-            rel: Vec::new(),
-            what: What::Dir(None),
-        }),
-    }
-    let skip = if source.is_empty() {
-        0
-    } else {
-        source.len() + 1
-    };
-    if matches!(items[0].what, What::Dir(_)) {
-        for e in below {
-            items.push(item(e.path.0[skip..].to_vec(), e)?);
-        }
-    }
-    // Directories that only deeper entries imply.
-    let mut have: HashSet<Vec<u8>> = items.iter().map(|i| i.rel.clone()).collect();
-    let mut implied = Vec::new();
-    for i in &items {
-        let mut p = &i.rel[..];
-        while let Some(at) = p.iter().rposition(|&b| b == b'/') {
-            p = &p[..at];
-            if have.insert(p.to_vec()) {
-                implied.push(p.to_vec());
-            }
-        }
-        if !i.rel.is_empty() && !i.rel.contains(&b'/') && have.insert(Vec::new()) {
-            implied.push(Vec::new());
-        }
-    }
-    items.extend(implied.into_iter().map(|rel| Item {
-        rel,
-        what: What::Dir(None),
-    }));
-    items.sort_by_cached_key(Item::key);
-    // Of the paths that are one file, the first holds it.
-    let mut leaders: HashMap<&[u8], Vec<u8>> = HashMap::new();
-    let mut bytes = 0;
-    for item in &mut items {
-        if let What::File(f) = item.what {
-            match leaders.get(&f.path.0[..]) {
-                Some(leader) => item.what = What::Link(leader.clone()),
-                None => {
-                    leaders.insert(&f.path.0, item.rel.clone());
-                    bytes += f.size;
-                }
-            }
-        }
-    }
-    Ok((items, bytes))
+        Error::invalid(subject, format!("{what} [{}]", e.rule()))
+    })
 }
 
 fn timestamps(mtime: u64) -> Timestamps {
@@ -212,11 +81,8 @@ pub(crate) struct StoreImports<'a> {
     pub(crate) link: LinkMode,
     pub(crate) privileged: bool,
     pub(crate) limits: Limits,
-    /// Bytes the image's imports materialized so far.
-    pub(crate) materialized: u64,
-    /// Content bytes of the distinct blocks imported so far.
-    pub(crate) imported_content: u64,
-    imported: HashSet<Digest>,
+    /// What the image's imports materialized so far.
+    budget: ImportBudget,
     pub(crate) report_extracted: Vec<String>,
     pub(crate) report_reused: Vec<String>,
     pub(crate) skipped_xattrs: Vec<String>,
@@ -238,9 +104,7 @@ impl<'a> StoreImports<'a> {
             link,
             privileged: rustix::process::geteuid().is_root(),
             limits,
-            materialized: 0,
-            imported_content: 0,
-            imported: HashSet::new(),
+            budget: ImportBudget::default(),
             report_extracted: Vec::new(),
             report_reused: Vec::new(),
             skipped_xattrs: Vec::new(),
@@ -395,17 +259,17 @@ impl ImportSource for StoreImports<'_> {
         import: &ImportEntry,
         header: &ImportHeader,
         subject: &str,
-    ) -> Result<Vec<Vec<u8>>> {
+    ) -> Result<Materialized> {
         let block = self.block(import.digest(), subject)?;
-        let (items, bytes) = plan(&block, import.source_in_block().as_bytes(), subject, import)?;
-        if self.imported.insert(import.digest().clone()) {
-            self.imported_content += block.content_bytes;
-        }
-        let total = self.materialized + bytes;
-        self.limits
-            .check_import_bytes(total, self.imported_content)
+        let (items, bytes) = plan(&block, import, subject)?;
+        self.budget
+            .add(
+                &self.limits,
+                import.digest(),
+                block.index.content_bytes(),
+                bytes,
+            )
             .map_err(|e| Error::invalid(subject, format!("{e} [{}]", Rule::LimitExceeded)))?;
-        self.materialized = total;
 
         let (dpath, dname) = fsat::split(target);
         let in_root = |e| Error::in_root(format!("materializing {}", as_path(target).display()), e);
@@ -423,8 +287,8 @@ impl ImportSource for StoreImports<'_> {
         let mut dirs: Vec<(Vec<u8>, Option<&EntryMeta>)> = Vec::new();
         let mut links: Vec<(&Item<'_>, &[u8])> = Vec::new();
         let first = &items[0];
-        match &first.what {
-            What::Dir(meta) => {
+        match &first.placed {
+            Placed::Dir(meta) => {
                 let (fd, _) =
                     fsat::ensure_dir_at(&parent, dname).map_err(|e| Error::io(shown(b""), e))?;
                 if !self.privileged {
@@ -452,8 +316,8 @@ impl ImportSource for StoreImports<'_> {
                 ));
             };
             let here = shown(&item.rel);
-            match &item.what {
-                What::Dir(meta) => {
+            match &item.placed {
+                Placed::Dir(meta) => {
                     let fd = if fresh {
                         rustix::fs::mkdirat(pfd, name, Mode::from_raw_mode(0o700))
                             .map_err(|e| Error::io(&here, e.into()))?;
@@ -469,7 +333,7 @@ impl ImportSource for StoreImports<'_> {
                     dirs.push((item.rel.clone(), *meta));
                     stack.push((item.rel.clone(), fd));
                 }
-                What::Link(_) => links.push((item, name)),
+                Placed::Link(..) => links.push((item, name)),
                 other => {
                     let pfd = pfd.try_clone().map_err(|e| Error::io(&here, e))?;
                     if !fresh {
@@ -484,9 +348,10 @@ impl ImportSource for StoreImports<'_> {
         if !links.is_empty() {
             let top = fsat::open_dir_at(&parent, dname).map_err(|e| Error::io(shown(b""), e))?;
             for (item, name) in links {
-                let What::Link(leader) = &item.what else {
+                let Placed::Link(leader, _) = item.placed else {
                     continue;
                 };
+                let leader = &items[leader].rel;
                 let here = shown(&item.rel);
                 let (pdir, _) = fsat::split(&item.rel);
                 let pfd = fsat::open_dir_beneath(&top, pdir).map_err(|e| Error::io(&here, e))?;
@@ -500,7 +365,10 @@ impl ImportSource for StoreImports<'_> {
             }
         }
         // Directories last, deepest first: their final modes and times.
+        let mut made_dirs = Vec::new();
         for (rel, meta) in dirs.into_iter().rev() {
+            let (mode, mtime) = meta.map_or((0o755, header.mtime), |m| (m.mode, m.mtime));
+            made_dirs.push((entry::join(target, &rel), mode, mtime));
             let here = shown(&rel);
             let fd = if rel.is_empty() {
                 fsat::open_dir_at(&parent, dname)
@@ -511,7 +379,11 @@ impl ImportSource for StoreImports<'_> {
             .map_err(|e| Error::io(&here, e))?;
             self.finish_dir(&fd, meta, header, &here)?;
         }
-        Ok(items.iter().map(|i| entry::join(target, &i.rel)).collect())
+        made_dirs.reverse();
+        Ok(Materialized {
+            paths: items.iter().map(|i| entry::join(target, &i.rel)).collect(),
+            dirs: made_dirs,
+        })
     }
 }
 
@@ -520,14 +392,14 @@ impl StoreImports<'_> {
     fn place(
         &mut self,
         block: &Extracted,
-        what: &What<'_>,
+        placed: &Placed<'_>,
         dir: &impl AsFd,
         name: &[u8],
         shown: &Path,
     ) -> Result<()> {
-        match what {
-            What::File(content) => self.place_file(block, content, dir, name, shown),
-            What::Symlink(meta) => {
+        match placed {
+            Placed::File(content) => self.place_file(block, content, dir, name, shown),
+            Placed::Symlink(meta) => {
                 let link = meta.link.as_ref().map(|l| &l.0[..]).unwrap_or_default();
                 rustix::fs::symlinkat(link, dir, name).map_err(|e| Error::io(shown, e.into()))?;
                 for (x, _) in &meta.xattrs {
@@ -539,7 +411,7 @@ impl StoreImports<'_> {
                 Ok(())
             }
             // Directories and links are placed by the caller.
-            What::Dir(_) | What::Link(_) => Ok(()),
+            Placed::Dir(_) | Placed::Link(..) => Ok(()),
         }
     }
 }

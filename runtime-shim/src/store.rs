@@ -26,7 +26,6 @@
 //! takes it exclusively, so it never removes a block an unpack is about to
 //! record.
 
-use std::collections::HashMap;
 use std::fs::{self, Permissions};
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
@@ -35,8 +34,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use oci_blocks_core::Digest;
+use oci_blocks_core::block::{BlockIndex, EntryMeta};
 use oci_blocks_core::digest::verification_error;
-use oci_blocks_core::entry::Kind;
 use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::limits::{Bounded, Limits};
 use oci_blocks_core::names::{Compression, tar_compression};
@@ -48,60 +47,6 @@ use crate::{Error, Result};
 /// The format of `block.json`. A block recorded in another format (or in the
 /// `entries.json` of the first one) is extracted again.
 const FORMAT: u32 = 2;
-
-/// A path or link target as bytes: written as a string when it is UTF-8,
-/// else as the array of its bytes, so that no name is folded into another.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Name(pub Vec<u8>);
-
-impl serde::Serialize for Name {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match std::str::from_utf8(&self.0) {
-            Ok(text) => s.serialize_str(text),
-            Err(_) => s.serialize_bytes(&self.0),
-        }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Name {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Text(String),
-            Bytes(Vec<u8>),
-        }
-        Ok(Name(match Repr::deserialize(d)? {
-            Repr::Text(t) => t.into_bytes(),
-            Repr::Bytes(b) => b,
-        }))
-    }
-}
-
-/// The metadata of one block entry, recorded when a block is extracted.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct EntryMeta {
-    /// The cleaned path in the block.
-    pub path: Name,
-    /// File, directory, symlink or hard link.
-    pub kind: Kind,
-    /// Permission bits.
-    pub mode: u32,
-    /// Owner.
-    pub uid: u64,
-    /// Group.
-    pub gid: u64,
-    /// Modification time.
-    pub mtime: u64,
-    /// Content bytes (regular files).
-    pub size: u64,
-    /// Link target: a symlink's as written, a hard link's as a cleaned block path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub link: Option<Name>,
-    /// Extended attributes, restored on materialization.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub xattrs: Vec<(String, Vec<u8>)>,
-}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Record {
@@ -154,49 +99,16 @@ pub struct Extracted {
     /// The extracted tree, open: every read walks below it without following
     /// symbolic links.
     pub tree: Arc<OwnedFd>,
-    /// Each entry's metadata, sorted by path bytes.
-    pub entries: Arc<Vec<EntryMeta>>,
-    /// Where each path is in `entries`.
-    pub index: Arc<HashMap<Vec<u8>, usize>>,
-    /// Bytes of its regular files.
-    pub content_bytes: u64,
+    /// Its entries' metadata.
+    pub index: Arc<BlockIndex>,
 }
 
 impl Extracted {
-    fn new(tree: OwnedFd, mut entries: Vec<EntryMeta>) -> Self {
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
-        let index = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.path.0.clone(), i))
-            .collect();
-        let content_bytes = entries
-            .iter()
-            .filter(|e| e.kind == Kind::File)
-            .map(|e| e.size)
-            .sum();
+    fn new(tree: OwnedFd, entries: Vec<EntryMeta>) -> Self {
         Extracted {
             tree: Arc::new(tree),
-            entries: Arc::new(entries),
-            index: Arc::new(index),
-            content_bytes,
+            index: Arc::new(BlockIndex::new(entries)),
         }
-    }
-
-    /// The entry at `path`.
-    pub fn get(&self, path: &[u8]) -> Option<&EntryMeta> {
-        self.index.get(path).map(|&i| &self.entries[i])
-    }
-
-    /// The entries strictly below `dir` (all of them for the root).
-    pub fn below(&self, dir: &[u8]) -> &[EntryMeta] {
-        if dir.is_empty() {
-            return &self.entries;
-        }
-        let prefix = [dir, b"/"].concat();
-        let start = self.entries.partition_point(|e| e.path.0 < prefix);
-        let len = self.entries[start..].partition_point(|e| e.path.0.starts_with(&prefix));
-        &self.entries[start..start + len]
     }
 }
 
@@ -255,7 +167,7 @@ impl BlockStore {
     /// Opens (creating) the store at `dir`.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        for sub in ["blocks", "tmp", "users"] {
+        for sub in ["blocks", "tmp", "users", "expanded"] {
             fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
         }
         Ok(BlockStore { dir })
@@ -422,6 +334,37 @@ impl BlockStore {
         let dir = self.block_dir(digest);
         make_writable(&dir);
         fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))
+    }
+
+    fn expanded_path(&self, stub: &Digest) -> PathBuf {
+        self.dir
+            .join("expanded")
+            .join(stub.algorithm().as_str())
+            .join(stub.hex())
+    }
+
+    /// The `diff_id` of the materialization of the stub layer whose `diff_id`
+    /// is `stub`, when an earlier unpack computed it.
+    pub fn expanded(&self, stub: &Digest) -> Option<Digest> {
+        let text = fs::read_to_string(self.expanded_path(stub)).ok()?;
+        Digest::parse(text.trim()).ok()
+    }
+
+    /// Remembers the `diff_id` of a stub layer's materialization. A failure
+    /// only costs a later unpack the computation.
+    pub fn record_expanded(&self, stub: &Digest, materialized: &Digest) {
+        let path = self.expanded_path(stub);
+        let written = (|| -> io::Result<()> {
+            let parent = path.parent().unwrap_or(&self.dir);
+            fs::create_dir_all(parent)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(parent)?;
+            io::Write::write_all(&mut tmp, materialized.as_str().as_bytes())?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            tracing::warn!("{}: not recorded: {e}", path.display());
+        }
     }
 
     /// A block the store holds in the current format.

@@ -82,13 +82,25 @@ pub fn host_platform() -> String {
     format!("linux/{arch}")
 }
 
+/// The manifest an unpack takes, and the legacy manifest its index offers
+/// for the same platform when it is a blocks variant.
+struct Chosen {
+    digest: Digest,
+    manifest: Manifest,
+    legacy: Option<Descriptor>,
+}
+
 /// Chooses the manifest to unpack: for an index, the blocks variant of the
 /// platform when present, else the platform's first plain entry.
-fn choose(layout: &OciDir, root: &Descriptor, platform: &str) -> Result<(Digest, Manifest)> {
+fn choose(layout: &OciDir, root: &Descriptor, platform: &str) -> Result<Chosen> {
     let digest = Digest::try_from(root.digest())?;
     let bytes = layout.read_json_blob(&digest, Some(root.size()))?;
     if root.media_type().to_string() != OCI_INDEX {
-        return Ok((digest.clone(), Manifest::from_bytes(bytes)?));
+        return Ok(Chosen {
+            digest: digest.clone(),
+            manifest: Manifest::from_bytes(bytes)?,
+            legacy: None,
+        });
     }
     let index = Index::from_bytes(bytes)?;
     let matches = |d: &&Descriptor| {
@@ -107,25 +119,30 @@ fn choose(layout: &OciDir, root: &Descriptor, platform: &str) -> Result<(Digest,
             .cloned()
     };
     let entries = index.typed().manifests();
-    let chosen = entries
+    let blocks = entries
         .iter()
         .filter(matches)
-        .find(|d| variant(d).as_deref() == Some(VARIANT_BLOCKS))
-        .or_else(|| {
-            entries
-                .iter()
-                .filter(matches)
-                .find(|d| variant(d).is_none())
-        })
-        .ok_or_else(|| {
-            Error::invalid(
-                format!("index {digest}"),
-                format!("no manifest for platform {platform}"),
-            )
-        })?;
+        .find(|d| variant(d).as_deref() == Some(VARIANT_BLOCKS));
+    let plain = entries
+        .iter()
+        .filter(|d| variant(d).is_none())
+        .find(|d| match blocks {
+            Some(b) => d.platform() == b.platform(),
+            None => matches(d),
+        });
+    let chosen = blocks.or(plain).ok_or_else(|| {
+        Error::invalid(
+            format!("index {digest}"),
+            format!("no manifest for platform {platform}"),
+        )
+    })?;
     let d = Digest::try_from(chosen.digest())?;
     let m = Manifest::from_bytes(layout.read_json_blob(&d, Some(chosen.size()))?)?;
-    Ok((d, m))
+    Ok(Chosen {
+        digest: d,
+        manifest: m,
+        legacy: blocks.and(plain.cloned()),
+    })
 }
 
 /// Refuses a target that exists and is not an empty directory.
@@ -198,7 +215,11 @@ pub fn unpack(
         ));
     };
     let platform = options.platform.clone().unwrap_or_else(host_platform);
-    let (digest, manifest) = choose(layout, root_desc, &platform)?;
+    let Chosen {
+        digest,
+        manifest,
+        legacy,
+    } = choose(layout, root_desc, &platform)?;
     let config_desc = manifest.typed().config();
     let config_digest = Digest::try_from(config_desc.digest())?;
     let config: serde_json::Value =
@@ -246,7 +267,9 @@ pub fn unpack(
     let mut imports = StoreImports::new(layout, &store, declared, options.link, options.limits);
     let has_blocks = !manifest.blocks().is_empty();
     let mut applier = Applier::new(&root, options.limits);
+    let mut stubs = Vec::new();
     for (i, layer) in manifest.layers().iter().enumerate() {
+        let imports_before = applier.report.imports;
         let ld = Digest::try_from(layer.digest())?;
         let subject = format!("layer {i} ({ld})");
         let media_type = layer.media_type().to_string();
@@ -273,6 +296,7 @@ pub fn unpack(
             return Err(cause);
         }
         let diff_id = applied?;
+        stubs.push(applier.report.imports > imports_before);
         if diff_id.as_str() != diff_ids[i] {
             return Err(Error::invalid(
                 subject,
@@ -283,6 +307,18 @@ pub fn unpack(
                 ),
             ));
         }
+    }
+    if let Some(legacy) = &legacy {
+        crate::views::check(
+            layout,
+            &digest,
+            &manifest,
+            &config,
+            legacy,
+            &stubs,
+            &mut imports,
+            &options.limits,
+        )?;
     }
     let mut applied = applier.finish()?;
     applied.skipped_xattrs.append(&mut imports.skipped_xattrs);

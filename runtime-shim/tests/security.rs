@@ -612,3 +612,175 @@ fn a_decompression_bomb_is_refused_before_it_is_written() -> Result<()> {
     fails_naming("bomb", &r, &["limit.exceeded", "--max-expansion", "zeros"])?;
     Ok(())
 }
+
+/// Everything compared of a tree: type, mode, owner, time, size, content,
+/// link target, `user.*` attributes, and which paths are one file. A time
+/// after `since` is the time of the unpack (a parent no entry declares), not
+/// the image's, and shows as `recent`.
+fn tree_of(root: &Path, since: i64) -> Result<BTreeMap<PathBuf, String>> {
+    let mut out = BTreeMap::new();
+    let mut first_of_inode: BTreeMap<u64, PathBuf> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p)?;
+        let rel = p.strip_prefix(root)?.to_path_buf();
+        if m.is_dir() {
+            let mut children: Vec<_> = fs::read_dir(&p)?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()?;
+            children.sort();
+            stack.extend(children.into_iter().rev());
+        }
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let mut buf = vec![0u8; 64];
+        let xattr = rustix::fs::lgetxattr(&p, "user.origin", &mut buf)
+            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+            .ok();
+        let mut line = format!(
+            "{:o} {}:{} mtime {} size {} xattr {:?}",
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            match m.mtime() {
+                _ if m.file_type().is_symlink() => "-".to_string(),
+                t if t >= since => "recent".to_string(),
+                t => t.to_string(),
+            },
+            if m.is_dir() { 0 } else { m.len() },
+            xattr
+        );
+        if m.is_file() {
+            line += &format!(" {}", Digest::sha256(&fs::read(&p)?));
+            if m.nlink() > 1 {
+                let first = first_of_inode.entry(m.ino()).or_insert_with(|| rel.clone());
+                line += &format!(" one file with {}", first.display());
+            }
+        } else if m.file_type().is_symlink() {
+            line += &format!(" -> {}", fs::read_link(&p)?.display());
+        }
+        out.insert(rel, line);
+    }
+    Ok(out)
+}
+
+/// The legacy manifest of a fallback index gives exactly the tree its blocks
+/// manifest materializes: the unpacker's materialization and the legacy
+/// layers written from `spec/fallback.md`'s definition agree, for hard links
+/// in any order, implied directories, symbolic links, owners, modes, times,
+/// extended attributes, merges into lower directories, lower links at and
+/// below the destination, and whiteouts of the same layer.
+#[test]
+fn the_legacy_manifest_unpacks_to_the_tree_its_blocks_manifest_materializes() -> Result<()> {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64
+        - 1;
+    let h = Host::new()?;
+    let img = h.image(
+        "views",
+        r#"
+index = "fallback"
+
+[[blocks]]
+name = "dist"
+entries = [
+  { path = "pkg/", type = "dir", mode = 0o750 },
+  { path = "pkg/hard.py", type = "hardlink", target = "pkg/mod.py" },
+  { path = "pkg/mod.py", content = "print(1)", mode = 0o640, uid = 1000, gid = 1000 },
+  { path = "pkg/sub/deep/x", content = "implied parents", mode = 0o4755 },
+  { path = "pkg/link", type = "symlink", target = "../elsewhere" },
+  { path = "pkg/attr", content = "with an attribute", xattrs = { "user.origin" = "the block" } },
+  { path = "pkg-1.0.dist-info/", type = "dir" },
+  { path = "pkg-1.0.dist-info/RECORD", content = "pkg/mod.py,," },
+  { path = "tool", type = "hardlink", target = "pkg/mod.py" },
+]
+
+[[blocks]]
+name = "jar"
+entries = [{ path = "lib.jar", content = "PK jar" }]
+
+[[layers]]
+entries = [
+  { path = "site/", type = "dir" },
+  { path = "site/pkg/", type = "dir" },
+  { path = "site/pkg/old.py", content = "a lower file that stays" },
+  { path = "site/pkg/sub", type = "symlink", target = "{HOST}" },
+  { path = "site/gone/", type = "dir" },
+  { path = "site/gone/file", content = "hidden by a whiteout of the same layer" },
+  { path = "app/lib.jar", type = "symlink", target = "{HOST}/secret" },
+]
+
+[[layers]]
+media_type = "import+gzip"
+entries = [
+  { path = "site/.import.pkg", content = "/pkg from {block:dist}" },
+  { path = "site/.import.pkg-1.0.dist-info", content = "/pkg-1.0.dist-info from {block:dist}" },
+  { path = "site/.wh.gone" },
+  { path = "bin/.import.tool", content = "/tool from {block:dist}" },
+  { path = "app/.import.lib.jar", content = "/lib.jar from {block:jar}" },
+  { path = "whole/.import.copy", content = "/ from {block:jar}" },
+  { path = "fresh/.import.pkg", content = "/pkg from {block:dist}" },
+]
+
+[[layers]]
+entries = [
+  { path = "site/pkg/later.txt", content = "a later layer writes into the imported directory" },
+  { path = "fresh/pkg/sub/later.txt", content = "and into one no layer declares" },
+]
+"#,
+    )?;
+    let (ok, blocks_root, out) = h.unpack("views-blocks", &img, &[])?;
+    ensure!(ok, "{out}");
+    ensure!(out.contains("\"blocks_variant\": true"), "{out}");
+    // The same layout, tagged at its legacy manifest.
+    let layout = oci_blocks_core::layout::OciDir::open(&img)?;
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(
+        img.join("blobs/sha256").join(
+            layout.resolve(Some("latest"))?[0]
+                .digest()
+                .to_string()
+                .trim_start_matches("sha256:"),
+        ),
+    )?)?;
+    let legacy = &index["manifests"][0];
+    ensure!(legacy["annotations"].is_null(), "{legacy}");
+    let desc: oci_blocks_core::oci_spec::image::Descriptor =
+        serde_json::from_value(legacy.clone())?;
+    let legacy_img = h.path().join("img-views-legacy");
+    fs::create_dir(&legacy_img)?;
+    for name in ["oci-layout", "index.json"] {
+        fs::copy(img.join(name), legacy_img.join(name))?;
+    }
+    std::os::unix::fs::symlink(img.join("blobs"), legacy_img.join("blobs"))?;
+    oci_blocks_core::layout::OciDir::open(&legacy_img)?.set_tag("latest", desc)?;
+    let (ok, legacy_root, out) = h.unpack("views-legacy", &legacy_img, &[])?;
+    ensure!(ok, "{out}");
+    ensure!(out.contains("\"blocks_variant\": false"), "{out}");
+    let (a, b) = (tree_of(&blocks_root, since)?, tree_of(&legacy_root, since)?);
+    let mut diffs = Vec::new();
+    for k in a
+        .keys()
+        .chain(b.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        if a.get(k) != b.get(k) {
+            diffs.push(format!(
+                "{}:\n  blocks {:?}\n  legacy {:?}",
+                k.display(),
+                a.get(k),
+                b.get(k)
+            ));
+        }
+    }
+    ensure!(
+        diffs.is_empty(),
+        "the two views differ:\n{}",
+        diffs.join("\n")
+    );
+    ensure!(a.len() > 15, "{a:#?}");
+    ensure!(fs::read_to_string(blocks_root.join("site/pkg/old.py"))? == "a lower file that stays");
+    ensure!(!blocks_root.join("site/gone").exists());
+    Ok(())
+}

@@ -2,12 +2,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use oci_blocks_core::Digest;
-use oci_blocks_core::digest::{Algorithm, Hasher};
+use oci_blocks_core::digest::HashingWriter;
 use oci_blocks_core::layout::{OciDir, OciRef};
 use oci_blocks_core::manifest::{Index, Manifest, anchor_manifest, platform_text};
 use oci_blocks_core::names::*;
@@ -17,8 +17,12 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use oci_blocks_core::canonical::CanonicalTar;
+use oci_blocks_core::expand::{ImportBudget, LayoutBlocks, expand};
+use oci_blocks_core::import::ImportEntry;
+use oci_blocks_core::limits::Limits;
+
 use crate::cache::{Cache, Cached, CachedLayer};
-use crate::canonical::CanonicalTar;
 use crate::input::{self, Entry, Kind};
 use crate::plan::{self, BlockPlan, Plan, Rules};
 use crate::{Error, Result, python};
@@ -435,22 +439,6 @@ struct Pyc<'a> {
     by_rel: &'a HashMap<&'a [u8], &'a Entry>,
 }
 
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Hasher,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 fn write_items<W: Write>(
     tar: &mut CanonicalTar<W>,
     items: &[(Vec<u8>, Item<'_>)],
@@ -597,21 +585,40 @@ fn write_layer(
     let gz = flate2::GzBuilder::new()
         .operating_system(255)
         .write(blob, flate2::Compression::new(6));
-    let mut tar = CanonicalTar::new(
-        HashingWriter {
-            inner: gz,
-            hasher: Hasher::new(Algorithm::Sha256),
-        },
-        epoch,
-    );
+    let mut tar = CanonicalTar::new(HashingWriter::new(gz), epoch);
     write_items(&mut tar, items, epoch)?;
-    let hashing = tar.finish().map_err(|e| Error::io(out.root(), e))?;
-    let diff_id = hashing.hasher.finish();
-    let blob = hashing
-        .inner
-        .finish()
-        .map_err(|e| Error::io(out.root(), e))?;
+    let (diff_id, gz) = tar.finish().map_err(|e| Error::io(out.root(), e))?.finish();
+    let blob = gz.finish().map_err(|e| Error::io(out.root(), e))?;
     let (digest, size) = blob.commit()?;
+    Ok((digest, size, diff_id))
+}
+
+/// Writes the materialization of the stub layer `stub` (`spec/fallback.md`)
+/// as a canonically gzipped layer; returns its digest, size and diff ID.
+fn write_materialized(
+    out: &OciDir,
+    stub: &Digest,
+    size: u64,
+    blocks: &mut LayoutBlocks<'_>,
+) -> Result<(Digest, u64, Digest)> {
+    let mut blob = out.open_blob(stub, Some(size))?;
+    let mut decoded = flate2::read::MultiGzDecoder::new(&mut blob);
+    let gz = flate2::GzBuilder::new()
+        .operating_system(255)
+        .write(out.blob_writer()?, flate2::Compression::new(6));
+    let mut hashing = HashingWriter::new(gz);
+    expand(
+        &mut decoded,
+        blocks,
+        &mut hashing,
+        &format!("stub layer {stub}"),
+        &Limits::default(),
+        &mut ImportBudget::default(),
+    )?;
+    drop(decoded);
+    let (diff_id, gz) = hashing.finish();
+    let written = gz.finish().map_err(|e| Error::io(out.root(), e))?;
+    let (digest, size) = written.commit()?;
     Ok((digest, size, diff_id))
 }
 
@@ -879,47 +886,40 @@ fn build_platform(
         base.as_ref().map_or(0, |b| b.layers.len()),
         adds.len(),
     )?;
+    // What a stub of this build may import: the base's blocks and ours.
+    let declared: HashMap<Digest, (String, u64)> = base
+        .iter()
+        .flat_map(|b| b.blocks.iter())
+        .filter_map(|d| {
+            Some((
+                Digest::parse(d.get("digest")?.as_str()?).ok()?,
+                (
+                    d.get("mediaType")?.as_str()?.to_string(),
+                    d.get("size")?.as_u64()?,
+                ),
+            ))
+        })
+        .chain(
+            written
+                .iter()
+                .map(|(_, c, _)| (c.digest.clone(), (OCI_LAYER_TAR.to_string(), c.size))),
+        )
+        .collect();
+    let mut materialized = LayoutBlocks::new(out, declared);
     let mut merged = Vec::new();
     for group in &groups {
         let mut items = Merged::default();
-        let mut legacy_items = Merged::default();
         let mut imports = 0;
         for ai in group.clone() {
             let a = &adds[ai];
             let dest = a.add.dest.trim_matches('/');
             let mut add_items = parent_dirs(dest);
-            let mut add_legacy = parent_dirs(dest);
-            let python: Vec<(&[u8], Pyc<'_>)> = a
-                .plan
-                .blocks
-                .iter()
-                .filter_map(|b| {
-                    b.python.as_ref().map(|py| {
-                        (
-                            b,
-                            Pyc {
-                                site: &py.site_packages,
-                                by_rel: &by_rel[ai],
-                            },
-                        )
-                    })
-                })
-                .flat_map(|(b, pyc)| b.imports.iter().map(move |(root, _)| (&root[..], pyc)))
-                .collect();
             for e in &a.entries {
                 if e.rel.is_empty() && dest.is_empty() {
                     continue;
                 }
-                let path = layer_path(dest, &e.rel);
                 if !a.plan.is_owned(&e.rel) {
-                    add_items.push((path.clone(), Item::Input(e, None)));
-                }
-                if fallback {
-                    let pyc = python
-                        .iter()
-                        .find(|(root, _)| plan::is_under(&e.rel, root))
-                        .map(|(_, p)| *p);
-                    add_legacy.push((path, Item::Input(e, pyc)));
+                    add_items.push((layer_path(dest, &e.rel), Item::Input(e, None)));
                 }
             }
             for (bi, b) in a.plan.blocks.iter().enumerate() {
@@ -933,15 +933,13 @@ fn build_platform(
                     let mut entry_path = dir.to_vec();
                     entry_path.extend_from_slice(IMPORT_PREFIX.as_bytes());
                     entry_path.extend_from_slice(name);
-                    add_items.push((
-                        entry_path,
-                        Item::Import(format!("{source} from {}\n", cached.digest), path.clone()),
-                    ));
+                    let import = ImportEntry::new(source.clone(), cached.digest.clone())
+                        .map_err(|e| Error::option("import", e.to_string()))?;
+                    add_items.push((entry_path, Item::Import(import.to_content(), path.clone())));
                     imports += 1;
                 }
             }
             items.add(add_items, &a.add.dest)?;
-            legacy_items.add(add_legacy, &a.add.dest)?;
         }
         let dests: Vec<&str> = group.clone().map(|ai| adds[ai].add.dest.as_str()).collect();
         if dests.len() > 1 {
@@ -960,17 +958,13 @@ fn build_platform(
                 legacy_layers.push(descriptor(OCI_LAYER_TAR_GZIP, &digest, size));
                 legacy_diff_ids.push(Value::String(diff_id.to_string()));
             } else {
-                let key = Cache::layer_key(
-                    group
-                        .clone()
-                        .map(|ai| (adds[ai].add.dest.as_str(), &adds[ai].entries[..])),
-                    epoch,
-                );
+                let key = Cache::layer_key(&digest);
                 let (ld, ls, lid) = match cache.get_layer(&key).filter(|c| out.has_blob(&c.digest))
                 {
                     Some(hit) => (hit.digest.clone(), hit.size, hit.diff_id.clone()),
                     None => {
-                        let (ld, ls, lid) = write_layer(out, &mut legacy_items.into_vec(), epoch)?;
+                        let (ld, ls, lid) =
+                            write_materialized(out, &digest, size, &mut materialized)?;
                         let value = CachedLayer {
                             digest: ld.clone(),
                             size: ls,
@@ -1041,6 +1035,28 @@ fn build_platform(
     let config_bytes =
         serde_json::to_vec(&config).map_err(|e| Error::option("config", e.to_string()))?;
     let (config_digest, config_size) = out.write_blob_bytes(&config_bytes)?;
+    let platform_value = platform_json(&config);
+    // The legacy manifest first: the blocks manifest names it.
+    let legacy = if fallback {
+        let legacy_config = make_config(
+            spec,
+            platform,
+            base.as_ref().map(|b| &b.config),
+            legacy_diff_ids,
+            history,
+        )?;
+        let (lcd, lcs) = out.write_blob_bytes(&to_json(&legacy_config)?)?;
+        let legacy = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, &lcd, lcs),
+            "layers": legacy_layers,
+        });
+        let (lmd, lms) = out.write_blob_bytes(&to_json(&legacy)?)?;
+        Some((legacy, lmd, lms))
+    } else {
+        None
+    };
     let mut manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -1050,10 +1066,12 @@ fn build_platform(
     if !blocks.is_empty() {
         manifest["blocks"] = Value::Array(blocks);
     }
+    if let Some((_, lmd, _)) = &legacy {
+        manifest["annotations"] = json!({ANNOTATION_LEGACY: lmd.as_str()});
+    }
     let manifest_bytes =
         serde_json::to_vec(&manifest).map_err(|e| Error::option("manifest", e.to_string()))?;
     let (manifest_digest, manifest_size) = out.write_blob_bytes(&manifest_bytes)?;
-    let platform_value = platform_json(&config);
     let mut entry = descriptor(OCI_MANIFEST, &manifest_digest, manifest_size);
     entry["platform"] = platform_value.clone();
     let mut report = PlatformReport {
@@ -1066,7 +1084,7 @@ fn build_platform(
         legacy_manifest: None,
     };
     let blocks_list = array_at(&manifest, "/blocks");
-    if !fallback {
+    let Some((legacy, lmd, lms)) = legacy else {
         return Ok(PlatformBuild {
             report,
             entry,
@@ -1074,22 +1092,7 @@ fn build_platform(
             blocks: blocks_list,
             legacy_only_bytes: 0,
         });
-    }
-    let legacy_config = make_config(
-        spec,
-        platform,
-        base.as_ref().map(|b| &b.config),
-        legacy_diff_ids,
-        history,
-    )?;
-    let (lcd, lcs) = out.write_blob_bytes(&to_json(&legacy_config)?)?;
-    let legacy = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, &lcd, lcs),
-        "layers": legacy_layers,
-    });
-    let (lmd, lms) = out.write_blob_bytes(&to_json(&legacy)?)?;
+    };
     let mut legacy_entry = descriptor(OCI_MANIFEST, &lmd, lms);
     legacy_entry["platform"] = platform_value;
     entry["annotations"] = json!({ANNOTATION_VARIANT: VARIANT_BLOCKS});

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::input::{Entry, Kind};
 use crate::plan::BlockPlan;
 
-const FORMAT: &str = "oci-blocks build cache v2";
+const FORMAT: &str = "oci-blocks build cache v3";
 
 /// A cached block.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,17 +103,10 @@ impl Cache {
         h.finish().to_string()
     }
 
-    /// The key of a legacy layer: the trees of its adds (DEST and entries).
-    pub fn layer_key<'a>(adds: impl Iterator<Item = (&'a str, &'a [Entry])>, epoch: u64) -> String {
-        let mut h = Hasher::new(Algorithm::Sha256);
-        h.update(format!("{FORMAT}\nlegacy layer\n{epoch}\n").as_bytes());
-        for (dest, entries) in adds {
-            h.update(format!("add {dest}\n").as_bytes());
-            for e in entries {
-                hash_entry(&mut h, &e.rel, e);
-            }
-        }
-        h.finish().to_string()
+    /// The key of a legacy layer: the stub layer it materializes (whose
+    /// digest names every block it imports).
+    pub fn layer_key(stub: &Digest) -> String {
+        format!("{FORMAT}\nlegacy of {stub}")
     }
 
     /// A cached legacy layer for `key`.

@@ -6,7 +6,7 @@
 //! - [`plan`] applies the block rules of `spec/reproducibility.md`: one block per
 //!   jar (with its Maven coordinates), one per installed Python distribution (one
 //!   import per top-level name), explicit globs.
-//! - Blocks are written in parallel as canonical, uncompressed tar ([`canonical`]),
+//! - Blocks are written in parallel as canonical, uncompressed tar (`oci_blocks_core::canonical`),
 //!   hashed as they stream into the layout; Python compiled files are made
 //!   reproducible by [`python::canonical_pyc`]. A stat-keyed [`cache`] spares
 //!   unchanged blocks on a rebuild.
@@ -18,7 +18,6 @@
 
 pub mod build;
 pub mod cache;
-pub mod canonical;
 mod error;
 pub mod file;
 pub mod input;

@@ -217,9 +217,13 @@ async fn child_doc(src: &End, digest: &Digest, size: Option<u64>, fallback: &str
     }
 }
 
-fn select(entries: &[Value], selection: &Selection) -> Vec<usize> {
+/// The entries of an index to copy whole, and the one whose manifest and
+/// config (not its layers) to copy beside them: the legacy manifest of a
+/// selected blocks manifest, which an unpack checks it against
+/// (`spec/fallback.md`, "One view").
+fn select(entries: &[Value], selection: &Selection) -> (Vec<usize>, Option<usize>) {
     match selection {
-        Selection::All => (0..entries.len()).collect(),
+        Selection::All => ((0..entries.len()).collect(), None),
         Selection::Platform(platform) => {
             let matches = |e: &Value| {
                 let t = oci_blocks_core::manifest::platform_text(&e["platform"]);
@@ -233,10 +237,17 @@ fn select(entries: &[Value], selection: &Selection) -> Vec<usize> {
             let blocks = entries
                 .iter()
                 .position(|e| matches(e) && variant(e).as_deref() == Some(VARIANT_BLOCKS));
-            let plain = entries
-                .iter()
-                .position(|e| matches(e) && variant(e).is_none());
-            blocks.or(plain).into_iter().collect()
+            let plain = entries.iter().position(|e| {
+                variant(e).is_none()
+                    && match blocks {
+                        Some(b) => e["platform"] == entries[b]["platform"],
+                        None => matches(e),
+                    }
+            });
+            match blocks {
+                Some(b) => (vec![b], plain),
+                None => (plain.into_iter().collect(), None),
+            }
         }
     }
 }
@@ -250,21 +261,43 @@ async fn plan(src: &End, top: Doc, selection: &Selection) -> Result<(Vec<Doc>, V
     let mut pending = vec![(top, true)];
     let mut ordered: Vec<Doc> = Vec::new();
     while let Some((doc, is_top)) = pending.pop() {
+        // A legacy manifest copied without its layers, after its index.
+        let mut side = None;
         let value: Value = serde_json::from_slice(&doc.bytes).map_err(|e| Error::Document {
             what: doc.digest.to_string(),
             reason: format!("not JSON: {e}"),
         })?;
         if let Some(entries) = value.get("manifests").and_then(Value::as_array) {
-            let chosen = if is_top {
+            let (chosen, legacy) = if is_top {
                 select(entries, selection)
             } else {
-                (0..entries.len()).collect()
+                ((0..entries.len()).collect(), None)
             };
             if chosen.is_empty() {
                 return Err(Error::Document {
                     what: doc.digest.to_string(),
                     reason: format!("no entry for {selection:?}"),
                 });
+            }
+            if let Some(i) = legacy {
+                let e = &entries[i];
+                let d = Digest::parse(e["digest"].as_str().unwrap_or_default())?;
+                let legacy = child_doc(src, &d, e["size"].as_u64(), OCI_MANIFEST).await?;
+                let value: Value =
+                    serde_json::from_slice(&legacy.bytes).map_err(|e| Error::Document {
+                        what: d.to_string(),
+                        reason: format!("not JSON: {e}"),
+                    })?;
+                if let Some(config) = value.get("config") {
+                    let text = config["digest"].as_str().unwrap_or_default();
+                    if seen.insert(text.to_string()) {
+                        blobs.push(Blob {
+                            digest: Digest::parse(text)?,
+                            size: config["size"].as_u64().unwrap_or(0),
+                        });
+                    }
+                }
+                side = Some(legacy);
             }
             for i in chosen {
                 let e = &entries[i];
@@ -304,6 +337,7 @@ async fn plan(src: &End, top: Doc, selection: &Selection) -> Result<(Vec<Doc>, V
             }
         }
         ordered.push(doc);
+        ordered.extend(side);
     }
     // `ordered` has parents before children; push children first.
     ordered.reverse();

@@ -233,6 +233,38 @@ impl<R: Read> Read for DigestReader<R> {
     }
 }
 
+/// A writer that hashes (SHA-256) what it passes on.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+}
+
+impl<W: io::Write> HashingWriter<W> {
+    /// Hashes what is written to `inner`.
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Hasher::new(Algorithm::Sha256),
+        }
+    }
+
+    /// The digest of everything written, and the writer.
+    pub fn finish(self) -> (Digest, W) {
+        (self.hasher.finish(), self.inner)
+    }
+}
+
+impl<W: io::Write> io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// A reader that fails unless the stream has exactly the expected digest and size.
 ///
 /// The check happens when the inner reader reports its end: the read that would

@@ -169,6 +169,26 @@ pub fn kind(t: tar::EntryType) -> Result<Kind, String> {
     })
 }
 
+/// The prefix of PAX records that carry extended attributes.
+pub const XATTR_RECORD: &str = "SCHILY.xattr.";
+
+/// An entry's extended attributes, from its `SCHILY.xattr.*` PAX records.
+pub fn xattrs<R: std::io::Read>(
+    entry: &mut tar::Entry<'_, R>,
+) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let Some(records) = entry.pax_extensions()? else {
+        return Ok(out);
+    };
+    for record in records {
+        let record = record?;
+        if let Some(name) = record.key().ok().and_then(|k| k.strip_prefix(XATTR_RECORD)) {
+            out.push((name.to_string(), record.value_bytes().to_vec()));
+        }
+    }
+    Ok(out)
+}
+
 /// What a cleaned name means to a layer (`spec/imports.md`, image-spec
 /// `layer.md`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -69,11 +69,15 @@ pub enum IndexMode {
     /// The bare manifest is tagged.
     #[default]
     None,
-    /// A fallback index: legacy manifest (the layers without imports), GC
-    /// anchor, blocks manifest (the order builders write).
+    /// A fallback index: legacy manifest (every import materialized), GC
+    /// anchor, blocks manifest naming its legacy manifest (the order builders
+    /// write).
     Fallback,
     /// A fallback index whose anchor lacks the last block.
     FallbackIncompleteAnchor,
+    /// A fallback index whose blocks manifest does not name its legacy
+    /// manifest.
+    FallbackUnbound,
 }
 
 /// A block.
@@ -130,6 +134,10 @@ pub struct LayerSpec {
     /// The entries.
     #[serde(default)]
     pub entries: Vec<EntrySpec>,
+    /// In a fallback index, the legacy manifest's layer in place of this
+    /// one's materialization (two views that differ).
+    #[serde(default)]
+    pub legacy: Option<Vec<EntrySpec>>,
 }
 
 /// A tar entry.
@@ -370,6 +378,7 @@ fn manifest(
     dir: &OciDir,
     layers: &[(Value, String)],
     blocks: Option<&[Value]>,
+    legacy: Option<&Digest>,
 ) -> Result<(Digest, u64)> {
     let diff_ids: Vec<String> = layers.iter().map(|(_, d)| d.clone()).collect();
     let (cd, cs) = write_json(dir, &config(&diff_ids))?;
@@ -381,6 +390,9 @@ fn manifest(
     });
     if let Some(blocks) = blocks {
         m["blocks"] = Value::Array(blocks.to_vec());
+    }
+    if let Some(legacy) = legacy {
+        m["annotations"] = json!({ ANNOTATION_LEGACY: legacy.as_str() });
     }
     write_json(dir, &m)
 }
@@ -440,15 +452,70 @@ pub fn build(spec: &ImageSpec, path: &Path, tag: &str) -> Result<Built> {
         layers.push((descriptor(media_type, &digest, size), diff_id.to_string()));
     }
     let blocks_field = (!spec.blocks.is_empty()).then_some(&declared[..]);
-    let (md, ms) = manifest(&dir, &layers, blocks_field)?;
-    let mut root = (OCI_MANIFEST, md.clone(), ms);
-    if spec.index != IndexMode::None {
-        let legacy_layers: Vec<_> = layers
+    let legacy = if spec.index != IndexMode::None {
+        // The legacy manifest: each layer with imports replaced by its
+        // materialization, the others reused (`spec/fallback.md`).
+        let block_types: std::collections::HashMap<Digest, (String, u64)> = declared
             .iter()
-            .filter(|(l, _)| !l["mediaType"].as_str().is_some_and(is_import_layer))
-            .cloned()
+            .filter_map(|d| {
+                Some((
+                    Digest::parse(d["digest"].as_str()?).ok()?,
+                    (d["mediaType"].as_str()?.to_string(), d["size"].as_u64()?),
+                ))
+            })
             .collect();
-        let (ld, ls) = manifest(&dir, &legacy_layers, None)?;
+        let mut blocks = crate::expand::LayoutBlocks::new(&dir, block_types);
+        let mut legacy_layers = Vec::new();
+        for ((desc, diff_id), spec_layer) in layers.iter().zip(&spec.layers) {
+            if let Some(entries) = &spec_layer.legacy {
+                let tar = tar_of(entries, &digests)?;
+                let legacy_diff = Digest::sha256(&tar);
+                let (ld, ls) = dir.write_blob_bytes(&tar)?;
+                legacy_layers.push((descriptor(OCI_LAYER_TAR, &ld, ls), legacy_diff.to_string()));
+                continue;
+            }
+            let media_type = desc["mediaType"].as_str().unwrap_or_default();
+            let digest = Digest::parse(desc["digest"].as_str().unwrap_or_default())?;
+            let size = desc["size"].as_u64().unwrap_or_default();
+            // A layer that cannot be materialized (the image is invalid on
+            // purpose) stays as it is.
+            let mut expanded = Vec::new();
+            let done = dir.open_blob(&digest, Some(size)).and_then(|mut blob| {
+                let mut stub = crate::expand::open_layer(&mut blob, media_type)?;
+                crate::expand::expand(
+                    &mut stub,
+                    &mut blocks,
+                    &mut expanded,
+                    "fixture layer",
+                    &crate::limits::Limits::default(),
+                    &mut crate::expand::ImportBudget::default(),
+                )
+            });
+            if done.is_err() || done.as_ref().is_ok_and(|d| d.imports == 0) {
+                legacy_layers.push((desc.clone(), diff_id.clone()));
+                continue;
+            }
+            let standard = match tar_compression(media_type) {
+                Some(Compression::Gzip) => OCI_LAYER_TAR_GZIP,
+                Some(Compression::Zstd) => OCI_LAYER_TAR_ZSTD,
+                _ => OCI_LAYER_TAR,
+            };
+            let legacy_diff = Digest::sha256(&expanded);
+            let (ld, ls) = dir.write_blob_bytes(&compress(expanded, standard)?)?;
+            legacy_layers.push((descriptor(standard, &ld, ls), legacy_diff.to_string()));
+        }
+        Some(manifest(&dir, &legacy_layers, None, None)?)
+    } else {
+        None
+    };
+    // A fallback's blocks manifest names its legacy manifest.
+    let bound = legacy
+        .as_ref()
+        .map(|(d, _)| d)
+        .filter(|_| spec.index != IndexMode::FallbackUnbound);
+    let (md, ms) = manifest(&dir, &layers, blocks_field, bound)?;
+    let mut root = (OCI_MANIFEST, md.clone(), ms);
+    if let Some((ld, ls)) = legacy {
         dir.write_blob_bytes(b"{}")?;
         let mut anchor_layers = declared.clone();
         if spec.index == IndexMode::FallbackIncompleteAnchor {

@@ -12,6 +12,9 @@
 //! - [`entry`]: tar entry names cleaned and entry types classified, one way for
 //!   every reader; [`block`]: what a block may hold.
 //! - [`limits`]: the bounds on the work a hostile image can cause.
+//! - [`canonical`]: the canonical tar form of `spec/reproducibility.md`;
+//!   [`expand`]: a stub layer's materialization, the layer a legacy manifest
+//!   carries in its place.
 //! - [`validate`]: the JSON Schemas of `spec/schemas` plus the semantic rules, for
 //!   one document ([`validate::validate_document`]) or a whole image in a layout
 //!   ([`validate::check_image`]), each violation named by a stable rule id.
@@ -25,9 +28,11 @@
 //! `blocks`, and a re-serialized manifest would have another digest.
 
 pub mod block;
+pub mod canonical;
 pub mod digest;
 pub mod entry;
 mod error;
+pub mod expand;
 pub mod fixture;
 pub mod import;
 pub mod layout;

@@ -51,6 +51,10 @@ pub const ANNOTATION_VARIANT: &str = "io.oci-blocks.variant";
 pub const VARIANT_BLOCKS: &str = "blocks";
 /// Value of [`ANNOTATION_VARIANT`] on the GC anchor.
 pub const VARIANT_ANCHOR: &str = "anchor";
+/// Annotation of a blocks manifest in a fallback index: the digest of the
+/// legacy manifest of its platform, whose layers it materializes to
+/// (`spec/fallback.md`, "One view").
+pub const ANNOTATION_LEGACY: &str = "io.oci-blocks.legacy";
 /// Block descriptor annotation: Maven `groupId:artifactId:version` of a jar block.
 pub const ANNOTATION_MAVEN_COORDINATES: &str = "io.oci-blocks.maven.coordinates";
 /// Block descriptor annotation: `name==version` of a Python distribution block.

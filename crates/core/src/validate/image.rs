@@ -15,10 +15,14 @@ use serde_json::Value;
 
 use super::document::{DocumentKind, validate_document, variant_of};
 use super::rules::{Report, Rule, Violation};
-use super::scan::{BlobProblem, FoundImport, TarScan, scan_blob};
+use super::scan::{BlobProblem, FoundImport, TarScan, scan_blob_within};
 use crate::digest::Digest;
+use crate::expand::{ImportBudget, LayoutBlocks, expand, first_difference, open_layer};
 use crate::layout::OciDir;
-use crate::names::{ANCHOR_ARTIFACT_TYPE, ANNOTATION_SPARSE, VARIANT_BLOCKS, is_import_layer};
+use crate::limits::Limits;
+use crate::names::{
+    ANCHOR_ARTIFACT_TYPE, ANNOTATION_LEGACY, ANNOTATION_SPARSE, VARIANT_BLOCKS, is_import_layer,
+};
 use crate::{Error, Result};
 
 /// What an image holds, as `oci-blocks inspect` shows it.
@@ -126,7 +130,9 @@ pub fn check_image(dir: &OciDir, tag: Option<&str>) -> Result<ImageReport> {
         scans: HashMap::new(),
         blocks_of: HashMap::new(),
         layers_of: HashMap::new(),
+        docs: HashMap::new(),
         sparse: false,
+        limits: Limits::default(),
     };
     for (i, root) in roots.iter().enumerate() {
         walker.sparse = root
@@ -146,8 +152,12 @@ struct Walker<'a> {
     scans: HashMap<Digest, TarScan>,
     blocks_of: HashMap<Digest, Vec<(Digest, u64)>>,
     layers_of: HashMap<Digest, Vec<(Digest, u64)>>,
+    /// Each manifest's document, for the fallback checks.
+    docs: HashMap<Digest, Value>,
     /// The image being walked is in a sparse layout.
     sparse: bool,
+    /// The bounds on what validation may read.
+    limits: Limits,
 }
 
 fn blob_violation(
@@ -307,6 +317,7 @@ impl Walker<'_> {
         }
         if kind == DocumentKind::FallbackIndex {
             info.legacy_only_bytes = Some(self.check_fallback(&subject, &entries));
+            self.check_views(&subject, &entries)?;
         }
         let block_lists: Vec<&Vec<(Digest, u64)>> = entries
             .iter()
@@ -381,6 +392,210 @@ impl Walker<'_> {
             .filter(|(l, _)| !blocks_layers.contains(l) && counted.insert(l.clone()))
             .map(|(_, size)| size)
             .sum()
+    }
+
+    /// Checks that each platform's blocks manifest names the legacy manifest
+    /// the index offers for its platform, and that the two are one image:
+    /// the same config but for `rootfs.diff_ids`, the same layers where the
+    /// blocks manifest has no imports, and legacy layers whose diff IDs are
+    /// those of the stub layers' materializations (`spec/fallback.md`).
+    fn check_views(
+        &mut self,
+        subject: &str,
+        entries: &[(Descriptor, Option<String>)],
+    ) -> Result<()> {
+        for (i, (entry, variant)) in entries.iter().enumerate() {
+            if variant.as_deref() != Some(VARIANT_BLOCKS) {
+                continue;
+            }
+            let Ok(blocks_digest) = Digest::try_from(entry.digest()) else {
+                continue;
+            };
+            // The legacy manifest a client unaware of blocks picks for this
+            // platform (`fallback.legacy-missing` covers its absence).
+            let Some((legacy, _)) = entries[..i]
+                .iter()
+                .find(|(e, v)| v.is_none() && e.platform() == entry.platform())
+            else {
+                continue;
+            };
+            let Ok(legacy_digest) = Digest::try_from(legacy.digest()) else {
+                continue;
+            };
+            let (Some(blocks_doc), Some(legacy_doc)) = (
+                self.docs.get(&blocks_digest).cloned(),
+                self.docs.get(&legacy_digest).cloned(),
+            ) else {
+                continue;
+            };
+            let vsubject = format!("{subject} /manifests/{i} ({})", blocks_digest.short());
+            let named = blocks_doc
+                .pointer(&format!(
+                    "/annotations/{}",
+                    ANNOTATION_LEGACY.replace('/', "~1")
+                ))
+                .and_then(Value::as_str);
+            if named != Some(legacy_digest.as_str()) {
+                self.out.report.push(Violation::new(
+                    Rule::FallbackLegacyUnbound,
+                    &vsubject,
+                    match named {
+                        None => format!("the blocks manifest has no {ANNOTATION_LEGACY} annotation naming its legacy manifest {legacy_digest}"),
+                        Some(other) => format!("the blocks manifest names legacy manifest {other}, but the index offers {legacy_digest} for its platform"),
+                    },
+                ));
+            }
+            self.compare_views(&vsubject, &blocks_doc, &legacy_doc, &legacy_digest)?;
+        }
+        Ok(())
+    }
+
+    fn compare_views(
+        &mut self,
+        subject: &str,
+        blocks: &Value,
+        legacy: &Value,
+        legacy_digest: &Digest,
+    ) -> Result<()> {
+        let differ = |reason: String| Violation::new(Rule::FallbackViewsDiffer, subject, reason);
+        let configs = [blocks, legacy].map(|m| {
+            m.get("config")
+                .and_then(|c| serde_json::from_value::<Descriptor>(c.clone()).ok())
+        });
+        let (Some(bc), Some(lc)) = (&configs[0], &configs[1]) else {
+            return Ok(());
+        };
+        let read = |c: &Descriptor| -> Result<Option<Value>> {
+            let Ok(d) = Digest::try_from(c.digest()) else {
+                return Ok(None);
+            };
+            Ok(match self.dir.read_json_blob(&d, Some(c.size())) {
+                Ok(bytes) => serde_json::from_slice(&bytes).ok(),
+                Err(e) if problem_of(&e).is_some() => None,
+                Err(e) => return Err(e),
+            })
+        };
+        let (Some(mut bconf), Some(mut lconf)) = (read(bc)?, read(lc)?) else {
+            return Ok(());
+        };
+        let legacy_ids: Vec<String> = lconf
+            .pointer("/rootfs/diff_ids")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for c in [&mut bconf, &mut lconf] {
+            if let Some(rootfs) = c.get_mut("rootfs").and_then(Value::as_object_mut) {
+                rootfs.remove("diff_ids");
+            }
+        }
+        if bconf != lconf {
+            self.out.report.push(differ(format!(
+                "the legacy manifest {legacy_digest} has another config: they may differ only in rootfs.diff_ids"
+            )));
+        }
+        let b_layers = Self::descriptors(blocks, "layers");
+        let l_layers = Self::descriptors(legacy, "layers");
+        if b_layers.len() != l_layers.len() {
+            self.out.report.push(differ(format!(
+                "the blocks manifest has {} layers, its legacy manifest {legacy_digest} {}",
+                b_layers.len(),
+                l_layers.len()
+            )));
+            return Ok(());
+        }
+        let declared: HashMap<Digest, (String, u64)> = Self::descriptors(blocks, "blocks")
+            .iter()
+            .filter_map(|b| {
+                Some((
+                    Digest::try_from(b.digest()).ok()?,
+                    (b.media_type().to_string(), b.size()),
+                ))
+            })
+            .collect();
+        let mut source = LayoutBlocks::new(self.dir, declared);
+        let mut budget = ImportBudget::default();
+        for (i, (bl, ll)) in b_layers.iter().zip(&l_layers).enumerate() {
+            let Ok(bd) = Digest::try_from(bl.digest()) else {
+                continue;
+            };
+            let Some(scan) = self.scans.get(&bd) else {
+                continue;
+            };
+            // Unreadable or invalid stubs are reported by their own rules.
+            if scan.blob_problem.is_some()
+                || scan.tar_error.is_some()
+                || !scan.bad_imports.is_empty()
+                || !scan.non_regular_imports.is_empty()
+            {
+                continue;
+            }
+            if scan.imports.is_empty() {
+                if bl.digest() != ll.digest() {
+                    self.out.report.push(differ(format!(
+                        "layer {i} has no imports, so the legacy manifest must reuse it; it has {} instead of {}",
+                        ll.digest(),
+                        bl.digest()
+                    )));
+                }
+                continue;
+            }
+            let expanded = {
+                let mut blob = self.dir.open_blob(&bd, Some(bl.size()))?;
+                let mut stub = open_layer(&mut blob, bl.media_type().as_ref())?;
+                let mut spool =
+                    tempfile::tempfile().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+                let mut hashing = crate::digest::HashingWriter::new(&mut spool);
+                let done = expand(
+                    &mut stub,
+                    &mut source,
+                    &mut hashing,
+                    &format!("layer {i}"),
+                    &self.limits,
+                    &mut budget,
+                );
+                match done {
+                    Ok(_) => Some((hashing.finish().0, spool)),
+                    Err(e) => {
+                        self.out
+                            .report
+                            .push(differ(format!("layer {i} cannot be materialized: {e}")));
+                        None
+                    }
+                }
+            };
+            let Some((diff_id, mut spool)) = expanded else {
+                continue;
+            };
+            let Some(expected) = legacy_ids.get(i) else {
+                continue;
+            };
+            if diff_id.as_str() == expected {
+                continue;
+            }
+            use std::io::Seek;
+            let mut at = format!(
+                "its materialization hashes to {diff_id}, the legacy config says {expected}"
+            );
+            if let Ok(ld) = Digest::try_from(ll.digest()) {
+                if let (Ok(mut blob), Ok(_)) =
+                    (self.dir.open_blob(&ld, Some(ll.size())), spool.rewind())
+                {
+                    if let Ok(legacy_stream) = open_layer(&mut blob, ll.media_type().as_ref()) {
+                        if let Ok(Some(first)) = first_difference(&mut spool, legacy_stream) {
+                            at = first;
+                        }
+                    }
+                }
+            }
+            self.out.report.push(differ(format!(
+                "layer {i} of the legacy manifest {legacy_digest} is not the materialization of the stub layer {bd}: {at}"
+            )));
+        }
+        Ok(())
     }
 
     fn descriptors(value: &Value, list: &str) -> Vec<Descriptor> {
@@ -485,6 +700,7 @@ impl Walker<'_> {
             info.layers.push(self.blob_info(&ld, l));
         }
         self.layers_of.insert(digest.clone(), layer_list);
+        self.docs.insert(digest.clone(), value.clone());
         self.out.info.manifests.push(info);
         Ok(())
     }
@@ -521,7 +737,7 @@ impl Walker<'_> {
             return Ok(());
         }
         let media_type = d.media_type().to_string();
-        let scan = scan_blob(self.dir, digest, d.size(), &media_type)?;
+        let scan = scan_blob_within(self.dir, digest, d.size(), &media_type, &self.limits)?;
         let report = &mut self.out.report;
         if let Some(p) = &scan.blob_problem {
             report.push(blob_violation(p, subject, digest, self.sparse));

@@ -61,6 +61,10 @@ rules! {
     FallbackVariantUnknown = "fallback.variant-unknown", Error, "fallback.md";
     /// A block of a blocks manifest is missing from the anchor's layers.
     FallbackAnchorIncomplete = "fallback.anchor-incomplete", Error, "fallback.md";
+    /// A blocks manifest does not name the legacy manifest of its platform.
+    FallbackLegacyUnbound = "fallback.legacy-unbound", Error, "fallback.md";
+    /// The legacy manifest is not what its blocks manifest materializes to.
+    FallbackViewsDiffer = "fallback.views-differ", Error, "fallback.md";
     /// A referenced blob is not in the layout.
     BlobMissing = "blob.missing", Error, "blocks.md";
     /// A blob a sparse layout omits on purpose.

@@ -7,6 +7,12 @@
 //! zero blocks at the end. The `tar` crate makes its own choices for several of
 //! these (GNU long names, checksum format), so the header is written here; the
 //! tests read every archive back with the `tar` crate.
+//!
+//! The same writer, given each entry's metadata ([`Meta`]), writes the entries
+//! an import materializes into a legacy layer (`spec/fallback.md`), so that
+//! every implementation writes them alike: a block's owner, time and extended
+//! attributes go where ustar holds them, and into PAX records (`uid`, `gid`,
+//! `mtime`, `SCHILY.xattr.*`) where it does not.
 
 use std::io::{self, Read, Write};
 
@@ -16,6 +22,9 @@ const PREFIX_LEN: usize = 155;
 /// The largest size the 12-byte octal field holds (11 digits): 8 GiB - 1.
 const MAX_USTAR_SIZE: u64 = 0o77777777777;
 
+/// The largest value of the 8-byte octal `uid` and `gid` fields (7 digits).
+const MAX_USTAR_ID: u64 = 0o7777777;
+
 /// Writes canonical tar entries to `out`. Entries must be given in canonical
 /// order (sorted by name bytes, directories with their trailing `/`).
 pub struct CanonicalTar<W: Write> {
@@ -23,12 +32,32 @@ pub struct CanonicalTar<W: Write> {
     mtime: u64,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+/// An entry's type in a canonical archive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file.
     File = b'0' as isize,
+    /// A hard link.
     HardLink = b'1' as isize,
+    /// A symbolic link.
     Symlink = b'2' as isize,
+    /// A directory.
     Dir = b'5' as isize,
+}
+
+/// The metadata of one entry.
+#[derive(Clone, Copy, Debug)]
+pub struct Meta<'a> {
+    /// Permission bits (`& 0o7777` is written).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Modification time.
+    pub mtime: u64,
+    /// Extended attributes, written as `SCHILY.xattr.NAME` records.
+    pub xattrs: &'a [(String, Vec<u8>)],
 }
 
 fn octal(field: &mut [u8], value: u64) {
@@ -84,28 +113,61 @@ impl<W: Write> CanonicalTar<W> {
         size: u64,
         link: &[u8],
     ) -> io::Result<()> {
-        let mut pax: Vec<(&str, &[u8])> = Vec::new();
+        let meta = Meta {
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: self.mtime,
+            xattrs: &[],
+        };
+        self.entry_header(kind, name, &meta, size, link)
+    }
+
+    fn entry_header(
+        &mut self,
+        kind: Kind,
+        name: &[u8],
+        meta: &Meta<'_>,
+        size: u64,
+        link: &[u8],
+    ) -> io::Result<()> {
+        let mut pax: Vec<(String, &[u8])> = Vec::new();
         let split = split_name(name);
         if split.is_none() {
-            pax.push(("path", name));
+            pax.push(("path".into(), name));
         }
         if link.len() > NAME_LEN {
-            pax.push(("linkpath", link));
+            pax.push(("linkpath".into(), link));
         }
-        let size_text = size.to_string();
+        let texts = [size, meta.uid, meta.gid, meta.mtime].map(|n| n.to_string());
         if size > MAX_USTAR_SIZE {
-            pax.push(("size", size_text.as_bytes()));
+            pax.push(("size".into(), texts[0].as_bytes()));
+        }
+        if meta.uid > MAX_USTAR_ID {
+            pax.push(("uid".into(), texts[1].as_bytes()));
+        }
+        if meta.gid > MAX_USTAR_ID {
+            pax.push(("gid".into(), texts[2].as_bytes()));
+        }
+        if meta.mtime > MAX_USTAR_SIZE {
+            pax.push(("mtime".into(), texts[3].as_bytes()));
+        }
+        for (key, value) in meta.xattrs {
+            pax.push((format!("SCHILY.xattr.{key}"), value));
         }
         if !pax.is_empty() {
-            pax.sort_by(|a, b| a.0.cmp(b.0));
+            pax.sort_by(|a, b| a.0.cmp(&b.0));
             let records: Vec<u8> = pax.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
-            let h = self.raw_header(
+            // The extended header carries the entry's time (for a block,
+            // `SOURCE_DATE_EPOCH`, like every other header).
+            let h = raw_header(
                 b'x',
                 b"././@PaxHeader",
                 &[],
                 0o644,
                 records.len() as u64,
                 &[],
+                (0, 0, meta.mtime.min(MAX_USTAR_SIZE)),
             );
             self.out.write_all(&h)?;
             self.out.write_all(&records)?;
@@ -114,49 +176,99 @@ impl<W: Write> CanonicalTar<W> {
         let (prefix, short) = split.unwrap_or_else(|| (&[], &name[..NAME_LEN]));
         let link_field = &link[..link.len().min(NAME_LEN)];
         let size_field = if size > MAX_USTAR_SIZE { 0 } else { size };
-        let h = self.raw_header(
+        let clamp = |v: u64, max: u64| if v > max { 0 } else { v };
+        let h = raw_header(
             kind as u8,
             short,
             prefix,
-            mode & 0o7777,
+            meta.mode & 0o7777,
             size_field,
             link_field,
+            (
+                clamp(meta.uid, MAX_USTAR_ID),
+                clamp(meta.gid, MAX_USTAR_ID),
+                clamp(meta.mtime, MAX_USTAR_SIZE),
+            ),
         );
         self.out.write_all(&h)
     }
 
-    fn raw_header(
-        &self,
-        typeflag: u8,
-        name: &[u8],
-        prefix: &[u8],
-        mode: u32,
-        size: u64,
+    /// An entry with its own metadata: `content` gives a regular file's
+    /// `size` bytes; `link` is a link's target. A directory's `path` is
+    /// given without its trailing `/`.
+    pub fn entry(
+        &mut self,
+        kind: Kind,
+        path: &[u8],
+        meta: &Meta<'_>,
         link: &[u8],
-    ) -> [u8; BLOCK] {
-        let mut h = [0u8; BLOCK];
-        h[..name.len()].copy_from_slice(name);
-        octal(&mut h[100..108], u64::from(mode));
-        octal(&mut h[108..116], 0);
-        octal(&mut h[116..124], 0);
-        octal(&mut h[124..136], size);
-        octal(&mut h[136..148], self.mtime);
-        h[156] = typeflag;
-        h[157..157 + link.len()].copy_from_slice(link);
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        octal(&mut h[329..337], 0);
-        octal(&mut h[337..345], 0);
-        h[345..345 + prefix.len()].copy_from_slice(prefix);
-        h[148..156].fill(b' ');
-        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-        let text = format!("{:06o}", sum);
-        h[148..154].copy_from_slice(text.as_bytes());
-        h[154] = 0;
-        h[155] = b' ';
-        h
+        content: Option<(u64, &mut dyn Read)>,
+    ) -> io::Result<()> {
+        match (kind, content) {
+            (Kind::File, Some((size, content))) => {
+                self.entry_header(kind, path, meta, size, &[])?;
+                self.content(size, content)
+            }
+            (Kind::File, None) => self.entry_header(kind, path, meta, 0, &[]),
+            (Kind::Dir, _) => {
+                let mut name = path.to_vec();
+                name.push(b'/');
+                self.entry_header(kind, &name, meta, 0, &[])
+            }
+            (_, _) => self.entry_header(kind, path, meta, 0, link),
+        }
     }
 
+    fn content(&mut self, size: u64, content: &mut dyn Read) -> io::Result<()> {
+        let copied = io::copy(&mut content.take(size), &mut self.out)?;
+        if copied != size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("file shrank while it was archived: {copied} of {size} bytes"),
+            ));
+        }
+        self.pad(size)
+    }
+
+    /// The writer, for bytes that are copied into the archive as they are.
+    pub fn raw(&mut self) -> &mut W {
+        &mut self.out
+    }
+}
+
+fn raw_header(
+    typeflag: u8,
+    name: &[u8],
+    prefix: &[u8],
+    mode: u32,
+    size: u64,
+    link: &[u8],
+    (uid, gid, mtime): (u64, u64, u64),
+) -> [u8; BLOCK] {
+    let mut h = [0u8; BLOCK];
+    h[..name.len()].copy_from_slice(name);
+    octal(&mut h[100..108], u64::from(mode));
+    octal(&mut h[108..116], uid);
+    octal(&mut h[116..124], gid);
+    octal(&mut h[124..136], size);
+    octal(&mut h[136..148], mtime);
+    h[156] = typeflag;
+    h[157..157 + link.len()].copy_from_slice(link);
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    octal(&mut h[329..337], 0);
+    octal(&mut h[337..345], 0);
+    h[345..345 + prefix.len()].copy_from_slice(prefix);
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    let text = format!("{:06o}", sum);
+    h[148..154].copy_from_slice(text.as_bytes());
+    h[154] = 0;
+    h[155] = b' ';
+    h
+}
+
+impl<W: Write> CanonicalTar<W> {
     fn pad(&mut self, len: u64) -> io::Result<()> {
         let rem = (len % BLOCK as u64) as usize;
         if rem != 0 {
@@ -181,14 +293,7 @@ impl<W: Write> CanonicalTar<W> {
         content: &mut impl Read,
     ) -> io::Result<()> {
         self.header(Kind::File, path, mode, size, &[])?;
-        let copied = io::copy(&mut content.take(size), &mut self.out)?;
-        if copied != size {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("file shrank while it was archived: {copied} of {size} bytes"),
-            ));
-        }
-        self.pad(size)
+        self.content(size, content)
     }
 
     /// A regular file with the given bytes.

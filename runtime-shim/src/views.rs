@@ -1,0 +1,217 @@
+//! One view of an image: a blocks manifest taken from a fallback index is
+//! unpacked only if it is the image the index's legacy manifest shows to
+//! every other client (`spec/fallback.md`, "One view").
+//!
+//! The blocks manifest must name that legacy manifest (its
+//! `io.oci-blocks.legacy` annotation, covered by its digest); the two configs
+//! must be equal but for `rootfs.diff_ids`; layers without imports must be
+//! the same blobs; and each stub layer's materialization must have the
+//! `diff_id` the legacy config gives it. Only the legacy manifest and its
+//! config are read, never its layers. A verified materialization's `diff_id`
+//! is kept in the block store by the stub's `diff_id` (which names every
+//! block it imports), so a warm unpack does not compute it again.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use oci_blocks_core::Digest;
+use oci_blocks_core::block::{BlockIndex, EntryMeta};
+use oci_blocks_core::expand::{BlockContent, ImportBudget, expanded_diff_id};
+use oci_blocks_core::layout::OciDir;
+use oci_blocks_core::limits::Limits;
+use oci_blocks_core::manifest::Manifest;
+use oci_blocks_core::names::ANNOTATION_LEGACY;
+use oci_blocks_core::oci_spec::image::Descriptor;
+use oci_blocks_core::validate::Rule;
+use rustix::fs::OFlags;
+use serde_json::Value;
+
+use crate::materialize::StoreImports;
+use crate::store::{blob_error, open_blob, open_tar};
+use crate::{Error, Result};
+
+/// Blocks as an expansion reads them from the store.
+struct FromStore<'s, 'a> {
+    imports: &'s mut StoreImports<'a>,
+    subject: String,
+}
+
+impl BlockContent for FromStore<'_, '_> {
+    fn index(&mut self, digest: &Digest) -> oci_blocks_core::Result<Arc<BlockIndex>> {
+        self.imports
+            .block(digest, &self.subject)
+            .map(|b| b.index)
+            .map_err(|e| oci_blocks_core::Error::Malformed {
+                what: format!("block {digest}"),
+                reason: e.to_string(),
+            })
+    }
+
+    fn open(
+        &mut self,
+        digest: &Digest,
+        entry: &EntryMeta,
+    ) -> oci_blocks_core::Result<Box<dyn Read + '_>> {
+        let fail = |e: std::io::Error| oci_blocks_core::Error::Io {
+            path: format!(
+                "block store: {digest}/{}",
+                String::from_utf8_lossy(&entry.path.0)
+            )
+            .into(),
+            source: e,
+        };
+        let block = self
+            .imports
+            .block(digest, &self.subject)
+            .map_err(|e| fail(std::io::Error::other(e.to_string())))?;
+        let fd =
+            crate::fsat::open_beneath(&*block.tree, &entry.path.0, OFlags::RDONLY).map_err(fail)?;
+        Ok(Box::new(std::fs::File::from(fd)))
+    }
+}
+
+fn differ(subject: &str, reason: String) -> Error {
+    Error::invalid(subject, format!("{reason} [{}]", Rule::FallbackViewsDiffer))
+}
+
+fn config_of(layout: &OciDir, m: &Manifest, subject: &str) -> Result<Value> {
+    let c = m.typed().config();
+    let d = Digest::try_from(c.digest())?;
+    serde_json::from_slice(&layout.read_json_blob(&d, Some(c.size()))?)
+        .map_err(|e| Error::invalid(format!("{subject}: config {d}"), e.to_string()))
+}
+
+fn diff_ids(config: &Value) -> Vec<String> {
+    config
+        .pointer("/rootfs/diff_ids")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn without_diff_ids(mut config: Value) -> Value {
+    if let Some(rootfs) = config.get_mut("rootfs").and_then(Value::as_object_mut) {
+        rootfs.remove("diff_ids");
+    }
+    config
+}
+
+/// Checks the blocks manifest `manifest` (digest `digest`, config `config`),
+/// just unpacked with `imports`, against the legacy manifest `legacy` its
+/// index offers for the same platform. `stubs[i]` says whether layer `i` had
+/// import entries, and `stub_ids[i]` is its `diff_id`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check(
+    layout: &OciDir,
+    digest: &Digest,
+    manifest: &Manifest,
+    config: &Value,
+    legacy: &Descriptor,
+    stubs: &[bool],
+    imports: &mut StoreImports<'_>,
+    limits: &Limits,
+) -> Result<()> {
+    let subject = format!("manifest {digest}");
+    let legacy_digest = Digest::try_from(legacy.digest())?;
+    let named = manifest
+        .typed()
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_LEGACY))
+        .cloned();
+    if named.as_deref() != Some(legacy_digest.as_str()) {
+        let reason = match named {
+            None => format!(
+                "the blocks manifest has no {ANNOTATION_LEGACY} annotation naming the legacy manifest {legacy_digest} its index offers for this platform"
+            ),
+            Some(other) => format!(
+                "the blocks manifest was built with legacy manifest {other}, but its index offers {legacy_digest} for this platform"
+            ),
+        };
+        return Err(Error::invalid(
+            subject,
+            format!("{reason} [{}]", Rule::FallbackLegacyUnbound),
+        ));
+    }
+    let lsubject = format!("legacy manifest {legacy_digest}");
+    let legacy_manifest =
+        Manifest::from_bytes(layout.read_json_blob(&legacy_digest, Some(legacy.size()))?)?;
+    let legacy_config = config_of(layout, &legacy_manifest, &lsubject)?;
+    let legacy_ids = diff_ids(&legacy_config);
+    if without_diff_ids(config.clone()) != without_diff_ids(legacy_config) {
+        return Err(differ(
+            &subject,
+            format!("its config differs from that of the {lsubject} beyond rootfs.diff_ids"),
+        ));
+    }
+    let (layers, legacy_layers) = (manifest.layers(), legacy_manifest.layers());
+    if layers.len() != legacy_layers.len() || legacy_ids.len() != layers.len() {
+        return Err(differ(
+            &subject,
+            format!(
+                "{} layers, the {lsubject} {} (with {} diff_ids)",
+                layers.len(),
+                legacy_layers.len(),
+                legacy_ids.len()
+            ),
+        ));
+    }
+    let store = imports.store;
+    for (i, (layer, legacy_layer)) in layers.iter().zip(legacy_layers).enumerate() {
+        let ld = Digest::try_from(layer.digest())?;
+        let lsub = format!("layer {i} ({ld})");
+        if !stubs[i] {
+            if layer.digest() != legacy_layer.digest() {
+                return Err(differ(
+                    &lsub,
+                    format!(
+                        "it has no imports, but the {lsubject} has {} in its place",
+                        legacy_layer.digest()
+                    ),
+                ));
+            }
+            continue;
+        }
+        let stub_id = Digest::parse(&diff_ids(config)[i])?;
+        let materialized = match store.expanded(&stub_id) {
+            Some(known) => known,
+            None => {
+                let mut blob = open_blob(layout, &ld, layer.size(), &lsub)?;
+                let computed: Result<Digest> = (|| {
+                    let stream = open_tar(&mut blob, layer.media_type().as_ref(), &lsub)?;
+                    let mut source = FromStore {
+                        imports: &mut *imports,
+                        subject: lsub.clone(),
+                    };
+                    expanded_diff_id(
+                        stream,
+                        &mut source,
+                        &lsub,
+                        limits,
+                        &mut ImportBudget::default(),
+                    )
+                    .map_err(|e| Error::invalid(&lsub, format!("cannot be materialized: {e}")))
+                })();
+                let verified = blob.finish().map_err(|e| blob_error(&lsub, e));
+                verified?;
+                let computed = computed?;
+                store.record_expanded(&stub_id, &computed);
+                computed
+            }
+        };
+        if materialized.as_str() != legacy_ids[i] {
+            return Err(differ(
+                &lsub,
+                format!(
+                    "its materialization hashes to {materialized}, but the {lsubject} gives {} for this layer",
+                    legacy_ids[i]
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
