@@ -362,3 +362,36 @@ fn validate_and_unpack_agree_on_every_image_example() -> Result<()> {
     ensure!(disagree.is_empty(), "{}", disagree.join("\n"));
     Ok(())
 }
+
+/// A layout whose index nests 200 indexes deep is judged, not followed
+/// to the bottom: validate names the depth bound and exits 1.
+#[test]
+fn validate_stops_at_the_index_depth_bound() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = oci_blocks_core::layout::OciDir::create(tmp.path().join("deep"))?;
+    let (mut digest, mut size) = dir.write_blob_bytes(
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+    )?;
+    for _ in 0..200 {
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest.as_str(), "size": size}],
+        });
+        (digest, size) = dir.write_blob_bytes(&serde_json::to_vec(&index)?)?;
+    }
+    let desc = oci_blocks_core::oci_spec::image::Descriptor::new(
+        oci_blocks_core::oci_spec::image::MediaType::ImageIndex,
+        size,
+        digest.as_oci().clone(),
+    );
+    dir.set_tag("deep", desc)?;
+    let out = run(&["validate", &format!("oci:{}:deep", dir.root().display())])?;
+    ensure!(out.status.code() == Some(1), "{}", text(&out));
+    ensure!(
+        text(&out).contains("limit.exceeded") && text(&out).contains("deeper than 8"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}

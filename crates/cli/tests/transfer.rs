@@ -913,3 +913,297 @@ fn bearer_tokens_are_fetched_from_the_challenge_realm() -> Result<()> {
     );
     Ok(())
 }
+
+/// A reply of the hostile registry.
+enum Reply {
+    /// A status, extra headers and a body.
+    Full(&'static str, String, Vec<u8>),
+    /// 200 with an endless body of zeros, announcing `Content-Length` when
+    /// given.
+    Endless(Option<u64>),
+}
+
+/// A registry that answers from `route` (method, path and lowercased head
+/// to reply), one request per connection, and records every request line.
+/// Plain HTTP only, on `ip`.
+fn hostile_registry(
+    ip: &str,
+    route: impl Fn(&str, &str, &str) -> Reply + Send + Sync + 'static,
+) -> Result<(String, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((ip, 0))?;
+    let addr = listener.local_addr()?.to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let route = std::sync::Arc::new(route);
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let (log, route) = (log.clone(), route.clone());
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                    if head == [0x16] {
+                        return; // a TLS hello
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let mut words = text.split_whitespace();
+                let (method, path) = (
+                    words.next().unwrap_or_default().to_string(),
+                    words.next().unwrap_or_default().to_string(),
+                );
+                if let Ok(mut l) = log.lock() {
+                    l.push(format!("{method} {path}"));
+                }
+                match route(&method, &path, &text.to_ascii_lowercase()) {
+                    Reply::Full(status, headers, body) => {
+                        let _ = write!(
+                            client,
+                            "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = client.write_all(&body);
+                    }
+                    Reply::Endless(length) => {
+                        let length = length
+                            .map(|l| format!("Content-Length: {l}\r\n"))
+                            .unwrap_or_default();
+                        let _ = write!(
+                            client,
+                            "HTTP/1.1 200 OK\r\n{length}Connection: close\r\n\r\n"
+                        );
+                        let zeros = vec![b'0'; 1 << 16];
+                        while client.write_all(&zeros).is_ok() {}
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, seen))
+}
+
+fn json_reply(media_type: &str, value: &Value) -> Reply {
+    Reply::Full(
+        "200 OK",
+        format!("Content-Type: {media_type}\r\n"),
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+}
+
+fn not_found() -> Reply {
+    Reply::Full("404 Not Found", String::new(), Vec::new())
+}
+
+/// Bytes of every file below `dir`.
+fn bytes_below(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if let Ok(m) = std::fs::symlink_metadata(&p) {
+            if m.is_dir() {
+                if let Ok(rd) = std::fs::read_dir(&p) {
+                    stack.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+                }
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+/// A registry that streams forever for a small blob, announces a 1 GiB
+/// manifest, or serves index graphs that are deep or fan out: `pull` stops at
+/// each bound, names it, and stores next to nothing.
+#[test]
+fn a_hostile_registry_costs_a_pull_bounded_work() -> Result<()> {
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = Digest::sha256(config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.as_str(), "size": config.len()},
+        "layers": [],
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest)?;
+    let manifest_digest = Digest::sha256(&manifest_bytes);
+    // index_k names index_{k+1} twice (a diamond), down to the manifest.
+    let mut diamond: Vec<Vec<u8>> = vec![manifest_bytes.clone()];
+    for _ in 0..40 {
+        let below = diamond.last().cloned().unwrap_or_default();
+        let d = serde_json::json!({"mediaType": if diamond.len() == 1 {"application/vnd.oci.image.manifest.v1+json"} else {"application/vnd.oci.image.index.v1+json"}, "digest": Digest::sha256(&below).as_str(), "size": below.len()});
+        let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [d, d]});
+        diamond.push(serde_json::to_vec(&index)?);
+    }
+    let top = diamond.last().cloned().unwrap_or_default();
+    // A chain of 10,000 indexes, each naming the next (served by digest).
+    let mut chain: Vec<Vec<u8>> = vec![manifest_bytes.clone()];
+    for _ in 0..10_000 {
+        let below = chain.last().cloned().unwrap_or_default();
+        let kind = if chain.len() == 1 {
+            "application/vnd.oci.image.manifest.v1+json"
+        } else {
+            "application/vnd.oci.image.index.v1+json"
+        };
+        let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{"mediaType": kind, "digest": Digest::sha256(&below).as_str(), "size": below.len()}]});
+        chain.push(serde_json::to_vec(&index)?);
+    }
+    let chain_top = chain.last().cloned().unwrap_or_default();
+    let by_digest: BTreeMap<String, Vec<u8>> = diamond
+        .iter()
+        .chain(&chain)
+        .map(|b| (Digest::sha256(b).to_string(), b.clone()))
+        .collect();
+    let (host, seen) = hostile_registry("127.0.0.1", move |_, path, _| {
+        let cd = config_digest.to_string();
+        match path {
+            "/v2/" => Reply::Full("200 OK", String::new(), Vec::new()),
+            "/v2/evil/manifests/endless-blob" => {
+                let mut m = manifest.clone();
+                m["config"]["size"] = serde_json::json!(195);
+                json_reply("application/vnd.oci.image.manifest.v1+json", &m)
+            }
+            "/v2/evil/manifests/huge" => Reply::Endless(Some(1 << 30)),
+            "/v2/evil/manifests/huge-chunked" => Reply::Endless(None),
+            "/v2/evil/manifests/diamond" => Reply::Full(
+                "200 OK",
+                "Content-Type: application/vnd.oci.image.index.v1+json\r\n".into(),
+                top.clone(),
+            ),
+            "/v2/evil/manifests/chain" => Reply::Full(
+                "200 OK",
+                "Content-Type: application/vnd.oci.image.index.v1+json\r\n".into(),
+                chain_top.clone(),
+            ),
+            p if p == format!("/v2/evil/blobs/{cd}") => Reply::Endless(None),
+            p => match p
+                .strip_prefix("/v2/evil/manifests/")
+                .and_then(|d| by_digest.get(d))
+            {
+                Some(bytes) => Reply::Full(
+                    "200 OK",
+                    "Content-Type: application/vnd.oci.image.index.v1+json\r\n".into(),
+                    bytes.clone(),
+                ),
+                None => not_found(),
+            },
+        }
+    })?;
+    let _ = manifest_digest;
+    let tmp = tempfile::tempdir()?;
+    // `pull` for a platform's image, `copy` for a whole index graph.
+    let pull = |tag: &str| -> Result<(bool, String, u64)> {
+        let store = tmp.path().join(format!("store-{tag}"));
+        let image = format!("docker://{host}/evil:{tag}");
+        let dest = format!("oci:{}", store.display());
+        let store_text = store.display().to_string();
+        let args: Vec<&str> = if tag == "diamond" || tag == "chain" {
+            vec!["copy", "--src-tls-verify=false", &image, &dest]
+        } else {
+            vec!["pull", "--tls-verify=false", "--store", &store_text, &image]
+        };
+        let out = oci_blocks(&args)?;
+        Ok((out.status.success(), text(&out), bytes_below(&store)))
+    };
+    for (tag, needles) in [
+        ("endless-blob", &["195", "size"][..]),
+        ("huge", &["4194304 bytes", "announces 1073741824"][..]),
+        ("huge-chunked", &["4194304 bytes", "more than"][..]),
+        ("diamond", &["8 levels of nested indexes"][..]),
+        ("chain", &["8 levels of nested indexes"][..]),
+    ] {
+        let (ok, out, stored) = pull(tag)?;
+        ensure!(!ok, "{tag}: the pull succeeded: {out}");
+        for n in needles {
+            ensure!(
+                out.contains(n),
+                "{tag}: the error does not name {n:?}: {out}"
+            );
+        }
+        ensure!(stored < 1 << 20, "{tag}: {stored} bytes stored");
+    }
+    let requests = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let blob_gets = requests.iter().filter(|r| r.contains("/blobs/")).count();
+    ensure!(
+        blob_gets == 1,
+        "the endless blob was fetched {blob_gets} times: {requests:?}"
+    );
+    let index_gets = requests
+        .iter()
+        .filter(|r| r.contains("/manifests/sha256:"))
+        .count();
+    ensure!(
+        index_gets <= 16,
+        "each index of the diamond and the chain is fetched once, down to the depth bound: {index_gets} GETs"
+    );
+    Ok(())
+}
+
+/// A registry whose bearer challenge names a token realm on another host over
+/// plain HTTP gets no credentials there; one on its own host does.
+#[test]
+fn credentials_go_to_a_token_realm_only_over_https_or_on_the_registry_host() -> Result<()> {
+    let token_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen_auth = token_log.clone();
+    let (token, _) = hostile_registry("127.0.0.1", move |_, path, head| {
+        if let Ok(mut l) = seen_auth.lock() {
+            l.push(format!(
+                "{path} authorization={}",
+                head.contains("authorization: basic")
+            ));
+        }
+        json_reply("application/json", &serde_json::json!({"token": "t"}))
+    })?;
+    let token_port = token.rsplit(':').next().unwrap_or_default().to_string();
+    let (other, _) = hostile_registry("127.0.0.2", {
+        let seen_auth = token_log.clone();
+        move |_, path, head| {
+            if let Ok(mut l) = seen_auth.lock() {
+                l.push(format!(
+                    "{path} authorization={}",
+                    head.contains("authorization: basic")
+                ));
+            }
+            json_reply("application/json", &serde_json::json!({"token": "t"}))
+        }
+    })?;
+    let other_port = other.rsplit(':').next().unwrap_or_default().to_string();
+    for (realm_host, port, sent) in [
+        ("127.0.0.2", other_port, false),
+        ("127.0.0.1", token_port, true),
+    ] {
+        let realm = format!("http://{realm_host}:{port}/token");
+        let (host, _) = hostile_registry("127.0.0.1", move |_, _, head| {
+            if head.contains("authorization: bearer t") {
+                not_found()
+            } else {
+                Reply::Full(
+                    "401 Unauthorized",
+                    format!("WWW-Authenticate: Bearer realm=\"{realm}\",service=\"x\"\r\n"),
+                    Vec::new(),
+                )
+            }
+        })?;
+        let tmp = tempfile::tempdir()?;
+        let _ = oci_blocks(&[
+            "pull",
+            "--tls-verify=false",
+            "--creds",
+            "alice:s3cret",
+            "--store",
+            &tmp.path().display().to_string(),
+            &format!("docker://{host}/app:v1"),
+        ])?;
+        let log = token_log.lock().map(|l| l.clone()).unwrap_or_default();
+        let asked = log.last().cloned().unwrap_or_default();
+        ensure!(
+            asked.ends_with(&format!("authorization={sent}")),
+            "realm on {realm_host}: {log:?}"
+        );
+    }
+    Ok(())
+}

@@ -1,6 +1,11 @@
 //! Credentials as the containers tools and docker keep them: `auths` entries of
 //! `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
 //! `~/.config/containers/auth.json` and `~/.docker/config.json`, first match wins.
+//!
+//! They are sent to the registry they are for, and to the token realm its
+//! bearer challenge names only over HTTPS or on the registry's own host
+//! ([`crate::registry`]): a realm on another host over plain HTTP gets a
+//! token request without them.
 
 use std::path::{Path, PathBuf};
 

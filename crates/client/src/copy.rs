@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use futures_util::{StreamExt, TryStreamExt};
 use oci_blocks_core::Digest;
 use oci_blocks_core::layout::OciDir;
-use oci_blocks_core::names::{ANNOTATION_VARIANT, OCI_INDEX, OCI_MANIFEST, VARIANT_BLOCKS};
+use oci_blocks_core::names::{
+    ANNOTATION_VARIANT, MAX_INDEX_DEPTH, OCI_INDEX, OCI_MANIFEST, VARIANT_BLOCKS,
+};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -257,10 +259,15 @@ async fn plan(src: &End, top: Doc, selection: &Selection) -> Result<(Vec<Doc>, V
     let mut docs = Vec::new();
     let mut blobs: Vec<Blob> = Vec::new();
     let mut seen: BTreeSet<String> = BTreeSet::new();
-    // (document, is_top) in depth-first order; children are emitted first.
-    let mut pending = vec![(top, true)];
+    // (document, depth) in depth-first order; children are emitted first.
+    // Each manifest is fetched once, however many indexes name it, and an
+    // index nested deeper than MAX_INDEX_DEPTH is refused before its
+    // children are fetched.
+    let mut pending = vec![(top, 0usize)];
+    let mut fetched: HashSet<Digest> = HashSet::new();
     let mut ordered: Vec<Doc> = Vec::new();
-    while let Some((doc, is_top)) = pending.pop() {
+    while let Some((doc, depth)) = pending.pop() {
+        let is_top = depth == 0;
         // A legacy manifest copied without its layers, after its index.
         let mut side = None;
         let value: Value = serde_json::from_slice(&doc.bytes).map_err(|e| Error::Document {
@@ -299,9 +306,19 @@ async fn plan(src: &End, top: Doc, selection: &Selection) -> Result<(Vec<Doc>, V
                 }
                 side = Some(legacy);
             }
+            if depth + 1 > MAX_INDEX_DEPTH {
+                return Err(Error::Limit {
+                    what: format!("index {}", doc.digest),
+                    reason: format!("its manifests would be {} indexes deep", depth + 1),
+                    limit: format!("{MAX_INDEX_DEPTH} levels of nested indexes"),
+                });
+            }
             for i in chosen {
                 let e = &entries[i];
                 let d = Digest::parse(e["digest"].as_str().unwrap_or_default())?;
+                if !fetched.insert(d.clone()) {
+                    continue;
+                }
                 let child = child_doc(
                     src,
                     &d,
@@ -309,7 +326,7 @@ async fn plan(src: &End, top: Doc, selection: &Selection) -> Result<(Vec<Doc>, V
                     e["mediaType"].as_str().unwrap_or(OCI_MANIFEST),
                 )
                 .await?;
-                pending.push((child, false));
+                pending.push((child, depth + 1));
             }
         } else {
             let mut descriptors: Vec<&Value> = value.get("config").into_iter().collect();
@@ -452,6 +469,15 @@ async fn download_into_layout(
     blob: &Blob,
 ) -> Result<()> {
     let resp = reg.get_blob(repository, &blob.digest).await?;
+    // More than the descriptor's size is refused before it is read; a body
+    // that goes on past it is cut off there by the layout's writer.
+    if let Some(announced) = resp.content_length().filter(|l| *l > blob.size) {
+        return Err(Error::Limit {
+            what: format!("blob {}", blob.digest),
+            reason: format!("the registry announces {announced} bytes"),
+            limit: format!("its descriptor's size, {} bytes", blob.size),
+        });
+    }
     let stream = resp.bytes_stream().map_err(std::io::Error::other);
     // The layout's writer is synchronous: it reads the body through a bridge on
     // a blocking thread, as tokio-util documents, while the runtime's workers

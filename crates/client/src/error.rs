@@ -52,6 +52,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A registry's answer exceeds a bound of the client.
+    #[error("{what}: {reason} (limit: {limit})")]
+    Limit {
+        /// Which request or document.
+        what: String,
+        /// What exceeded the bound.
+        reason: String,
+        /// The bound.
+        limit: String,
+    },
     /// A credentials file cannot be read.
     #[error("credentials {}: {reason}", path.display())]
     Credentials {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use oci_blocks_core::Digest;
+use oci_blocks_core::names::MAX_MANIFEST_SIZE;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use tokio::io::AsyncReadExt;
@@ -232,6 +233,22 @@ impl Registry {
         }
     }
 
+    /// Whether the registry's credentials may go to a token `realm`: only
+    /// over HTTPS, or to the registry's own host. A challenge that names
+    /// another host over plain HTTP gets no credentials, so that a registry
+    /// (or whoever answers for it) cannot send them to a host of its choice
+    /// in the clear.
+    fn may_send_credentials(&self, realm: &str) -> bool {
+        let own = reqwest::Url::parse(&format!("http://{}/", self.host))
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string));
+        match reqwest::Url::parse(realm) {
+            Ok(url) if url.scheme() == "https" => true,
+            Ok(url) => url.host_str().is_some() && url.host_str() == own.as_deref(),
+            Err(_) => false,
+        }
+    }
+
     /// Answers a 401: remembers the scheme and, for bearer, fetches a token.
     async fn authenticate(&self, headers: &HeaderMap, scope: &str) -> Result<()> {
         let challenge = parse_challenge(headers);
@@ -242,7 +259,15 @@ impl Registry {
                 req = req.query(&[("service", s.as_str())]);
             }
             if let Some(c) = &self.credentials {
-                req = req.basic_auth(&c.username, Some(&c.password));
+                if self.may_send_credentials(&realm) {
+                    req = req.basic_auth(&c.username, Some(&c.password));
+                } else {
+                    tracing::warn!(
+                        %realm,
+                        "the token realm is on another host over plain HTTP: asking for a token without the credentials of {}",
+                        self.host
+                    );
+                }
             }
             let resp = req
                 .send()
@@ -366,18 +391,39 @@ impl Registry {
                 None,
             )
             .await?;
-        let resp = check(resp, &Method::GET, &self.url(&path)).await?;
+        let mut resp = check(resp, &Method::GET, &self.url(&path)).await?;
         let media_type = resp
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let bytes = resp
-            .bytes()
+        // A manifest larger than any component accepts is refused before it
+        // is read (by its Content-Length) or as soon as it passes the bound.
+        let what = format!("manifest {repository}:{reference}");
+        let too_large = |reason: String| Error::Limit {
+            what: what.clone(),
+            reason,
+            limit: format!("{MAX_MANIFEST_SIZE} bytes for a manifest or index"),
+        };
+        if let Some(declared) = resp.content_length().filter(|l| *l > MAX_MANIFEST_SIZE) {
+            return Err(too_large(format!(
+                "the registry announces {declared} bytes"
+            )));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
             .map_err(|e| http_error(&Method::GET, &path, e))?
-            .to_vec();
+        {
+            if (bytes.len() + chunk.len()) as u64 > MAX_MANIFEST_SIZE {
+                return Err(too_large(format!(
+                    "the registry sent more than {MAX_MANIFEST_SIZE} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         self.bytes_received
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let digest = match Digest::parse(reference) {

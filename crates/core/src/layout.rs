@@ -143,6 +143,17 @@ impl OciDir {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::io(tmp.path(), e)),
             };
+            // A source that sends more than the descriptor's size is cut off
+            // at the first byte past it, not read until the disk is full.
+            if let (Some(size), Some(digest)) = (size, expected) {
+                if DigestReader::bytes(&hashing) > size {
+                    return Err(Error::SizeMismatch {
+                        digest: digest.clone(),
+                        expected: size,
+                        found: DigestReader::bytes(&hashing),
+                    });
+                }
+            }
             tmp.as_file_mut()
                 .write_all(&buf[..n])
                 .map_err(|e| Error::io(tmp.path(), e))?;
@@ -503,6 +514,21 @@ mod tests {
                 ..
             }
         ));
+        assert!(!dir.has_blob(&d));
+    }
+
+    #[test]
+    fn a_source_that_never_ends_is_cut_off_at_the_size() {
+        let (_t, dir) = layout();
+        let d = Digest::sha256(b"abc");
+        // An endless stream: the write stops just past the descriptor's size.
+        let err = dir
+            .write_blob_verified(io::repeat(b'x'), &d, Some(195))
+            .expect_err("too long");
+        assert!(
+            matches!(err, Error::SizeMismatch { expected: 195, found, .. } if found <= 256 * 1024),
+            "{err}"
+        );
         assert!(!dir.has_blob(&d));
     }
 

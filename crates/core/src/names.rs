@@ -78,6 +78,9 @@ pub const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 pub const MAX_IMPORT_SIZE: u64 = 4096;
 /// Largest manifest or index a component reads, in bytes (the registry limit too).
 pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
+/// How deep indexes may nest below the top document (an index of indexes is
+/// depth 2); no image in use nests more than two or three.
+pub const MAX_INDEX_DEPTH: usize = 8;
 
 /// `true` for a layer media type that announces import entries.
 pub fn is_import_layer(media_type: &str) -> bool {

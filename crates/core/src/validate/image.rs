@@ -21,7 +21,8 @@ use crate::expand::{ImportBudget, LayoutBlocks, expand, first_difference, open_l
 use crate::layout::OciDir;
 use crate::limits::Limits;
 use crate::names::{
-    ANCHOR_ARTIFACT_TYPE, ANNOTATION_LEGACY, ANNOTATION_SPARSE, VARIANT_BLOCKS, is_import_layer,
+    ANCHOR_ARTIFACT_TYPE, ANNOTATION_LEGACY, ANNOTATION_SPARSE, MAX_INDEX_DEPTH, VARIANT_BLOCKS,
+    is_import_layer,
 };
 use crate::{Error, Result};
 
@@ -140,7 +141,7 @@ pub fn check_image(dir: &OciDir, tag: Option<&str>) -> Result<ImageReport> {
             .as_ref()
             .and_then(|a| a.get(ANNOTATION_SPARSE))
             .is_some_and(|v| v == "true");
-        walker.visit(root, &format!("index.json /manifests/{i}"))?;
+        walker.visit(root, &format!("index.json /manifests/{i}"), 0)?;
     }
     Ok(walker.out)
 }
@@ -256,7 +257,9 @@ impl Walker<'_> {
         }
     }
 
-    fn visit(&mut self, desc: &Descriptor, parent: &str) -> Result<()> {
+    /// Visits the document `desc` names, `depth` indexes below the layout's
+    /// `index.json`.
+    fn visit(&mut self, desc: &Descriptor, parent: &str, depth: usize) -> Result<()> {
         let Some(digest) = self.digest_of(desc, parent) else {
             return Ok(());
         };
@@ -273,7 +276,17 @@ impl Walker<'_> {
             return Ok(());
         };
         if kind.is_index() {
-            self.visit_index(&digest, desc.size(), kind, &value)
+            if depth >= MAX_INDEX_DEPTH {
+                self.out.report.push(Violation::new(
+                    Rule::LimitExceeded,
+                    format!("{parent} ({digest})"),
+                    format!(
+                        "indexes nest deeper than {MAX_INDEX_DEPTH} levels; the rest is not read"
+                    ),
+                ));
+                return Ok(());
+            }
+            self.visit_index(&digest, desc.size(), kind, &value, depth)
         } else {
             self.visit_manifest(&digest, desc.size(), kind, &value)
         }
@@ -285,6 +298,7 @@ impl Walker<'_> {
         size: u64,
         kind: DocumentKind,
         value: &Value,
+        depth: usize,
     ) -> Result<()> {
         let subject = format!("index {digest}");
         let entries: Vec<(Descriptor, Option<String>)> = value
@@ -313,7 +327,7 @@ impl Walker<'_> {
                 platform: platform_text(child),
                 variant: variant.clone(),
             });
-            self.visit(child, &format!("{subject} /manifests/{i}"))?;
+            self.visit(child, &format!("{subject} /manifests/{i}"), depth + 1)?;
         }
         if kind == DocumentKind::FallbackIndex {
             info.legacy_only_bytes = Some(self.check_fallback(&subject, &entries));
