@@ -458,10 +458,28 @@ async fn delete_blob(state: &AppState, name: String, digest: String) -> ApiResul
     let digest = parse_digest(&digest)?;
     let storage = state.storage.clone();
     let d = digest.clone();
-    if blocking(move || storage.unlink_blob(&name, &d)).await? {
-        Ok(StatusCode::ACCEPTED.into_response())
-    } else {
-        Err(ApiError::blob_unknown(&digest))
+    // Under the lock manifest commits take (shared) and GC takes: a commit
+    // that names the blob either finished, and is seen here, or starts after
+    // the link is gone, and links it again.
+    let outcome = blocking(move || {
+        let _lock = storage.lock_exclusive()?;
+        if let Some(m) = storage.manifest_referencing(&name, &d)? {
+            return Ok(Err(m));
+        }
+        Ok(Ok(storage.unlink_blob(&name, &d)?))
+    })
+    .await?;
+    match outcome {
+        Ok(true) => Ok(StatusCode::ACCEPTED.into_response()),
+        Ok(false) => Err(ApiError::blob_unknown(&digest)),
+        Err(manifest) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::Denied,
+            format!(
+                "blob {digest} is referenced by manifest {manifest} of this repository; delete the manifest first"
+            ),
+        )
+        .detail(json!({ "digest": digest.as_str(), "manifest": manifest.as_str() }))),
     }
 }
 

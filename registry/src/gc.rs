@@ -190,7 +190,7 @@ pub fn collect(storage: &Storage, options: &GcOptions) -> Result<GcReport> {
 
 /// The blobs (config, layers, blocks) and child manifests a manifest references.
 /// Unparsable content references nothing (it was validated when pushed).
-fn references(bytes: &[u8]) -> (Vec<Digest>, Vec<Digest>) {
+pub(crate) fn references(bytes: &[u8]) -> (Vec<Digest>, Vec<Digest>) {
     let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
         return (Vec::new(), Vec::new());
     };

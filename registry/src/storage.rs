@@ -25,7 +25,9 @@
 //! `gc.lock` orders garbage collection against manifest commits: a manifest PUT holds
 //! it shared while it checks that its references exist and records the manifest, and
 //! the collector holds it exclusively while it marks and sweeps, so a PUT never
-//! commits a reference to a blob the sweep is deleting.
+//! commits a reference to a blob the sweep is deleting. A blob DELETE holds it
+//! exclusively too, and refuses a blob that a manifest of the repository
+//! references, so that no stored manifest names a blob its repository lost.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -167,6 +169,21 @@ impl Storage {
     /// Removes a blob's link from repository `name`; whether there was one.
     pub fn unlink_blob(&self, name: &str, digest: &Digest) -> Result<bool> {
         remove_file_if_exists(&self.blob_link(name, digest))
+    }
+
+    /// A manifest of repository `name` that references the blob (as config,
+    /// layer or block), if any. The caller holds `gc.lock` exclusively, so no
+    /// manifest commit runs meanwhile.
+    pub fn manifest_referencing(&self, name: &str, digest: &Digest) -> Result<Option<Digest>> {
+        for m in self.manifests(name)? {
+            let Some(bytes) = self.read_blob(&m)? else {
+                continue;
+            };
+            if crate::gc::references(&bytes).0.contains(digest) {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
     }
 
     // ---- uploads -----------------------------------------------------------

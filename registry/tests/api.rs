@@ -687,3 +687,78 @@ fn serve_collects_on_an_interval_and_expires_abandoned_uploads() -> Result<()> {
     ensure!(reg.logs().contains("garbage collection"), "{}", reg.logs());
     Ok(())
 }
+
+/// A blob that a stored manifest references cannot be deleted, and a DELETE
+/// racing a manifest PUT that names the blob never leaves a stored manifest
+/// whose blob its repository lost.
+#[test]
+fn a_referenced_blob_is_never_deleted_even_when_the_delete_races_the_manifest() -> Result<()> {
+    let (_tmp, _reg, base) = start()?;
+    push_blob(&base, "app", CONFIG)?;
+    let layer = b"referenced layer".to_vec();
+    let layer_digest = push_blob(&base, "app", &layer)?;
+    let bytes = manifest(CONFIG, &[&layer], &[], json!({}));
+    let r = put_manifest(&base, "app", "v1", &bytes, OCI_MANIFEST)?;
+    ensure!(r.status == 201, "{}", r.describe());
+    let r = http(
+        "DELETE",
+        &format!("{base}/v2/app/blobs/{layer_digest}"),
+        &[],
+        None,
+    )?;
+    ensure!(r.status == 409, "{}", r.describe());
+    ensure!(
+        r.describe().contains("DENIED")
+            && r.describe().contains(&Digest::sha256(&bytes).to_string()),
+        "the refusal names the manifest: {}",
+        r.describe()
+    );
+    ensure!(
+        http(
+            "GET",
+            &format!("{base}/v2/app/blobs/{layer_digest}"),
+            &[],
+            None
+        )?
+        .status
+            == 200,
+        "the blob is still served"
+    );
+    // Unreferenced, it goes.
+    let loose = push_blob(&base, "app", b"nothing names this")?;
+    let r = http("DELETE", &format!("{base}/v2/app/blobs/{loose}"), &[], None)?;
+    ensure!(r.status == 202, "{}", r.describe());
+
+    // The race, 200 times: each round a fresh blob and a manifest naming it.
+    let mut broken = Vec::new();
+    for i in 0..200 {
+        let repo = format!("race{i}");
+        let layer = format!("layer of round {i}").into_bytes();
+        push_blob(&base, &repo, CONFIG)?;
+        let d = push_blob(&base, &repo, &layer)?;
+        let bytes = manifest(CONFIG, &[&layer], &[], json!({}));
+        let (b1, b2) = (base.clone(), base.clone());
+        let (r1, r2) = (repo.clone(), repo.clone());
+        let target = d.clone();
+        let put = std::thread::spawn(move || put_manifest(&b1, &r1, "v1", &bytes, OCI_MANIFEST));
+        let del = std::thread::spawn(move || {
+            http("DELETE", &format!("{b2}/v2/{r2}/blobs/{target}"), &[], None)
+        });
+        let (put, _) = (
+            put.join().map_err(|_| anyhow::anyhow!("put panicked"))??,
+            del.join()
+                .map_err(|_| anyhow::anyhow!("delete panicked"))??,
+        );
+        if put.status == 201 {
+            let got = http("GET", &format!("{base}/v2/{repo}/blobs/{d}"), &[], None)?;
+            if got.status != 200 {
+                broken.push(i);
+            }
+        }
+    }
+    ensure!(
+        broken.is_empty(),
+        "rounds whose stored manifest lost its blob: {broken:?}"
+    );
+    Ok(())
+}

@@ -300,9 +300,16 @@ fn digests_of<'a>(value: &'a Value, list: &str) -> Vec<(usize, &'a str)> {
 
 fn check_blocks(value: &Value, subject: &str, report: &mut Report) {
     let blocks = digests_of(value, "blocks");
-    let layers = digests_of(value, "layers");
-    for (n, &(j, digest)) in blocks.iter().enumerate() {
-        if let Some(&(i, _)) = blocks[..n].iter().find(|(_, d)| *d == digest) {
+    // First position of each digest: one pass, however many blocks.
+    let mut first_block: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut layers: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, d) in digests_of(value, "layers") {
+        layers.entry(d).or_insert(i);
+    }
+    for &(j, digest) in &blocks {
+        let first = *first_block.entry(digest).or_insert(j);
+        if first != j {
+            let i = first;
             report.push(
                 Violation::new(
                     Rule::BlocksDuplicate,
@@ -312,7 +319,7 @@ fn check_blocks(value: &Value, subject: &str, report: &mut Report) {
                 .at_pointer(format!("/blocks/{j}")),
             );
         }
-        if let Some(&(i, _)) = layers.iter().find(|(_, d)| *d == digest) {
+        if let Some(&i) = layers.get(digest) {
             report.push(
                 Violation::new(
                     Rule::BlocksAlsoLayer,
@@ -340,14 +347,19 @@ fn check_fallback_index(value: &Value, subject: &str, report: &mut Report) {
     let pointer = |i: usize| format!("/manifests/{i}");
     let mut anchors = Vec::new();
     let mut has_blocks = false;
+    // The distinct platforms of the plain entries so far: an index has few,
+    // however many entries it has.
+    let mut plain_platforms: Vec<Option<&Value>> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         match variant_of(entry) {
-            None => {}
+            None => {
+                if !plain_platforms.contains(&entry.get("platform")) {
+                    plain_platforms.push(entry.get("platform"));
+                }
+            }
             Some(VARIANT_BLOCKS) => {
                 has_blocks = true;
-                let legacy_before = entries[..i]
-                    .iter()
-                    .any(|e| variant_of(e).is_none() && e.get("platform") == entry.get("platform"));
+                let legacy_before = plain_platforms.contains(&entry.get("platform"));
                 if !legacy_before {
                     report.push(
                         Violation::new(
@@ -415,5 +427,42 @@ fn check_fallback_index(value: &Value, subject: &str, report: &mut Report) {
             )
             .at_pointer(pointer(i)),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 28,000 blocks, the last a duplicate of the first and one also a layer:
+    /// both found, each with the place of its twin.
+    #[test]
+    fn duplicates_are_found_among_many_blocks() {
+        let digest = |i: usize| format!("sha256:{i:064x}");
+        let mut blocks: Vec<Value> = (0..28_000)
+            .map(
+                |i| serde_json::json!({"mediaType": OCI_LAYER_TAR, "digest": digest(i), "size": 1}),
+            )
+            .collect();
+        blocks
+            .push(serde_json::json!({"mediaType": OCI_LAYER_TAR, "digest": digest(0), "size": 1}));
+        let doc = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": digest(99_999), "size": 2},
+            "layers": [{"mediaType": OCI_LAYER_TAR, "digest": digest(12_345), "size": 1}],
+            "blocks": blocks,
+        });
+        let (_, report) = validate_document(doc.to_string().as_bytes(), "big");
+        let found: Vec<(Rule, Option<String>, String)> = report
+            .errors()
+            .map(|v| (v.rule, v.pointer.clone(), v.message.clone()))
+            .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].0, Rule::BlocksAlsoLayer);
+        assert_eq!(found[0].1.as_deref(), Some("/blocks/12345"));
+        assert_eq!(found[1].0, Rule::BlocksDuplicate);
+        assert_eq!(found[1].1.as_deref(), Some("/blocks/28000"));
+        assert!(found[1].2.contains("also /blocks/0"), "{}", found[1].2);
     }
 }
