@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use oci_blocks_core::Digest;
 use oci_blocks_core::fixture::{self, ImageSpec};
 
@@ -782,5 +782,47 @@ entries = [
     ensure!(a.len() > 15, "{a:#?}");
     ensure!(fs::read_to_string(blocks_root.join("site/pkg/old.py"))? == "a lower file that stays");
     ensure!(!blocks_root.join("site/gone").exists());
+    Ok(())
+}
+
+/// A block the store recorded in the earlier format (`entries.json`, whose
+/// tree was fixed up by path) is not trusted: it is extracted again.
+#[test]
+fn a_block_of_the_earlier_store_format_is_extracted_again() -> Result<()> {
+    let h = Host::new()?;
+    let img = h.image(
+        "old-format",
+        r#"
+[[blocks]]
+name = "b"
+entries = [{ path = "lib.jar", content = "the verified content" }]
+[[layers]]
+media_type = "import"
+entries = [{ path = "app/.import.lib.jar", content = "/lib.jar from {block:b}" }]
+"#,
+    )?;
+    let (ok, _, out) = h.unpack("old-1", &img, &[])?;
+    ensure!(
+        ok && out.contains("\"blocks_extracted\": [\n    \"sha256:"),
+        "{out}"
+    );
+    // Turn the store's record into the earlier format, with a planted tree.
+    let blocks = h.store().join("blocks/sha256");
+    let block = fs::read_dir(&blocks)?.next().context("a block")??.path();
+    fs::remove_file(block.join("block.json"))?;
+    fs::write(
+        block.join("entries.json"),
+        r#"{"lib.jar":{"kind":"file","mode":420,"uid":0,"gid":0,"mtime":1}}"#,
+    )?;
+    let jar = block.join("tree/lib.jar");
+    fs::set_permissions(&jar, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    fs::write(&jar, "planted")?;
+    let (ok, root, out) = h.unpack("old-2", &img, &[])?;
+    ensure!(
+        ok && out.contains("\"blocks_extracted\": [\n    \"sha256:"),
+        "extracted again: {out}"
+    );
+    ensure!(fs::read_to_string(root.join("app/lib.jar"))? == "the verified content");
+    ensure!(fs::read_to_string(block.join("tree/lib.jar"))? == "the verified content");
     Ok(())
 }
