@@ -225,15 +225,7 @@ pub fn unpack(
     let config: serde_json::Value =
         serde_json::from_slice(&layout.read_json_blob(&config_digest, Some(config_desc.size()))?)
             .map_err(|e| Error::invalid(format!("config {config_digest}"), e.to_string()))?;
-    let diff_ids: Vec<String> = config
-        .pointer("/rootfs/diff_ids")
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let diff_ids = oci_blocks_core::manifest::diff_ids(&config);
     if diff_ids.len() != manifest.layers().len() {
         return Err(Error::invalid(
             format!("manifest {digest}"),

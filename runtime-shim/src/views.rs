@@ -19,7 +19,7 @@ use oci_blocks_core::block::{BlockIndex, EntryMeta};
 use oci_blocks_core::expand::{BlockContent, ImportBudget, expanded_diff_id};
 use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::limits::Limits;
-use oci_blocks_core::manifest::Manifest;
+use oci_blocks_core::manifest::{Manifest, diff_ids, without_diff_ids};
 use oci_blocks_core::names::ANNOTATION_LEGACY;
 use oci_blocks_core::oci_spec::image::Descriptor;
 use oci_blocks_core::validate::Rule;
@@ -79,25 +79,6 @@ fn config_of(layout: &OciDir, m: &Manifest, subject: &str) -> Result<Value> {
     let d = Digest::try_from(c.digest())?;
     serde_json::from_slice(&layout.read_json_blob(&d, Some(c.size()))?)
         .map_err(|e| Error::invalid(format!("{subject}: config {d}"), e.to_string()))
-}
-
-fn diff_ids(config: &Value) -> Vec<String> {
-    config
-        .pointer("/rootfs/diff_ids")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn without_diff_ids(mut config: Value) -> Value {
-    if let Some(rootfs) = config.get_mut("rootfs").and_then(Value::as_object_mut) {
-        rootfs.remove("diff_ids");
-    }
-    config
 }
 
 /// Checks the blocks manifest `manifest` (digest `digest`, config `config`),

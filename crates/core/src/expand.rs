@@ -343,7 +343,10 @@ impl<'a> LayoutBlocks<'a> {
         let (media_type, size) = self.declared.get(digest).ok_or_else(|| {
             malformed(
                 &what,
-                "not declared in the manifest's blocks [import.undeclared-digest]",
+                format!(
+                    "not declared in the manifest's blocks [{}]",
+                    crate::validate::Rule::ImportUndeclaredDigest
+                ),
             )
         })?;
         let compression = tar_compression(media_type)

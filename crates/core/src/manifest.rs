@@ -156,6 +156,28 @@ pub fn platform_text(platform: &Value) -> String {
     t
 }
 
+/// An image config's `rootfs.diff_ids`, in order (none when absent).
+pub fn diff_ids(config: &Value) -> Vec<String> {
+    config
+        .pointer("/rootfs/diff_ids")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An image config without its `rootfs.diff_ids`: what a legacy manifest's
+/// config and its blocks manifest's config must share (`spec/fallback.md`).
+pub fn without_diff_ids(mut config: Value) -> Value {
+    if let Some(rootfs) = config.get_mut("rootfs").and_then(Value::as_object_mut) {
+        rootfs.remove("diff_ids");
+    }
+    config
+}
+
 /// The GC anchor manifest of `spec/fallback.md` for these block descriptors:
 /// an artifact manifest whose config is the empty descriptor and whose layers
 /// are the blocks, so that a registry unaware of blocks keeps them.

@@ -489,23 +489,14 @@ impl Walker<'_> {
                 Err(e) => return Err(e),
             })
         };
-        let (Some(mut bconf), Some(mut lconf)) = (read(bc)?, read(lc)?) else {
+        let (Some(bconf), Some(lconf)) = (read(bc)?, read(lc)?) else {
             return Ok(());
         };
-        let legacy_ids: Vec<String> = lconf
-            .pointer("/rootfs/diff_ids")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for c in [&mut bconf, &mut lconf] {
-            if let Some(rootfs) = c.get_mut("rootfs").and_then(Value::as_object_mut) {
-                rootfs.remove("diff_ids");
-            }
-        }
+        let legacy_ids = crate::manifest::diff_ids(&lconf);
+        let (bconf, lconf) = (
+            crate::manifest::without_diff_ids(bconf),
+            crate::manifest::without_diff_ids(lconf),
+        );
         if bconf != lconf {
             self.out.report.push(differ(format!(
                 "the legacy manifest {legacy_digest} has another config: they may differ only in rootfs.diff_ids"
