@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use oci_blocks_core::layout::{OciDir, OciRef};
-use oci_blocks_core::validate::{Report, check_image, validate_document};
+use oci_blocks_core::validate::{Report, check_image_within, validate_document};
 
 use crate::EXIT_INVALID;
 use crate::output::{outln, print_report};
@@ -24,6 +24,8 @@ pub struct Args {
     /// Print one JSON object per target instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    limits: oci_blocks_shim::options::LimitArgs,
 }
 
 #[derive(serde::Serialize)]
@@ -37,11 +39,12 @@ struct Outcome<'a> {
 
 fn validate_target(
     target: &str,
+    limits: &oci_blocks_core::limits::Limits,
 ) -> Result<(Option<oci_blocks_core::validate::DocumentKind>, Report)> {
     if target.starts_with("oci:") {
         let reference = OciRef::parse(target)?;
         let dir = OciDir::open(&reference.path)?;
-        let result = check_image(&dir, reference.tag.as_deref())
+        let result = check_image_within(&dir, reference.tag.as_deref(), limits)
             .with_context(|| format!("validating {target}"))?;
         let kind = result
             .info
@@ -60,7 +63,7 @@ fn validate_target(
 pub fn run(args: Args) -> Result<ExitCode> {
     let mut all_valid = true;
     for target in &args.targets {
-        let (kind, report) = validate_target(target)?;
+        let (kind, report) = validate_target(target, &args.limits.limits())?;
         all_valid &= report.is_valid();
         if args.json {
             let outcome = Outcome {

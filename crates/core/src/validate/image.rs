@@ -123,6 +123,12 @@ pub struct ImageReport {
 /// Walks the images `tag` names in `dir` (every entry of `index.json` when `tag`
 /// is `None`), validating everything and describing it.
 pub fn check_image(dir: &OciDir, tag: Option<&str>) -> Result<ImageReport> {
+    check_image_within(dir, tag, &Limits::default())
+}
+
+/// [`check_image`] within the bounds `limits` sets on what is read (how far a
+/// layer may expand, what imports may materialize).
+pub fn check_image_within(dir: &OciDir, tag: Option<&str>, limits: &Limits) -> Result<ImageReport> {
     let roots = dir.resolve(tag)?;
     let mut walker = Walker {
         dir,
@@ -133,7 +139,7 @@ pub fn check_image(dir: &OciDir, tag: Option<&str>) -> Result<ImageReport> {
         layers_of: HashMap::new(),
         docs: HashMap::new(),
         sparse: false,
-        limits: Limits::default(),
+        limits: *limits,
     };
     for (i, root) in roots.iter().enumerate() {
         walker.sparse = root

@@ -13,6 +13,6 @@ pub mod scan;
 pub use document::{DocumentKind, SCHEMAS, classify, validate_document, variant_of};
 pub use image::{
     BlobInfo, EntryInfo, ImageInfo, ImageReport, IndexInfo, ManifestInfo, check_image,
-    distinct_blocks,
+    check_image_within, distinct_blocks,
 };
 pub use rules::{Report, Rule, Severity, Violation};
