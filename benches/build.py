@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Builder benchmark: `oci-blocks build` against `tar -c DIR | gzip -6 >/dev/null`
 of the same tree, measured in the same run, on the corpus sets of
-../shared/corpus and the larger set of benches/make-large-set.sh.
+benches/corpus and the larger set of benches/make-large-set.sh.
 
 For each set, with the default `--fallback index` (which also writes the legacy
 variant: every import materialized into a gzip layer) and with `--fallback

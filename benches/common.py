@@ -1,5 +1,5 @@
 """What the benchmark scripts share: running and timing commands, and making
-the input sets (the ../shared/corpus sets and the larger set of
+the input sets (the sets of benches/corpus and the larger set of
 make-large-set.sh) and the release binary."""
 import os, subprocess, time
 
@@ -27,11 +27,11 @@ def prepare():
     the corpus directory and the binary's path. Runs from the repository root."""
     os.chdir(ROOT)
     corpus = os.path.join(ROOT, "target/corpus")
-    shared = os.path.join(ROOT, "../shared/corpus")
-    if not os.path.isdir(f"{corpus}/java/v1"):
-        sh(["bash", f"{shared}/java-deps.sh", f"{corpus}/java"])
-    if not os.path.isdir(f"{corpus}/python/v1"):
-        sh(["bash", f"{shared}/python-env.sh", f"{corpus}/python"])
+    scripts = os.path.join(ROOT, "benches/corpus")
+    for kind, script in [("java", "java-deps.sh"), ("python", "python-env.sh"),
+                         ("python-large", "python-large-env.sh")]:
+        if not os.path.isdir(f"{corpus}/{kind}/v2"):
+            sh(["bash", f"{scripts}/{script}", f"{corpus}/{kind}"])
     sh(["bash", "benches/make-large-set.sh", f"{corpus}/large"])
     sh(["cargo", "build", "-q", "--release", "-p", "oci-blocks"])
     return corpus, os.path.join(ROOT, "target/release/oci-blocks")

@@ -2,7 +2,7 @@
 blocks image, its legacy variant and a plain image of the same content, with
 oci-blocks push and pull against oci-blocks-registry, all in one run.
 
-Sets: the Java and Python corpus (../shared/corpus) and a larger Java set of
+Sets: the Java and Python corpus (benches/corpus) and a larger Java set of
 389 real jars (benches/make-large-java-set.sh; five jars changed in v2).
 Variants, each built from the same tree:
   blocks  oci-blocks build --fallback none

@@ -845,12 +845,12 @@ fn python_corpus_arm64() -> Result<Option<PathBuf>> {
     if dir.join("site-packages").is_dir() {
         return Ok(Some(dir));
     }
-    let script = fs::read_to_string(repo().join("../shared/corpus/python-env.sh"))?;
+    let script = fs::read_to_string(repo().join("benches/corpus/python-env.sh"))?;
     let set = script
-        .split("set1=\"")
+        .split("v1=(")
         .nth(1)
-        .and_then(|s| s.split('"').next())
-        .context("set1 in python-env.sh")?;
+        .and_then(|s| s.split(')').next())
+        .context("v1 in python-env.sh")?;
     let tmp = dir.with_extension("tmp");
     let _ = fs::remove_dir_all(&tmp);
     let mut cmd = Command::new("python3");
@@ -1044,5 +1044,130 @@ fn max_layers_below_the_base_layers_is_refused() -> Result<()> {
         &out,
     ])?;
     ok(&["validate", &out])?;
+    Ok(())
+}
+
+/// A 24-distribution environment (numpy, pandas, pydantic-core, SQLAlchemy,
+/// Flask...) installed twice with `pip install --target`, the second bumping
+/// only requests: the update adds requests' block and nothing else.
+#[test]
+#[ignore = "needs pip and PyPI for the corpus; .ci/run runs it"]
+fn a_real_python_environment_updates_by_one_block() -> Result<()> {
+    let dir = corpus("python-large")?.context("the python-large corpus")?;
+    let tmp = tempfile::tempdir()?;
+    let mut blocks = Vec::new();
+    for v in ["v1", "v2"] {
+        let out = oci_blocks(&[
+            "build",
+            "--no-cache",
+            "--json",
+            "--add",
+            &format!(
+                "{}:/usr/lib/python3/site-packages",
+                dir.join(v).join("site-packages").display()
+            ),
+            "--out",
+            &format!("oci:{}:latest", tmp.path().join(v).display()),
+        ])?;
+        ensure!(out.status.success(), "{}", text(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let listed: BTreeMap<String, (u64, String)> = report["platforms"][0]["blocks"]
+            .as_array()
+            .context("blocks")?
+            .iter()
+            .map(|b| {
+                (
+                    b["digest"].as_str().unwrap_or_default().to_string(),
+                    (
+                        b["size"].as_u64().unwrap_or_default(),
+                        b["annotations"]["io.oci-blocks.python.distribution"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    ),
+                )
+            })
+            .collect();
+        blocks.push(listed);
+    }
+    ensure!(blocks[0].len() == 24, "{} blocks", blocks[0].len());
+    let new: Vec<&(u64, String)> = blocks[1]
+        .iter()
+        .filter(|(d, _)| !blocks[0].contains_key(*d))
+        .map(|(_, b)| b)
+        .collect();
+    ensure!(
+        new.len() == 1 && new[0].1 == "requests==2.32.3",
+        "the update adds only requests' block: {new:?}"
+    );
+    Ok(())
+}
+
+/// pandas and what it needs installed in six separate `pip install --target`
+/// runs, each in its own random temporary directory, give byte-identical
+/// blocks.
+#[test]
+#[ignore = "needs pip and PyPI; .ci/run runs it"]
+fn separate_pip_installs_give_identical_blocks() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let set = [
+        "pandas==2.2.2",
+        "numpy==1.26.4",
+        "python-dateutil==2.9.0.post0",
+        "pytz==2024.1",
+        "six==1.16.0",
+    ];
+    let mut runs: Vec<BTreeMap<String, String>> = Vec::new();
+    for i in 0..6 {
+        let site = tmp.path().join(format!("run{i}/site-packages"));
+        let out = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--target",
+            ])
+            .arg(&site)
+            .args(set)
+            .output()?;
+        ensure!(out.status.success(), "pip: {}", text(&out));
+        let out = oci_blocks(&[
+            "build",
+            "--no-cache",
+            "--json",
+            "--add",
+            &format!("{}:/app/site-packages", site.display()),
+            "--out",
+            &format!(
+                "oci:{}:latest",
+                tmp.path().join(format!("img{i}")).display()
+            ),
+        ])?;
+        ensure!(out.status.success(), "{}", text(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        runs.push(
+            report["platforms"][0]["blocks"]
+                .as_array()
+                .context("blocks")?
+                .iter()
+                .map(|b| {
+                    (
+                        b["annotations"]["io.oci-blocks.python.distribution"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        b["digest"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect(),
+        );
+    }
+    ensure!(runs[0].len() == set.len(), "{:?}", runs[0]);
+    for (i, r) in runs.iter().enumerate().skip(1) {
+        ensure!(r == &runs[0], "run {i} differs: {r:?} vs {:?}", runs[0]);
+    }
     Ok(())
 }

@@ -387,15 +387,17 @@ pub fn have(tools: &[&str]) -> Result<bool> {
     Ok(false)
 }
 
-/// The corpus sets of `../shared/corpus`, made once under target/. Outside CI a
-/// machine without the package registries skips (saying so); in CI it fails.
+/// The corpus sets that `benches/corpus/*.sh` make (`java`, `python`,
+/// `python-large`), made once under target/. They need the network (Debian's
+/// and PyPI's packages) the first time.
 pub fn corpus(kind: &str) -> Result<Option<PathBuf>> {
     let dir = repo().join("target/corpus").join(kind);
     if dir.join("v2").is_dir() {
         return Ok(Some(dir));
     }
-    let script = repo().join("../shared/corpus").join(match kind {
+    let script = repo().join("benches/corpus").join(match kind {
         "java" => "java-deps.sh",
+        "python-large" => "python-large-env.sh",
         _ => "python-env.sh",
     });
     let out = Command::new("bash").arg(&script).arg(&dir).output()?;
