@@ -118,7 +118,7 @@ fn main() -> Result<()> {
             let root = root(&args.common, &file)?;
             let mut options = gc_options(&args.common, &file)?;
             options.dry_run = args.dry_run;
-            let storage = Storage::open(&root)?;
+            let storage = Storage::open_existing(&root)?;
             let report = gc::collect(&storage, &options)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

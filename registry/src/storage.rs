@@ -52,6 +52,24 @@ pub struct Lock {
 }
 
 impl Storage {
+    /// Opens the storage of an existing root, for commands that only read or
+    /// collect it: a root that does not exist (a typo) is an error, not an
+    /// empty registry.
+    pub fn open_existing(root: &Path) -> Result<Storage> {
+        let missing: Vec<&str> = ["blobs", "repositories"]
+            .into_iter()
+            .filter(|sub| !root.join(sub).is_dir())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Config(format!(
+                "{} is not a registry root (no {} directory); `serve` creates one",
+                root.display(),
+                missing.join(" or ")
+            )));
+        }
+        Storage::open(root)
+    }
+
     /// Opens (creating if needed) the storage under `root`.
     pub fn open(root: &Path) -> Result<Storage> {
         for sub in ["blobs", "uploads", "repositories"] {

@@ -762,3 +762,23 @@ fn a_referenced_blob_is_never_deleted_even_when_the_delete_races_the_manifest() 
     );
     Ok(())
 }
+
+/// `gc` of a root that does not exist (a typo) fails naming it, dry run or
+/// not, and creates nothing.
+#[test]
+fn gc_of_a_missing_root_fails_and_creates_nothing() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let typo = tmp.path().join("regsitry");
+    for dry in [true, false] {
+        let err = gc(&typo, if dry { &["--dry-run"] } else { &[] })
+            .err()
+            .context("gc of a missing root succeeded")?
+            .to_string();
+        ensure!(
+            err.contains("not a registry root") && err.contains("regsitry"),
+            "{err}"
+        );
+        ensure!(!typo.exists(), "gc created {}", typo.display());
+    }
+    Ok(())
+}

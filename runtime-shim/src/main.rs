@@ -115,7 +115,7 @@ fn run() -> Result<()> {
             json,
             action,
         } => {
-            let store = BlockStore::open(store.unwrap_or_else(default_store))?;
+            let store = BlockStore::open_existing(store.unwrap_or_else(default_store))?;
             match action.unwrap_or(StoreAction::List) {
                 StoreAction::List => list(&store, json)?,
                 StoreAction::Reclaim { dry_run } => {

@@ -164,6 +164,19 @@ pub(crate) fn open_blob(
 }
 
 impl BlockStore {
+    /// Opens an existing store, for commands that only report on it or
+    /// reclaim it: a directory that is not a store (a typo) is an error.
+    pub fn open_existing(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        if !dir.join("blocks").is_dir() {
+            return Err(Error::Option {
+                option: format!("--store {}", dir.display()),
+                reason: "is not a block store (no blocks directory); an unpack creates one".into(),
+            });
+        }
+        BlockStore::open(dir)
+    }
+
     /// Opens (creating) the store at `dir`.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();

@@ -197,3 +197,28 @@ fn reclaim_waits_for_unpacks_holding_the_store() -> Result<()> {
     ensure!(status.success());
     Ok(())
 }
+
+/// A store command on a directory that is not a store (a typo) fails,
+/// naming it, and creates nothing there.
+#[test]
+fn a_store_command_on_a_missing_store_fails_and_creates_nothing() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let typo = tmp.path().join("stroe");
+    for args in [
+        &["store"][..],
+        &["store", "reclaim", "--dry-run"],
+        &["store", "reclaim"],
+    ] {
+        let mut all = args.to_vec();
+        let typo_text = typo.display().to_string();
+        all.extend(["--store", &typo_text]);
+        let out = shim(&all)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && err.contains("not a block store") && err.contains("stroe"),
+            "{args:?}: {err}"
+        );
+        ensure!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+    Ok(())
+}

@@ -1134,7 +1134,7 @@ pub fn build(spec: &BuildSpec) -> Result<BuildReport> {
 pub fn build_with_progress(spec: &BuildSpec, progress: &dyn Progress) -> Result<BuildReport> {
     check_options(spec)?;
     let rules = Rules::new(&spec.block_globs, spec.block_min_size)?;
-    let out = OciDir::create(&spec.out.path)?;
+    let (out, staging) = open_output(&spec.out.path)?;
     let mut cache = Cache::load(spec.cache_dir.as_deref());
     let platforms: Vec<Option<&str>> = if spec.platforms.is_empty() {
         vec![None]
@@ -1224,12 +1224,51 @@ pub fn build_with_progress(spec: &BuildSpec, progress: &dyn Progress) -> Result<
     }
     // index.json last: until here, the layout shows the previous image.
     out.set_tag(tag, desc)?;
+    if let Some(staging) = staging {
+        // A new layout appears whole, or not at all.
+        let target = &spec.out.path;
+        if target.is_dir() {
+            std::fs::remove_dir(target).map_err(|e| Error::io(target, e))?;
+        }
+        let kept = staging.keep();
+        std::fs::rename(&kept, target).map_err(|e| Error::io(target, e))?;
+    }
     cache.save();
     Ok(BuildReport {
         image: format!("oci:{}:{tag}", spec.out.path.display()),
         platforms: builds.into_iter().map(|b| b.report).collect(),
         fallback: fallback_report,
     })
+}
+
+/// The layout a build writes: an existing one (whose `index.json` changes
+/// only when the image is complete), or, for a new one, a staging layout
+/// beside it that is renamed into place at the end and removed on failure.
+fn open_output(path: &std::path::Path) -> Result<(OciDir, Option<tempfile::TempDir>)> {
+    if path.join("oci-layout").is_file() {
+        return Ok((OciDir::open(path)?, None));
+    }
+    let occupied = std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some());
+    if occupied || path.is_file() {
+        return Err(Error::option(
+            format!("--out {}", path.display()),
+            "exists and is not an OCI image layout; give a new directory or an existing layout",
+        ));
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{name}.building-"))
+        .tempdir_in(parent)
+        .map_err(|e| Error::io(parent, e))?;
+    Ok((OciDir::create(staging.path())?, Some(staging)))
 }
 
 fn to_json(value: &Value) -> Result<Vec<u8>> {

@@ -1171,3 +1171,74 @@ fn separate_pip_installs_give_identical_blocks() -> Result<()> {
     }
     Ok(())
 }
+
+/// A build that fails after it has written blocks leaves nothing at `--out`,
+/// and no staging directory beside it; an existing layout keeps its tags.
+#[test]
+fn a_failed_build_leaves_nothing_behind() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let out = tmp.path().join("out");
+    let jars = repo().join("examples/java-app/lib");
+    // The first platform builds (its blocks are written), the second's add
+    // does not exist.
+    let failed = oci_blocks(&[
+        "build",
+        "--platform",
+        "linux/amd64",
+        "--platform",
+        "linux/arm64",
+        "--add",
+        &format!("{}:/app/lib", jars.display()),
+        "--add-for",
+        "linux/arm64",
+        &format!("{}:/opt", tmp.path().join("missing").display()),
+        "--out",
+        &format!("oci:{}:v1", out.display()),
+    ])?;
+    ensure!(!failed.status.success(), "{}", text(&failed));
+    ensure!(text(&failed).contains("missing"), "{}", text(&failed));
+    let left: Vec<String> = fs::read_dir(tmp.path())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    ensure!(left.is_empty(), "left behind: {left:?}");
+    // Into an existing layout: it keeps what it had.
+    let good = oci_blocks(&[
+        "build",
+        "--add",
+        &format!("{}:/app/lib", jars.display()),
+        "--out",
+        &format!("oci:{}:v1", out.display()),
+    ])?;
+    ensure!(good.status.success(), "{}", text(&good));
+    let index = fs::read(out.join("index.json"))?;
+    let failed = oci_blocks(&[
+        "build",
+        "--add",
+        &format!("{}:/opt", tmp.path().join("missing").display()),
+        "--out",
+        &format!("oci:{}:v2", out.display()),
+    ])?;
+    ensure!(!failed.status.success());
+    ensure!(
+        fs::read(out.join("index.json"))? == index,
+        "index.json changed"
+    );
+    // A directory that is not a layout is refused, untouched.
+    let other = tmp.path().join("notes");
+    fs::create_dir(&other)?;
+    fs::write(other.join("todo.txt"), "mine")?;
+    let refused = oci_blocks(&[
+        "build",
+        "--add",
+        &format!("{}:/app/lib", jars.display()),
+        "--out",
+        &format!("oci:{}", other.display()),
+    ])?;
+    ensure!(
+        !refused.status.success() && text(&refused).contains("not an OCI image layout"),
+        "{}",
+        text(&refused)
+    );
+    ensure!(fs::read_dir(&other)?.count() == 1, "the directory changed");
+    Ok(())
+}
