@@ -427,6 +427,17 @@ async fn get_blob(state: &AppState, name: String, digest: String, request: Reque
         return Err(ApiError::blob_unknown(&digest));
     }
     let path = state.storage.blob_path(&digest);
+    // Several ranges in one request: the whole blob (200), which
+    // RFC 9110 allows a server to answer instead of a multipart body.
+    let mut request = request;
+    let multi = request
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|r| r.contains(','));
+    if multi {
+        request.headers_mut().remove(header::RANGE);
+    }
     let served = tower_http::services::ServeFile::new(&path)
         .oneshot(request)
         .await
@@ -829,11 +840,9 @@ async fn resolve(state: &AppState, name: &str, reference: &str) -> Result<Digest
         return parse_digest(reference);
     }
     if !valid_tag(reference) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::ManifestInvalid,
-            format!("invalid tag {reference:?}"),
-        ));
+        // Neither a digest nor a tag: no such manifest (as distribution and
+        // the distribution-spec conformance suite have it).
+        return Err(manifest_unknown(name, reference));
     }
     let storage = state.storage.clone();
     let (n, t) = (name.to_string(), reference.to_string());

@@ -66,7 +66,7 @@ pub async fn serve_listener(listener: std::net::TcpListener, options: ServeOptio
                 tracing::info_span!(
                     "request",
                     method = %req.method(),
-                    path = %req.uri().path(),
+                    path = %req.uri().path_and_query().map_or(req.uri().path(), |p| p.as_str()),
                 )
             })
             .on_request(|_: &Request, _: &Span| {})

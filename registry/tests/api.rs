@@ -782,3 +782,45 @@ fn gc_of_a_missing_root_fails_and_creates_nothing() -> Result<()> {
     }
     Ok(())
 }
+
+/// What the distribution-spec conformance suite and RFC 9110 expect: a
+/// manifest reference that is neither a tag nor a digest is unknown (404),
+/// a request for several ranges gets the whole blob, and the request log
+/// shows the query string.
+#[test]
+fn invalid_references_multiple_ranges_and_logged_queries() -> Result<()> {
+    let (_tmp, reg, base) = start()?;
+    let blob = b"0123456789".to_vec();
+    let d = push_blob(&base, "app", &blob)?;
+    for method in ["GET", "HEAD"] {
+        let r = http(
+            method,
+            &format!("{base}/v2/app/manifests/.INVALID_MANIFEST_NAME"),
+            &[],
+            None,
+        )?;
+        ensure!(r.status == 404, "{method}: {}", r.describe());
+        if method == "GET" {
+            ensure!(r.code() == "MANIFEST_UNKNOWN", "{}", r.describe());
+        }
+    }
+    let url = format!("{base}/v2/app/blobs/{d}");
+    let r = http("GET", &url, &[("Range", "bytes=0-1,5-6")], None)?;
+    ensure!(r.status == 200 && r.body == blob, "{}", r.describe());
+    let r = http("GET", &url, &[("Range", "bytes=2-4")], None)?;
+    ensure!(r.status == 206 && r.body == b"234", "{}", r.describe());
+    let r = http(
+        "GET",
+        &format!("{base}/v2/app/tags/list?n=1&last=a"),
+        &[],
+        None,
+    )?;
+    ensure!(r.status == 200, "{}", r.describe());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    ensure!(
+        reg.logs().contains("/v2/app/tags/list?n=1&last=a"),
+        "{}",
+        reg.logs()
+    );
+    Ok(())
+}
