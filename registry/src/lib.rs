@@ -19,7 +19,7 @@ pub mod config;
 mod error;
 pub mod gc;
 pub mod manifest;
-pub mod names;
+pub use oci_blocks_core::repository as names;
 pub mod server;
 pub mod storage;
 

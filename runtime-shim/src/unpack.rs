@@ -12,8 +12,9 @@ use oci_blocks_core::digest::{Algorithm, DigestReader};
 use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::limits::{Bounded, Limits};
 use oci_blocks_core::manifest::{Index, Manifest};
-use oci_blocks_core::names::{ANNOTATION_VARIANT, OCI_INDEX, VARIANT_BLOCKS, is_import_layer};
+use oci_blocks_core::names::{OCI_INDEX, is_import_layer};
 use oci_blocks_core::oci_spec::image::Descriptor;
+use oci_blocks_core::platform::{self, Platform};
 use oci_blocks_core::validate::Rule;
 use pathrs::Root;
 
@@ -71,17 +72,6 @@ pub struct UnpackReport {
     pub applied: ApplyReport,
 }
 
-/// This machine's platform as `os/arch` (`linux/amd64`), what an unpack
-/// picks from an index by default.
-pub fn host_platform() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    format!("linux/{arch}")
-}
-
 /// The manifest an unpack takes, and the legacy manifest its index offers
 /// for the same platform when it is a blocks variant.
 struct Chosen {
@@ -92,7 +82,7 @@ struct Chosen {
 
 /// Chooses the manifest to unpack: for an index, the blocks variant of the
 /// platform when present, else the platform's first plain entry.
-fn choose(layout: &OciDir, root: &Descriptor, platform: &str) -> Result<Chosen> {
+fn choose(layout: &OciDir, root: &Descriptor, wanted: &Platform) -> Result<Chosen> {
     let digest = Digest::try_from(root.digest())?;
     let bytes = layout.read_json_blob(&digest, Some(root.size()))?;
     if root.media_type().to_string() != OCI_INDEX {
@@ -103,37 +93,24 @@ fn choose(layout: &OciDir, root: &Descriptor, platform: &str) -> Result<Chosen> 
         });
     }
     let index = Index::from_bytes(bytes)?;
-    let matches = |d: &&Descriptor| {
-        d.platform().as_ref().is_some_and(|p| {
-            let text = format!("{}/{}", p.os(), p.architecture());
-            text == platform
-                || p.variant()
-                    .as_ref()
-                    .is_some_and(|v| format!("{text}/{v}") == platform)
-        })
-    };
-    let variant = |d: &&Descriptor| {
-        d.annotations()
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION_VARIANT))
-            .cloned()
-    };
-    let entries = index.typed().manifests();
-    let blocks = entries
-        .iter()
-        .filter(matches)
-        .find(|d| variant(d).as_deref() == Some(VARIANT_BLOCKS));
-    let plain = entries
-        .iter()
-        .filter(|d| variant(d).is_none())
-        .find(|d| match blocks {
-            Some(b) => d.platform() == b.platform(),
-            None => matches(d),
-        });
-    let chosen = blocks.or(plain).ok_or_else(|| {
+    let value: serde_json::Value = serde_json::from_slice(index.raw())
+        .map_err(|e| Error::invalid(format!("index {digest}"), e.to_string()))?;
+    let entries = value
+        .get("manifests")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let choice = platform::choose(&entries, wanted).ok_or_else(|| {
         Error::invalid(
             format!("index {digest}"),
-            format!("no manifest for platform {platform}"),
+            format!("no manifest for platform {wanted}"),
+        )
+    })?;
+    let descriptors = index.typed().manifests();
+    let chosen = descriptors.get(choice.index).ok_or_else(|| {
+        Error::invalid(
+            format!("index {digest}"),
+            "an entry that is not a descriptor",
         )
     })?;
     let d = Digest::try_from(chosen.digest())?;
@@ -141,7 +118,7 @@ fn choose(layout: &OciDir, root: &Descriptor, platform: &str) -> Result<Chosen> 
     Ok(Chosen {
         digest: d,
         manifest: m,
-        legacy: blocks.and(plain.cloned()),
+        legacy: choice.legacy.and_then(|i| descriptors.get(i)).cloned(),
     })
 }
 
@@ -214,12 +191,15 @@ pub fn unpack(
             format!("{} images in the layout; name one with :TAG", roots.len()),
         ));
     };
-    let platform = options.platform.clone().unwrap_or_else(host_platform);
+    let wanted = match &options.platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
     let Chosen {
         digest,
         manifest,
         legacy,
-    } = choose(layout, root_desc, &platform)?;
+    } = choose(layout, root_desc, &wanted)?;
     let config_desc = manifest.typed().config();
     let config_digest = Digest::try_from(config_desc.digest())?;
     let config: serde_json::Value =

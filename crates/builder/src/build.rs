@@ -12,6 +12,7 @@ use oci_blocks_core::layout::{OciDir, OciRef};
 use oci_blocks_core::manifest::{Index, Manifest, anchor_manifest, platform_text};
 use oci_blocks_core::names::*;
 use oci_blocks_core::oci_spec;
+use oci_blocks_core::platform::Platform;
 use oci_blocks_core::validate::check_image;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -56,7 +57,8 @@ pub struct BuildSpec {
     /// `config.Labels` to add.
     pub labels: BTreeMap<String, String>,
     /// `OS/ARCH[/VARIANT]` of each image to build; none: the base's, or
-    /// linux/amd64. Several give one index.
+    /// this machine's (as `docker build` and the unpacker default). Several
+    /// give one index.
     pub platforms: Vec<String>,
     /// Layers added only for one platform (after the common ones).
     pub adds_for: Vec<(String, Add)>,
@@ -234,21 +236,15 @@ fn check_options(spec: &BuildSpec) -> Result<()> {
     Ok(())
 }
 
-/// `OS/ARCH[/VARIANT]` into its parts.
+/// `OS/ARCH[/VARIANT]` into its parts (core's [`Platform`] spelling).
 pub fn parse_platform(text: &str) -> Result<(String, String, Option<String>)> {
-    let parts: Vec<&str> = text.split('/').collect();
-    match parts.as_slice() {
-        [os, arch] if !os.is_empty() && !arch.is_empty() => {
-            Ok((os.to_string(), arch.to_string(), None))
-        }
-        [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
-            Ok((os.to_string(), arch.to_string(), Some(variant.to_string())))
-        }
-        _ => Err(Error::option(
+    let p = Platform::parse(text).map_err(|_| {
+        Error::option(
             format!("--platform {text}"),
             "expected OS/ARCH or OS/ARCH/VARIANT",
-        )),
-    }
+        )
+    })?;
+    Ok((p.os, p.architecture, p.variant))
 }
 
 struct Base {
@@ -294,31 +290,36 @@ fn load_base(
     let mut legacy_entry = None;
     if root.media_type().to_string() == OCI_INDEX {
         let index = Index::from_bytes(bytes)?;
-        let (os, arch, variant) = parse_platform(platform.unwrap_or("linux/amd64"))?;
-        let matching = |d: &&oci_spec::image::Descriptor| {
-            d.platform().as_ref().is_some_and(|p| {
-                p.os().to_string() == os
-                    && p.architecture().to_string() == arch
-                    && (variant.is_none() || p.variant().as_deref() == variant.as_deref())
-            })
+        let wanted = match platform {
+            Some(p) => Platform::parse(p).map_err(|_| {
+                Error::option(
+                    format!("--platform {p}"),
+                    "expected OS/ARCH or OS/ARCH/VARIANT",
+                )
+            })?,
+            None => Platform::host(),
         };
-        let plain = index.typed().manifests().iter().find(|d| {
-            matching(d)
-                && d.annotations()
-                    .as_ref()
-                    .is_none_or(|a| !a.contains_key(ANNOTATION_VARIANT))
-        });
-        let choice = index
-            .variant(VARIANT_BLOCKS)
-            .filter(matching)
-            .or(plain)
+        let raw: Value = serde_json::from_slice(index.raw()).map_err(|e| Error::InvalidBase {
+            reference: reference.to_string(),
+            report: e.to_string(),
+        })?;
+        let entries = array_at(&raw, "/manifests");
+        let choice = oci_blocks_core::platform::choose(&entries, &wanted).ok_or_else(|| {
+            Error::InvalidBase {
+                reference: reference.to_string(),
+                report: format!("no manifest for platform {wanted} in the index"),
+            }
+        })?;
+        let descriptors = index.typed().manifests();
+        let chosen = descriptors
+            .get(choice.index)
             .ok_or_else(|| Error::InvalidBase {
                 reference: reference.to_string(),
-                report: format!("no manifest for platform {os}/{arch} in the index"),
+                report: "an index entry that is not a descriptor".into(),
             })?;
-        legacy_entry = plain.filter(|p| p.digest() != choice.digest()).cloned();
-        digest = Digest::try_from(choice.digest())?;
-        size = choice.size();
+        legacy_entry = choice.legacy.and_then(|i| descriptors.get(i)).cloned();
+        digest = Digest::try_from(chosen.digest())?;
+        size = chosen.size();
         bytes = dir.read_json_blob(&digest, Some(size))?;
     }
     let manifest = Manifest::from_bytes(bytes)?;
@@ -1304,9 +1305,14 @@ fn make_config(
     diff_ids: Vec<Value>,
     history: Vec<Value>,
 ) -> Result<Value> {
-    let mut config = base
-        .cloned()
-        .unwrap_or_else(|| json!({"architecture": "amd64", "os": "linux", "config": {}}));
+    let mut config = base.cloned().unwrap_or_else(|| {
+        let host = Platform::host();
+        let mut c = json!({"architecture": host.architecture, "os": host.os, "config": {}});
+        if let Some(v) = host.variant {
+            c["variant"] = json!(v);
+        }
+        c
+    });
     if let Some(p) = platform {
         let (os, arch, variant) = parse_platform(p)?;
         if base.is_some() {

@@ -14,7 +14,6 @@ use oci_blocks_client::{CopyOptions, CopyReport, ImageRef, RegistryOptions, Sele
 use oci_blocks_core::Digest;
 use oci_blocks_core::layout::{OciDir, OciRef, default_state_dir};
 use oci_blocks_shim::store::BlockStore;
-use oci_blocks_shim::unpack::host_platform;
 use oci_blocks_shim::{LinkMode, UnpackOptions, unpack, unpack_bundle};
 
 use crate::output::{bytes, outln};
@@ -301,7 +300,10 @@ pub fn run_pull(args: PullArgs) -> Result<ExitCode> {
         path: layout_dir.clone(),
         tag: Some(tag.clone()),
     });
-    let platform = args.platform.clone().unwrap_or_else(host_platform);
+    let platform = match &args.platform {
+        Some(p) => oci_blocks_core::platform::Platform::parse(p)?.to_string(),
+        None => oci_blocks_core::platform::Platform::host().to_string(),
+    };
     let options = CopyOptions {
         jobs: args.jobs,
         src: registry_options(

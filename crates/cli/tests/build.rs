@@ -1242,3 +1242,74 @@ fn a_failed_build_leaves_nothing_behind() -> Result<()> {
     ensure!(fs::read_dir(&other)?.count() == 1, "the directory changed");
     Ok(())
 }
+
+/// On a two-platform base, `--platform linux/arm64` builds on the base's
+/// arm64 blocks manifest (its blocks stay blocks), not on its legacy
+/// manifest; without `--platform`, on this machine's.
+#[test]
+fn a_build_on_a_multi_platform_base_takes_the_platforms_blocks_manifest() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let jars = repo().join("examples/java-app/lib");
+    let arm_only = tmp.path().join("arm-only");
+    fs::create_dir_all(&arm_only)?;
+    fs::copy(
+        jars.join("strings-3.4.0.jar"),
+        arm_only.join("native-arm64.jar"),
+    )?;
+    let base = format!("oci:{}:base", tmp.path().join("base").display());
+    ok(&[
+        "build",
+        "--platform",
+        "linux/amd64",
+        "--platform",
+        "linux/arm64",
+        "--add",
+        &format!("{}:/app/lib", jars.display()),
+        "--add-for",
+        "linux/arm64",
+        &format!("{}:/opt/native", arm_only.display()),
+        "--out",
+        &base,
+    ])?;
+    let app = tmp.path().join("app");
+    fs::create_dir_all(&app)?;
+    fs::write(app.join("main.txt"), "the application")?;
+    let build_on = |platform: Option<&str>, tag: &str| -> Result<serde_json::Value> {
+        let out = format!("oci:{}:{tag}", tmp.path().join("out").display());
+        let mut args = vec!["build", "--json", "--base", &base];
+        if let Some(p) = platform {
+            args.extend(["--platform", p]);
+        }
+        let add = format!("{}:/app/main", app.display());
+        args.extend(["--add", &add, "--out", &out]);
+        let o = oci_blocks(&args)?;
+        ensure!(o.status.success(), "{}", text(&o));
+        Ok(serde_json::from_slice(&o.stdout)?)
+    };
+    let arm = build_on(Some("linux/arm64"), "arm")?;
+    ensure!(arm["platforms"][0]["platform"] == "linux/arm64", "{arm}");
+    // The base's blocks manifest for arm64 imports five jars: they stay
+    // blocks of the new image, the arm64-only one among them.
+    let layout = oci_blocks_core::layout::OciDir::open(tmp.path().join("out"))?;
+    let manifest = manifest_of(&layout, "arm", "blocks")?.1;
+    let titles: Vec<String> = manifest
+        .blocks()
+        .iter()
+        .filter_map(|b| {
+            b.annotations()
+                .as_ref()?
+                .get("org.opencontainers.image.title")
+                .cloned()
+        })
+        .collect();
+    ensure!(
+        manifest.blocks().len() == 5,
+        "blocks of the arm64 base: {titles:?}"
+    );
+    let host = build_on(None, "host")?;
+    ensure!(
+        host["platforms"][0]["platform"] == oci_blocks_core::platform::Platform::host().to_string(),
+        "{host}"
+    );
+    Ok(())
+}

@@ -395,3 +395,23 @@ fn validate_stops_at_the_index_depth_bound() -> Result<()> {
     );
     Ok(())
 }
+
+/// The client spells repository names as the registry does: a name the
+/// registry would refuse with NAME_INVALID is refused before any request.
+#[test]
+fn repository_names_follow_the_registrys_grammar() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    for name in ["a..b", "a___b", "a/-b", "UPPER"] {
+        let out = run(&[
+            "copy",
+            &format!("docker://127.0.0.1:9/{name}:v1"),
+            &format!("oci:{}", tmp.path().join("out").display()),
+        ])?;
+        ensure!(
+            !out.status.success() && text(&out).contains("is not a valid name"),
+            "{name}: {}",
+            text(&out)
+        );
+    }
+    Ok(())
+}

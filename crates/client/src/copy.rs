@@ -17,9 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use futures_util::{StreamExt, TryStreamExt};
 use oci_blocks_core::Digest;
 use oci_blocks_core::layout::OciDir;
-use oci_blocks_core::names::{
-    ANNOTATION_VARIANT, MAX_INDEX_DEPTH, OCI_INDEX, OCI_MANIFEST, VARIANT_BLOCKS,
-};
+use oci_blocks_core::names::{MAX_INDEX_DEPTH, OCI_INDEX, OCI_MANIFEST};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -223,35 +221,17 @@ async fn child_doc(src: &End, digest: &Digest, size: Option<u64>, fallback: &str
 /// config (not its layers) to copy beside them: the legacy manifest of a
 /// selected blocks manifest, which an unpack checks it against
 /// (`spec/fallback.md`, "One view").
-fn select(entries: &[Value], selection: &Selection) -> (Vec<usize>, Option<usize>) {
-    match selection {
+fn select(entries: &[Value], selection: &Selection) -> Result<(Vec<usize>, Option<usize>)> {
+    Ok(match selection {
         Selection::All => ((0..entries.len()).collect(), None),
         Selection::Platform(platform) => {
-            let matches = |e: &Value| {
-                let t = oci_blocks_core::manifest::platform_text(&e["platform"]);
-                &t == platform || t.starts_with(&format!("{platform}/"))
-            };
-            let variant = |e: &Value| {
-                e["annotations"][ANNOTATION_VARIANT]
-                    .as_str()
-                    .map(str::to_string)
-            };
-            let blocks = entries
-                .iter()
-                .position(|e| matches(e) && variant(e).as_deref() == Some(VARIANT_BLOCKS));
-            let plain = entries.iter().position(|e| {
-                variant(e).is_none()
-                    && match blocks {
-                        Some(b) => e["platform"] == entries[b]["platform"],
-                        None => matches(e),
-                    }
-            });
-            match blocks {
-                Some(b) => (vec![b], plain),
-                None => (plain.into_iter().collect(), None),
+            let wanted = oci_blocks_core::platform::Platform::parse(platform)?;
+            match oci_blocks_core::platform::choose(entries, &wanted) {
+                Some(c) => (vec![c.index], c.legacy),
+                None => (Vec::new(), None),
             }
         }
-    }
+    })
 }
 
 /// Walks the top document: child documents (children first) and the blobs.
@@ -276,7 +256,7 @@ async fn plan(src: &End, top: Doc, selection: &Selection) -> Result<(Vec<Doc>, V
         })?;
         if let Some(entries) = value.get("manifests").and_then(Value::as_array) {
             let (chosen, legacy) = if is_top {
-                select(entries, selection)
+                select(entries, selection)?
             } else {
                 ((0..entries.len()).collect(), None)
             };

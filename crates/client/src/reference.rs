@@ -70,26 +70,18 @@ impl ImageRef {
             Some((r, t)) if !t.contains('/') => (r, Some(t.to_string())),
             _ => (path, None),
         };
-        let component_ok = |c: &str| {
-            !c.is_empty()
-                && c.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-                })
-                && c.as_bytes()[0].is_ascii_alphanumeric()
-        };
-        if !repository.split('/').all(component_ok) {
+        if !oci_blocks_core::repository::valid_name(repository) {
             return Err(invalid(&format!(
-                "repository {repository:?} is not a valid name (lowercase letters, digits, separators)"
+                "repository {repository:?} is not a valid name: lowercase letters and digits, with one '.', one or two '_' or any '-' between them, and '/' between components"
             )));
         }
-        if let Some(t) = &tag
-            && (t.is_empty()
-                || t.len() > 128
-                || !t
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
+        if let Some(t) = tag
+            .as_deref()
+            .filter(|t| !oci_blocks_core::repository::valid_tag(t))
         {
-            return Err(invalid(&format!("tag {t:?} is not valid")));
+            return Err(invalid(&format!(
+                "tag {t:?} is not valid (up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-')"
+            )));
         }
         Ok(ImageRef::Registry(RegistryRef {
             host: host.to_string(),
@@ -148,6 +140,11 @@ mod tests {
             "docker://h/x:bad/tag",
             "docker://h/x@sha256:short",
             "registry/x",
+            // The registry's grammar: these were accepted by the client.
+            "docker://h/a..b",
+            "docker://h/a___b",
+            "docker://h/a/-b",
+            "docker://h/x:.tag",
         ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }

@@ -18,7 +18,8 @@
 //! - [`validate`]: the JSON Schemas of `spec/schemas` plus the semantic rules, for
 //!   one document ([`validate::validate_document`]) or a whole image in a layout
 //!   ([`validate::check_image`]), each violation named by a stable rule id.
-//! - [`manifest`]: manifests and indexes that keep their exact bytes.
+//! - [`manifest`]: manifests and indexes that keep their exact bytes;
+//!   [`platform`]: platforms, and which index entry a client of one takes.
 //! - [`tarcheck`]: the archive checks every tar reader here makes.
 //! - [`layout`]: an OCI image-layout store that verifies digests on write and read
 //!   and never exposes a half-written blob.
@@ -39,6 +40,8 @@ pub mod layout;
 pub mod limits;
 pub mod manifest;
 pub mod names;
+pub mod platform;
+pub mod repository;
 pub mod tarcheck;
 pub mod validate;
 

@@ -337,7 +337,7 @@ impl Walker<'_> {
         }
         if kind == DocumentKind::FallbackIndex {
             info.legacy_only_bytes = Some(self.check_fallback(&subject, &entries));
-            self.check_views(&subject, &entries)?;
+            self.check_views(&subject, &Self::raw_list(value, "manifests"))?;
         }
         let block_lists: Vec<&Vec<(Digest, u64)>> = entries
             .iter()
@@ -419,27 +419,24 @@ impl Walker<'_> {
     /// the same config but for `rootfs.diff_ids`, the same layers where the
     /// blocks manifest has no imports, and legacy layers whose diff IDs are
     /// those of the stub layers' materializations (`spec/fallback.md`).
-    fn check_views(
-        &mut self,
-        subject: &str,
-        entries: &[(Descriptor, Option<String>)],
-    ) -> Result<()> {
-        for (i, (entry, variant)) in entries.iter().enumerate() {
-            if variant.as_deref() != Some(VARIANT_BLOCKS) {
+    fn check_views(&mut self, subject: &str, entries: &[Value]) -> Result<()> {
+        for (i, entry) in entries.iter().enumerate() {
+            if variant_of(entry) != Some(VARIANT_BLOCKS) {
                 continue;
             }
-            let Ok(blocks_digest) = Digest::try_from(entry.digest()) else {
+            let digest_in = |e: &Value| {
+                e.get("digest")
+                    .and_then(Value::as_str)
+                    .and_then(|d| Digest::parse(d).ok())
+            };
+            let Some(blocks_digest) = digest_in(entry) else {
                 continue;
             };
             // The legacy manifest a client unaware of blocks picks for this
             // platform (`fallback.legacy-missing` covers its absence).
-            let Some((legacy, _)) = entries[..i]
-                .iter()
-                .find(|(e, v)| v.is_none() && e.platform() == entry.platform())
+            let Some(legacy_digest) =
+                crate::platform::legacy_of(entries, i).and_then(|l| digest_in(&entries[l]))
             else {
-                continue;
-            };
-            let Ok(legacy_digest) = Digest::try_from(legacy.digest()) else {
                 continue;
             };
             let (Some(blocks_doc), Some(legacy_doc)) = (
@@ -607,6 +604,14 @@ impl Walker<'_> {
             )));
         }
         Ok(())
+    }
+
+    fn raw_list(value: &Value, list: &str) -> Vec<Value> {
+        value
+            .get(list)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn descriptors(value: &Value, list: &str) -> Vec<Descriptor> {

@@ -1,4 +1,5 @@
-//! The distribution-spec grammars for repository names and tags.
+//! The distribution-spec grammars for repository names and tags, for the
+//! registry (what it accepts) and the client (what it asks for) alike.
 
 /// The longest repository name accepted (distribution's limit).
 pub const MAX_NAME_LEN: usize = 255;
