@@ -182,6 +182,7 @@ fn is_foreign(d: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oci_blocks_core::names::IMPORT_LAYER_TAR;
 
     const CONFIG: &str = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
     const BLOCK: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -209,7 +210,16 @@ mod tests {
     fn wrong_documents_are_refused_with_the_reason() {
         let cases = [
             ("{", "not valid JSON"),
-            (r#"{"schemaVersion":2}"#, "needs a `config`"),
+            (r#"{"schemaVersion":2}"#, r#""config" is a required property"#),
+            (
+                &manifest("").replace(
+                    r#""layers":[]"#,
+                    &format!(
+                        r#""layers":[{{"mediaType":"{IMPORT_LAYER_TAR}","digest":"{BLOCK}","size":3}}]"#
+                    ),
+                ),
+                "blocks.missing",
+            ),
             (
                 &manifest(r#","blocks":[{"mediaType":"x","digest":"md5:00","size":1}]"#),
                 "blocks",

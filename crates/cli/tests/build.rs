@@ -1313,3 +1313,73 @@ fn a_build_on_a_multi_platform_base_takes_the_platforms_blocks_manifest() -> Res
     );
     Ok(())
 }
+
+/// Rewrites the legacy manifest of the Python sample the way umoci 0.4.7
+/// writes its images: no `mediaType` in the manifest or in `index.json`
+/// (image-spec: SHOULD). Returns the layout directory and the tag `plain`.
+fn plain_without_media_types(dir: &Path) -> Result<(PathBuf, String)> {
+    let (base_dir, _) = build_python_base(dir)?;
+    let layout = oci_blocks_core::layout::OciDir::open(&base_dir)?;
+    let (legacy, _) = manifest_of(&layout, "base", "legacy")?;
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&layout.read_json_blob(&legacy, None)?)?;
+    ensure!(manifest["mediaType"].is_string(), "{manifest}");
+    manifest
+        .as_object_mut()
+        .context("manifest")?
+        .remove("mediaType");
+    let bytes = serde_json::to_vec(&manifest)?;
+    let (digest, size) = layout.write_blob_bytes(&bytes)?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": oci_blocks_core::names::OCI_MANIFEST,
+            "digest": digest.to_string(),
+            "size": size,
+            "annotations": {"org.opencontainers.image.ref.name": "plain"},
+        }],
+    });
+    fs::write(base_dir.join("index.json"), serde_json::to_vec(&index)?)?;
+    let reference = format!("oci:{}:plain", base_dir.display());
+    Ok((base_dir, reference))
+}
+
+#[test]
+fn an_image_without_media_types_validates_inspects_and_serves_as_a_base() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (_, plain) = plain_without_media_types(tmp.path())?;
+    let out = oci_blocks(&["validate", &plain])?;
+    let t = text(&out);
+    ensure!(out.status.success(), "validate refused it: {t}");
+    ensure!(t.contains("manifest.media-type-missing"), "no warning: {t}");
+    let out = oci_blocks(&["inspect", &plain])?;
+    ensure!(out.status.success(), "inspect refused it: {}", text(&out));
+
+    let app = format!("oci:{}:app", tmp.path().join("app").display());
+    ok(&[
+        "build",
+        "--no-cache",
+        "--base",
+        &plain,
+        "--add",
+        "examples/java-app/lib:/app/lib",
+        "--out",
+        &app,
+    ])?;
+    ok(&["validate", &app])?;
+    let root = tmp.path().join("root");
+    let store = tmp.path().join("store");
+    ok(&[
+        "unpack",
+        "--store",
+        &store.display().to_string(),
+        &app,
+        &root.display().to_string(),
+    ])?;
+    // The base's files and the added jars are both there.
+    let jar = fs::read(root.join("app/lib/strings-3.4.0.jar"))?;
+    ensure!(jar == fs::read(repo().join("examples/java-app/lib/strings-3.4.0.jar"))?);
+    let site = root.join("usr/local/lib/python3.11/site-packages");
+    ensure!(site.is_dir(), "base layers missing from {}", root.display());
+    Ok(())
+}

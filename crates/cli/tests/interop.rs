@@ -161,3 +161,77 @@ fn the_gc_anchor_keeps_blocks_through_docker_registry_garbage_collection() -> Re
     }
     Ok(())
 }
+
+/// An image made the umoci way (init, new, unpack, repack): umoci 0.4.7 writes
+/// no `mediaType` in its manifest. It validates with a warning, inspects, and
+/// serves as a base whose files reach the unpacked image.
+#[test]
+#[ignore = "needs umoci; .ci/run runs it"]
+fn a_umoci_made_image_serves_as_a_base() -> Result<()> {
+    if !have(&["umoci"])? {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let layout = tmp.path().join("umoci");
+    let image = format!("{}:base", layout.display());
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout))?;
+    run(Command::new("umoci").args(["new", "--image", &image]))?;
+    let bundle = tmp.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image", &image])
+        .arg(&bundle))?;
+    let etc = bundle.join("rootfs/etc");
+    fs::create_dir_all(&etc)?;
+    fs::write(etc.join("os-release"), "ID=umoci-made\n")?;
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle))?;
+
+    let base = format!("oci:{}:base", layout.display());
+    let out = oci_blocks(&["validate", &base])?;
+    ensure!(out.status.success(), "{}", text(&out));
+    // The warning appears exactly when umoci left mediaType out.
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(layout.join("index.json"))?)?;
+    let digest = index["manifests"][0]["digest"].as_str().context("digest")?;
+    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )?)?;
+    ensure!(
+        text(&out).contains("manifest.media-type-missing") == manifest["mediaType"].is_null(),
+        "{manifest}: {}",
+        text(&out)
+    );
+    let out = oci_blocks(&["inspect", &base])?;
+    ensure!(out.status.success(), "{}", text(&out));
+
+    let app = format!("oci:{}:app", tmp.path().join("app").display());
+    ok(&[
+        "build",
+        "--no-cache",
+        "--base",
+        &base,
+        "--add",
+        "examples/java-app/lib:/app/lib",
+        "--out",
+        &app,
+    ])?;
+    ok(&["validate", &app])?;
+    let root = tmp.path().join("root");
+    ok(&[
+        "unpack",
+        "--store",
+        &tmp.path().join("store").display().to_string(),
+        &app,
+        &root.display().to_string(),
+    ])?;
+    ensure!(fs::read_to_string(root.join("etc/os-release"))? == "ID=umoci-made\n");
+    ensure!(
+        fs::read(root.join("app/lib/strings-3.4.0.jar"))?
+            == fs::read(repo().join("examples/java-app/lib/strings-3.4.0.jar"))?
+    );
+    Ok(())
+}

@@ -29,6 +29,9 @@ struct Verdict {
     rule: Option<String>,
     #[serde(default)]
     pointer: Option<String>,
+    /// The rule ids reported as warnings, exactly.
+    #[serde(default)]
+    warnings: Vec<String>,
     #[allow(dead_code)]
     description: String,
 }
@@ -64,6 +67,14 @@ fn document_examples_have_their_expected_verdicts() -> Result<()> {
         let bytes = fs::read(dir.join(name))?;
         let (_, report) = validate_document(&bytes, name);
         let rules = error_rules(&report);
+        let warnings: BTreeSet<&str> = report.warnings().map(|v| v.rule.id()).collect();
+        let expected_warnings: BTreeSet<&str> =
+            verdict.warnings.iter().map(String::as_str).collect();
+        if warnings != expected_warnings {
+            failures.push(format!(
+                "{name}: warnings {warnings:?}, expected {expected_warnings:?}:\n{report}"
+            ));
+        }
         match verdict.verdict.as_str() {
             "valid" => {
                 if !report.is_valid() {

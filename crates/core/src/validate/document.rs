@@ -28,6 +28,14 @@ pub const SCHEMAS: &[(&str, &str)] = &[
         "fallback-index.schema.json",
         include_str!("../../../../spec/schemas/fallback-index.schema.json"),
     ),
+    (
+        "image-manifest.schema.json",
+        include_str!("../../../../spec/schemas/image-manifest.schema.json"),
+    ),
+    (
+        "image-index.schema.json",
+        include_str!("../../../../spec/schemas/image-index.schema.json"),
+    ),
 ];
 
 /// What kind of document a manifest or index is, as far as this extension cares.
@@ -71,6 +79,8 @@ struct Schemas {
     blocks_manifest: jsonschema::Validator,
     anchor_manifest: jsonschema::Validator,
     fallback_index: jsonschema::Validator,
+    image_manifest: jsonschema::Validator,
+    image_index: jsonschema::Validator,
 }
 
 struct Embedded;
@@ -102,6 +112,8 @@ fn schemas() -> &'static Schemas {
                 .unwrap_or_else(|e| panic!("embedded schema {name} is JSON: {e}"));
             jsonschema::options()
                 .with_draft(jsonschema::Draft::Draft202012)
+                // `urls` are RFC 3986 URIs: formats are assertions here.
+                .should_validate_formats(true)
                 .with_retriever(Embedded)
                 .build(&schema)
                 .unwrap_or_else(|e| panic!("embedded schema {name} compiles: {e}"))
@@ -110,6 +122,8 @@ fn schemas() -> &'static Schemas {
             blocks_manifest: build("blocks-manifest.schema.json"),
             anchor_manifest: build("anchor-manifest.schema.json"),
             fallback_index: build("fallback-index.schema.json"),
+            image_manifest: build("image-manifest.schema.json"),
+            image_index: build("image-index.schema.json"),
         }
     })
 }
@@ -204,27 +218,41 @@ pub fn validate_document(bytes: &[u8], subject: &str) -> (Option<DocumentKind>, 
     };
     let schemas = schemas();
     let validator = match kind {
-        DocumentKind::BlocksManifest | DocumentKind::ImageManifest => {
-            Some(&schemas.blocks_manifest)
-        }
-        DocumentKind::AnchorManifest => Some(&schemas.anchor_manifest),
-        DocumentKind::FallbackIndex => Some(&schemas.fallback_index),
-        DocumentKind::ArtifactManifest | DocumentKind::ImageIndex => None,
+        DocumentKind::BlocksManifest => &schemas.blocks_manifest,
+        DocumentKind::ImageManifest | DocumentKind::ArtifactManifest => &schemas.image_manifest,
+        DocumentKind::AnchorManifest => &schemas.anchor_manifest,
+        DocumentKind::FallbackIndex => &schemas.fallback_index,
+        DocumentKind::ImageIndex => &schemas.image_index,
     };
-    if let Some(validator) = validator {
-        for err in validator.iter_errors(&value) {
-            report.push(
-                Violation::new(Rule::Schema, subject, err.to_string())
-                    .at_pointer(err.instance_path().as_str()),
-            );
-        }
+    for err in validator.iter_errors(&value) {
+        report.push(
+            Violation::new(Rule::Schema, subject, err.to_string())
+                .at_pointer(err.instance_path().as_str()),
+        );
     }
     check_digests(&value, subject, &mut report);
+    check_data(&value, subject, &mut report);
+    if value.get("mediaType").is_none()
+        && matches!(
+            kind,
+            DocumentKind::ImageManifest | DocumentKind::ArtifactManifest | DocumentKind::ImageIndex
+        )
+    {
+        report.push(
+            Violation::new(
+                Rule::ManifestMediaTypeMissing,
+                subject,
+                "no mediaType: image-spec says it SHOULD be set (some tools, such as umoci 0.4.7, omit it)",
+            )
+            .at_pointer(""),
+        );
+    }
     if kind.is_index() {
         if kind == DocumentKind::FallbackIndex {
             check_fallback_index(&value, subject, &mut report);
         }
     } else {
+        check_manifest(&value, kind, subject, &mut report);
         check_blocks(&value, subject, &mut report);
     }
     (Some(kind), report)
@@ -247,6 +275,10 @@ fn descriptors(value: &Value) -> Vec<(String, &Value)> {
     out
 }
 
+/// `digest.invalid` for a registered algorithm with a wrong encoding, and for
+/// any digest of a block (this extension accepts sha256 and sha512 only);
+/// `digest.unregistered`, a warning, for another algorithm elsewhere, which
+/// image-spec says implementations SHOULD let pass.
 fn check_digests(value: &Value, subject: &str, report: &mut Report) {
     for (pointer, d) in descriptors(value) {
         let Some(text) = d.get("digest").and_then(Value::as_str) else {
@@ -256,11 +288,113 @@ fn check_digests(value: &Value, subject: &str, report: &mut Report) {
         if !fits_digest_grammar(text) {
             continue;
         }
-        if let Err(crate::Error::InvalidDigest { reason, .. }) = Digest::parse(text) {
+        let Err(crate::Error::InvalidDigest { reason, .. }) = Digest::parse(text) else {
+            continue;
+        };
+        let algorithm = text.split(':').next().unwrap_or_default();
+        let registered = matches!(algorithm, "sha256" | "sha512");
+        let violation = if registered || pointer.starts_with("/blocks/") {
+            Violation::new(Rule::DigestInvalid, subject, format!("{text:?}: {reason}"))
+        } else {
+            Violation::new(
+                Rule::DigestUnregistered,
+                subject,
+                format!(
+                    "{text:?}: algorithm {algorithm:?} is not one image-spec registers (sha256, sha512); it is allowed, but few tools can verify it"
+                ),
+            )
+        };
+        report.push(violation.at_pointer(format!("{pointer}/digest")));
+    }
+}
+
+/// A descriptor's `data` (strict base 64, which the schema checks) decodes
+/// to the content its size and digest name.
+fn check_data(value: &Value, subject: &str, report: &mut Report) {
+    use base64::Engine;
+    for (pointer, d) in descriptors(value) {
+        let Some(data) = d.get("data").and_then(Value::as_str) else {
+            continue;
+        };
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) else {
+            continue;
+        };
+        let size = d.get("size").and_then(Value::as_u64);
+        let digest = d
+            .get("digest")
+            .and_then(Value::as_str)
+            .and_then(|t| Digest::parse(t).ok());
+        let mismatch = if size.is_some_and(|s| s != bytes.len() as u64) {
+            Some(format!(
+                "data holds {} bytes, the descriptor's size is {}",
+                bytes.len(),
+                size.unwrap_or_default()
+            ))
+        } else {
+            digest.and_then(|expected| {
+                let mut h = crate::digest::Hasher::new(expected.algorithm());
+                h.update(&bytes);
+                let found = h.finish();
+                (found != expected)
+                    .then(|| format!("data hashes to {found}, the descriptor says {expected}"))
+            })
+        };
+        if let Some(reason) = mismatch {
             report.push(
-                Violation::new(Rule::DigestInvalid, subject, format!("{text:?}: {reason}"))
-                    .at_pointer(format!("{pointer}/digest")),
+                Violation::new(Rule::DescriptorDataMismatch, subject, reason)
+                    .at_pointer(format!("{pointer}/data")),
             );
+        }
+    }
+}
+
+/// What image-spec asks of a manifest beyond its schema: an empty config
+/// needs an `artifactType`; layers SHOULD not be empty; a layer with an
+/// import-layer media type needs `blocks`.
+fn check_manifest(value: &Value, kind: DocumentKind, subject: &str, report: &mut Report) {
+    let config_type = value
+        .get("config")
+        .and_then(|c| c.get("mediaType"))
+        .and_then(Value::as_str);
+    if config_type == Some(OCI_EMPTY) && value.get("artifactType").is_none() {
+        report.push(
+            Violation::new(
+                Rule::ManifestArtifactTypeMissing,
+                subject,
+                format!("the config is the empty descriptor ({OCI_EMPTY}), so artifactType must say what the manifest is"),
+            )
+            .at_pointer("/config/mediaType"),
+        );
+    }
+    if let Some(layers) = value.get("layers").and_then(Value::as_array) {
+        if layers.is_empty() {
+            report.push(
+                Violation::new(
+                    Rule::ManifestLayersEmpty,
+                    subject,
+                    "layers is empty: image-spec says it SHOULD have at least one entry, for portability",
+                )
+                .at_pointer("/layers"),
+            );
+        }
+        // The anchor's layers are blocks, which its schema restricts.
+        if value.get("blocks").is_none() && kind != DocumentKind::AnchorManifest {
+            for (i, l) in layers.iter().enumerate() {
+                let media_type = l
+                    .get("mediaType")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if is_import_layer(media_type) {
+                    report.push(
+                        Violation::new(
+                            Rule::BlocksMissing,
+                            subject,
+                            format!("layer {i} has the import-layer media type {media_type}, but the manifest has no blocks field: its imports cannot be resolved (a copy tool that re-serializes manifests drops the field; skopeo copy --preserve-digests keeps it)"),
+                        )
+                        .at_pointer(format!("/layers/{i}/mediaType")),
+                    );
+                }
+            }
         }
     }
 }

@@ -45,6 +45,18 @@ rules! {
     Schema = "schema", Error, "blocks.md";
     /// A digest fits the general grammar but not an accepted algorithm.
     DigestInvalid = "digest.invalid", Error, "blocks.md";
+    /// A digest of an algorithm image-spec does not register (allowed, SHOULD pass).
+    DigestUnregistered = "digest.unregistered", Warning, "blocks.md";
+    /// A descriptor's `data` is not the content its digest and size name.
+    DescriptorDataMismatch = "descriptor.data-mismatch", Error, "blocks.md";
+    /// A manifest with the empty config has no `artifactType`.
+    ManifestArtifactTypeMissing = "manifest.artifact-type-missing", Error, "blocks.md";
+    /// A manifest with no layers (SHOULD have at least one).
+    ManifestLayersEmpty = "manifest.layers-empty", Warning, "blocks.md";
+    /// A plain manifest or index without `mediaType` (SHOULD be set).
+    ManifestMediaTypeMissing = "manifest.media-type-missing", Warning, "blocks.md";
+    /// A layer has an import-layer media type but the manifest has no `blocks`.
+    BlocksMissing = "blocks.missing", Error, "blocks.md";
     /// The same digest appears twice in `blocks`.
     BlocksDuplicate = "blocks.duplicate", Error, "blocks.md";
     /// A digest is both a layer and a block of one manifest.
