@@ -8,6 +8,9 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// OCI image config.
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// A blocks manifest's config: an OCI image config under the proposal's own
+/// media type (`spec/blocks.md`).
+pub const BLOCKS_CONFIG: &str = "application/vnd.oci-blocks.image.config.v1+json";
 /// The OCI empty descriptor's media type.
 pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 /// An uncompressed tar layer (and block).

@@ -585,7 +585,12 @@ impl Vector {
         if let Some(v) = &platform.variant {
             config["variant"] = json!(v);
         }
-        let config = w.json(names::OCI_CONFIG, &config)?;
+        let config_type = if blocks.is_some_and(|b| !b.is_empty()) {
+            names::BLOCKS_CONFIG
+        } else {
+            names::OCI_CONFIG
+        };
+        let config = w.json(config_type, &config)?;
         let mut m = json!({
             "schemaVersion": 2,
             "mediaType": names::OCI_MANIFEST,

@@ -97,13 +97,17 @@ fn umoci_ends_as_recorded_and_refuses_every_import_vector() -> Result<()> {
             ensure!(status == "passed", "{id}: {r:#}");
         }
     }
-    // A stub layer with a standard media type is the silent failure the import
-    // media type prevents: umoci succeeds and the imported file is missing.
-    let silent = result_of(&report, "imports/standard-media-type");
-    let diff = silent.and_then(|r| r["diff"].as_str()).unwrap_or_default();
+    // A stub layer with a standard media type used to be the silent failure:
+    // umoci applied it and the imported file was missing. The blocks config
+    // media type now makes umoci refuse the manifest, naming the type.
+    let refused = result_of(&report, "imports/standard-media-type");
+    let reason = refused
+        .and_then(|r| r["reason"].as_str())
+        .unwrap_or_default();
     ensure!(
-        diff.contains("- lib/x.jar") && diff.contains("+ lib/.import.x.jar"),
-        "{diff}"
+        reason.contains("exited 1")
+            && reason.contains("application/vnd.oci-blocks.image.config.v1+json"),
+        "{reason}"
     );
     Ok(())
 }

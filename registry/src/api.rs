@@ -998,6 +998,16 @@ async fn put_manifest(
                 )));
             }
         }
+        if !checked.children.is_empty() {
+            let read = |d: &Digest| storage.read_manifest(&n, d).ok().flatten().map(|(b, _)| b);
+            if let Err(reason) = manifest::check_bindings(&bytes, read) {
+                return Ok(Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::ManifestInvalid,
+                    reason,
+                )));
+            }
+        }
         let blobs: Vec<Digest> = checked.blobs.iter().map(|r| r.digest.clone()).collect();
         storage.put_manifest(
             &n,

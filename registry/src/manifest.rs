@@ -1,13 +1,15 @@
-//! What the registry checks of a pushed manifest before it looks at storage: its
-//! media type, the project's JSON Schemas and semantic rules (through the core
-//! crate), and the list of what it references.
+//! What the registry checks of a pushed manifest: before it looks at storage,
+//! its media type, the project's JSON Schemas and semantic rules (through the
+//! core crate), and the list of what it references; for an index, once its
+//! children are known to be stored, that each blocks manifest is bound to the
+//! index's legacy manifest.
 //!
 //! Blocks are references exactly like config and layers: a manifest is only accepted
 //! when every one of them is stored (`spec/blocks.md`, "Registry requirements").
 
 use oci_blocks_core::Digest;
-use oci_blocks_core::names::{OCI_INDEX, OCI_MANIFEST};
-use oci_blocks_core::validate::validate_document;
+use oci_blocks_core::names::{BLOCKS_CONFIG, OCI_INDEX, OCI_MANIFEST, VARIANT_BLOCKS};
+use oci_blocks_core::validate::{check_binding, validate_document, variant_of};
 use serde_json::Value;
 
 /// Docker's image manifest (schema 2), accepted as distribution accepts it.
@@ -155,6 +157,62 @@ pub fn check(bytes: &[u8], content_type: Option<&str>) -> Result<Checked, String
     })
 }
 
+/// Checks, for an index whose children are stored, that each blocks manifest
+/// names the legacy manifest the index offers for its platform
+/// (`fallback.legacy-unbound`): a copy tool that rewrites the legacy manifest
+/// (recompressing its layers) leaves the blocks manifest bound to another
+/// image, which blocks-aware clients would refuse on every pull. A Docker
+/// manifest list may not name a blocks manifest at all. `read` gives a
+/// stored child's bytes.
+pub fn check_bindings(
+    bytes: &[u8],
+    read: impl Fn(&Digest) -> Option<Vec<u8>>,
+) -> Result<(), String> {
+    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
+        return Ok(());
+    };
+    let Some(entries) = value.get("manifests").and_then(Value::as_array) else {
+        return Ok(());
+    };
+    let docker_list = value.get("mediaType").and_then(Value::as_str) == Some(DOCKER_MANIFEST_LIST);
+    let child = |entry: &Value| {
+        entry
+            .get("digest")
+            .and_then(Value::as_str)
+            .and_then(|d| Digest::parse(d).ok())
+            .and_then(|d| read(&d))
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    };
+    for (i, entry) in entries.iter().enumerate() {
+        let subject = format!("/manifests/{i}");
+        if docker_list {
+            // What skopeo falls back to when the OCI index is refused: the
+            // list drops every annotation, so a blocks manifest would pass
+            // for a plain image of its platform.
+            let is_blocks = child(entry).is_some_and(|d| {
+                d.get("blocks").is_some()
+                    || d.pointer("/config/mediaType").and_then(Value::as_str) == Some(BLOCKS_CONFIG)
+            });
+            if is_blocks {
+                return Err(format!(
+                    "{subject} is a blocks manifest, and a Docker manifest list cannot carry the io.oci-blocks.variant annotation that tells clients what it is: push the OCI index as it is (skopeo copy --preserve-digests)"
+                ));
+            }
+            continue;
+        }
+        if variant_of(entry) != Some(VARIANT_BLOCKS) {
+            continue;
+        }
+        let Some(doc) = child(entry) else {
+            continue;
+        };
+        if let Some((_, Some(v))) = check_binding(entries, i, &doc, &subject) {
+            return Err(format!("{} at {subject}: {}", v.rule.id(), v.message));
+        }
+    }
+    Ok(())
+}
+
 fn descriptor(d: &Value, pointer: &str) -> Result<Reference, String> {
     let text = d
         .get("digest")
@@ -182,15 +240,20 @@ fn is_foreign(d: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_blocks_core::names::IMPORT_LAYER_TAR;
+    use oci_blocks_core::names::{BLOCKS_CONFIG, IMPORT_LAYER_TAR, OCI_CONFIG};
 
     const CONFIG: &str = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
     const BLOCK: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
     fn manifest(extra: &str) -> String {
+        let config = if extra.contains("\"blocks\"") {
+            BLOCKS_CONFIG
+        } else {
+            OCI_CONFIG
+        };
         format!(
             r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}",
-            "config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{CONFIG}","size":2}},
+            "config":{{"mediaType":"{config}","digest":"{CONFIG}","size":2}},
             "layers":[]{extra}}}"#
         )
     }
@@ -219,6 +282,17 @@ mod tests {
                     ),
                 ),
                 "blocks.missing",
+            ),
+            (
+                &manifest("").replace(OCI_CONFIG, BLOCKS_CONFIG),
+                "blocks.missing at /config/mediaType",
+            ),
+            (
+                &manifest(&format!(
+                    r#","blocks":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{BLOCK}","size":3}}]"#
+                ))
+                .replace(BLOCKS_CONFIG, OCI_CONFIG),
+                "blocks.config-media-type",
             ),
             (
                 &manifest(r#","blocks":[{"mediaType":"x","digest":"md5:00","size":1}]"#),

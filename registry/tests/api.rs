@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use anyhow::{Context, Result, ensure};
 use common::*;
 use oci_blocks_core::Digest;
+use oci_blocks_core::names::{BLOCKS_CONFIG, OCI_CONFIG};
 use serde_json::{Value, json};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -33,7 +34,7 @@ fn manifest(config: &[u8], layers: &[&[u8]], blocks: &[&[u8]], extra: Value) -> 
     let mut m = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+        "config": descriptor(if blocks.is_empty() { OCI_CONFIG } else { BLOCKS_CONFIG }, config),
         "layers": layers.iter().map(|l| descriptor("application/vnd.oci.image.layer.v1.tar", l)).collect::<Vec<_>>(),
     });
     if !blocks.is_empty() {

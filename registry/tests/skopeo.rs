@@ -826,3 +826,55 @@ fn tls_from_a_config_file_json_logs_and_graceful_shutdown() -> Result<()> {
     ensure!(status.success(), "SIGTERM exit: {status}");
     Ok(())
 }
+
+/// skopeo rewrites the legacy manifest when it recompresses layers, and
+/// leaves the blocks manifest (an artifact to it, by its config media type)
+/// bound to the old legacy digest. The registry refuses the index, naming the
+/// rule, and tags nothing; a layout copy made the same way fails `validate`
+/// for the same reason. With `--preserve-digests` the copy arrives whole.
+#[test]
+#[ignore = "needs skopeo; .ci/run runs it"]
+fn a_recompressing_copy_is_refused_and_preserve_digests_keeps_the_image() -> Result<()> {
+    if !have(&["skopeo"]) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let image = build_java(&tmp.path().join("src"), Fallback::Index, None)?;
+    let reg = Registry::start(&tmp.path().join("root"), &[])?;
+    let src = format!("oci:{}:latest", image.dir.display());
+    let recompress = ["--dest-compress", "--dest-compress-format", "zstd"];
+
+    let mut args = vec!["copy", "--all", "--retry-times", "0", TLS_OFF];
+    args.extend(recompress);
+    let dest = reg.docker("java/app:v1");
+    args.extend([src.as_str(), dest.as_str()]);
+    let out = skopeo(&args)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "the registry took an unbound index");
+    ensure!(err.contains("fallback.legacy-unbound"), "{err}");
+    let tag = http("GET", &reg.url("/v2/java/app/manifests/v1"), &[], None)?;
+    ensure!(tag.status == 404, "{}", tag.describe());
+
+    let copy = tmp.path().join("copy");
+    let mut args = vec!["copy", "--all"];
+    args.extend(recompress);
+    let dest = format!("oci:{}:latest", copy.display());
+    args.extend([src.as_str(), dest.as_str()]);
+    skopeo_ok(&args)?;
+    let report = oci_blocks_core::validate::check_image(
+        &oci_blocks_core::layout::OciDir::open(&copy)?,
+        Some("latest"),
+    )?;
+    let rules: BTreeSet<&str> = report.report.errors().map(|v| v.rule.id()).collect();
+    ensure!(rules.contains("fallback.legacy-unbound"), "{rules:?}");
+
+    push(&reg, &image.dir, "java/app:v1", &["--preserve-digests"])?;
+    ensure!(
+        raw(&reg, "java/app:v1")? == image.top_bytes,
+        "the index arrives byte for byte"
+    );
+    for b in blocks_of(&image)? {
+        ensure!(stored(&reg, &b)?, "block {b} not stored");
+    }
+    Ok(())
+}

@@ -22,7 +22,7 @@ use oci_blocks_core::limits::Limits;
 use oci_blocks_core::manifest::{Manifest, diff_ids, without_diff_ids};
 use oci_blocks_core::names::ANNOTATION_LEGACY;
 use oci_blocks_core::oci_spec::image::Descriptor;
-use oci_blocks_core::validate::Rule;
+use oci_blocks_core::validate::{Rule, binding_violation};
 use rustix::fs::OFlags;
 use serde_json::Value;
 
@@ -104,18 +104,10 @@ pub(crate) fn check(
         .as_ref()
         .and_then(|a| a.get(ANNOTATION_LEGACY))
         .cloned();
-    if named.as_deref() != Some(legacy_digest.as_str()) {
-        let reason = match named {
-            None => format!(
-                "the blocks manifest has no {ANNOTATION_LEGACY} annotation naming the legacy manifest {legacy_digest} its index offers for this platform"
-            ),
-            Some(other) => format!(
-                "the blocks manifest was built with legacy manifest {other}, but its index offers {legacy_digest} for this platform"
-            ),
-        };
+    if let Some(v) = binding_violation(named.as_deref(), &legacy_digest, &subject) {
         return Err(Error::invalid(
             subject,
-            format!("{reason} [{}]", Rule::FallbackLegacyUnbound),
+            format!("{} [{}]", v.message, v.rule),
         ));
     }
     let lsubject = format!("legacy manifest {legacy_digest}");

@@ -1,6 +1,7 @@
 //! `blocks/*`: the registry requirements of the blocks extension: manifests
 //! kept byte for byte, blocks served, missing blocks refused, fallback indexes
-//! accepted, and blocks kept through garbage collection.
+//! accepted, what re-serializing copies leave refused, and blocks kept through
+//! garbage collection.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -16,6 +17,10 @@ const ACCEPTED_REPO: &str = "g";
 const FALLBACK_REPO: &str = "h";
 /// The repository of the manifest with a missing block.
 const MISSING_REPO: &str = "i";
+/// The repository of the blocks manifest without `blocks`.
+const STRIPPED_REPO: &str = "j";
+/// The repository of the unbound fallback index.
+const UNBOUND_REPO: &str = "k";
 /// The garbage-collection repositories: bare blocks manifest, fallback index,
 /// unreferenced control blob.
 const GC_BARE_REPO: &str = "x";
@@ -112,6 +117,62 @@ pub fn fallback_index_accepted(ctx: &mut Ctx<'_>) -> Check {
     status(&reply, &[200])?;
     bytes(&reply, &image.index.bytes)?;
     media_type(&reply, OCI_INDEX)
+}
+
+/// A 4xx with `MANIFEST_INVALID`, and nothing served at `reference`.
+fn refused_as_invalid(
+    ctx: &mut Ctx<'_>,
+    repo: &str,
+    reference: &str,
+    reply: &super::http::Reply,
+    why: &str,
+) -> Check {
+    if !(400..500).contains(&reply.status) {
+        return Err(fail(format!(
+            "{}: expected a 4xx with MANIFEST_INVALID, since {why}, got {}",
+            reply.what(),
+            reply.summary()
+        )));
+    }
+    code(reply, "MANIFEST_INVALID")?;
+    let reply = ctx.fetch_manifest(Method::GET, repo, reference)?;
+    status(&reply, &[404])
+}
+
+/// `blocks/stripped-manifest-refused`.
+pub fn stripped_manifest_refused(ctx: &mut Ctx<'_>) -> Check {
+    let repo = ctx.repo(STRIPPED_REPO);
+    let image = ctx
+        .fixtures
+        .blocks_image("blocks/stripped-manifest-refused")?;
+    ctx.push_blobs(&repo, &image.manifest_blobs())?;
+    let reply = ctx.put_manifest(&repo, "stripped", &image.stripped)?;
+    refused_as_invalid(
+        ctx,
+        &repo,
+        "stripped",
+        &reply,
+        "its config has the blocks config media type and its layers an import layer, but it has no blocks field (blocks.missing)",
+    )
+}
+
+/// `blocks/unbound-index-refused`.
+pub fn unbound_index_refused(ctx: &mut Ctx<'_>) -> Check {
+    let repo = ctx.repo(UNBOUND_REPO);
+    let image = ctx.fixtures.blocks_image("blocks/unbound-index-refused")?;
+    ctx.push_blobs(&repo, &image.index_blobs())?;
+    for manifest in [&image.other_legacy, &image.anchor, &image.manifest] {
+        let reply = ctx.put_manifest(&repo, &manifest.digest, manifest)?;
+        setup(status(&reply, &[201]))?;
+    }
+    let reply = ctx.put_manifest(&repo, "unbound", &image.unbound_index)?;
+    refused_as_invalid(
+        ctx,
+        &repo,
+        "unbound",
+        &reply,
+        "its blocks manifest names another legacy manifest than the one it offers (fallback.legacy-unbound)",
+    )
 }
 
 /// The outcomes of the two garbage-collection tests, which share one run of

@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
 pub use crate::names::{
-    ANCHOR_TYPE, IMPORT_LAYER_TAR, LAYER_TAR, OCI_CONFIG, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST,
-    OCTET_STREAM, VARIANT,
+    ANCHOR_TYPE, BLOCKS_CONFIG, IMPORT_LAYER_TAR, LAYER_TAR, LEGACY, OCI_CONFIG, OCI_EMPTY,
+    OCI_INDEX, OCI_MANIFEST, OCTET_STREAM, VARIANT,
 };
 
 /// `sha256:<hex>` of some bytes.
@@ -233,6 +233,42 @@ pub struct BlocksImage {
     pub anchor: Content,
     /// The fallback index: legacy, anchor, blocks.
     pub index: Content,
+    /// The blocks manifest without its `blocks` field, as a copy tool that
+    /// re-serializes it leaves it.
+    pub stripped: Content,
+    /// A plain manifest of the same platform that the blocks manifest does not
+    /// name as its legacy manifest.
+    pub other_legacy: Content,
+    /// A fallback index offering `other_legacy`: its blocks manifest is unbound.
+    pub unbound_index: Content,
+}
+
+/// A fallback index for linux/amd64: `legacy`, the anchor, the blocks manifest.
+fn fallback_index(legacy: &Content, anchor: &Content, manifest: &Content) -> Content {
+    let platform = || obj([("architecture", s("amd64")), ("os", s("linux"))]);
+    let index_doc = obj([
+        ("schemaVersion", Json::Num(2)),
+        ("mediaType", s(OCI_INDEX)),
+        (
+            "manifests",
+            Json::Arr(vec![
+                legacy.descriptor_with(vec![("platform", platform())]),
+                anchor.descriptor_with(vec![
+                    ("artifactType", s(ANCHOR_TYPE)),
+                    (
+                        "platform",
+                        obj([("architecture", s("unknown")), ("os", s("unknown"))]),
+                    ),
+                    ("annotations", obj([(VARIANT, s("anchor"))])),
+                ]),
+                manifest.descriptor_with(vec![
+                    ("platform", platform()),
+                    ("annotations", obj([(VARIANT, s("blocks"))])),
+                ]),
+            ]),
+        ),
+    ]);
+    Content::new(OCI_INDEX, index_doc.pretty("  ").into_bytes())
 }
 
 impl BlocksImage {
@@ -434,11 +470,21 @@ impl Fixtures {
         legacy_entries.extend(paths.iter().zip(&jars).map(|(p, j)| Entry::File(p, j)));
         let materialized = Content::new(LAYER_TAR, tar(&legacy_entries)?);
 
-        let config = self.config(&format!("{label} blocks"), &[&base, &stub]);
+        let mut config = self.config(&format!("{label} blocks"), &[&base, &stub]);
+        config.media_type = BLOCKS_CONFIG.to_string();
         let legacy_config = self.config(&format!("{label} blocks"), &[&base, &materialized]);
-        let manifest = self.blocks_manifest(label, &config, &[&base, &stub], &blocks);
         let legacy = self.manifest(
             &format!("{label} legacy"),
+            &legacy_config,
+            &[&base, &materialized],
+        );
+        let manifest =
+            self.blocks_manifest(label, &config, &[&base, &stub], Some(&blocks), &legacy);
+        let stripped = self.blocks_manifest(label, &config, &[&base, &stub], None, &legacy);
+        // Another plain image of the same platform, for an index that offers
+        // a legacy manifest the blocks manifest does not name.
+        let other_legacy = self.manifest(
+            &format!("{label} another legacy"),
             &legacy_config,
             &[&base, &materialized],
         );
@@ -454,30 +500,8 @@ impl Fixtures {
             ),
         ]);
         let anchor = Content::new(OCI_MANIFEST, anchor_doc.pretty("  ").into_bytes());
-        let platform = || obj([("architecture", s("amd64")), ("os", s("linux"))]);
-        let index_doc = obj([
-            ("schemaVersion", Json::Num(2)),
-            ("mediaType", s(OCI_INDEX)),
-            (
-                "manifests",
-                Json::Arr(vec![
-                    legacy.descriptor_with(vec![("platform", platform())]),
-                    anchor.descriptor_with(vec![
-                        ("artifactType", s(ANCHOR_TYPE)),
-                        (
-                            "platform",
-                            obj([("architecture", s("unknown")), ("os", s("unknown"))]),
-                        ),
-                        ("annotations", obj([(VARIANT, s("anchor"))])),
-                    ]),
-                    manifest.descriptor_with(vec![
-                        ("platform", platform()),
-                        ("annotations", obj([(VARIANT, s("blocks"))])),
-                    ]),
-                ]),
-            ),
-        ]);
-        let index = Content::new(OCI_INDEX, index_doc.pretty("  ").into_bytes());
+        let index = fallback_index(&legacy, &anchor, &manifest);
+        let unbound_index = fallback_index(&other_legacy, &anchor, &manifest);
         Ok(BlocksImage {
             blocks,
             base,
@@ -490,6 +514,9 @@ impl Fixtures {
             legacy,
             anchor,
             index,
+            stripped,
+            other_legacy,
+            unbound_index,
         })
     }
 
@@ -501,7 +528,8 @@ impl Fixtures {
         label: &str,
         config: &Content,
         layers: &[&Content],
-        blocks: &[Content],
+        blocks: Option<&[Content]>,
+        legacy: &Content,
     ) -> Content {
         let descriptor = |c: &Content| {
             obj([
@@ -511,6 +539,7 @@ impl Fixtures {
             ])
         };
         let block_list = blocks
+            .unwrap_or_default()
             .iter()
             .zip(["x.jar", "y.jar"])
             .map(|(b, name)| {
@@ -525,7 +554,7 @@ impl Fixtures {
                 ])
             })
             .collect();
-        let doc = obj([
+        let mut doc = obj([
             ("mediaType", s(OCI_MANIFEST)),
             (
                 "x-conformance",
@@ -537,7 +566,6 @@ impl Fixtures {
                 Json::Arr(layers.iter().map(|l| descriptor(l)).collect()),
             ),
             ("config", descriptor(config)),
-            ("blocks", Json::Arr(block_list)),
             (
                 "annotations",
                 obj([
@@ -549,9 +577,17 @@ impl Fixtures {
                         )),
                     ),
                     ("io.oci-blocks.conformance", s("true")),
+                    (LEGACY, s(&legacy.digest)),
                 ]),
             ),
         ]);
+        if blocks.is_some()
+            && let Json::Obj(members) = &mut doc
+        {
+            // After config, before the annotations.
+            let at = members.len() - 1;
+            members.insert(at, ("blocks".to_string(), Json::Arr(block_list)));
+        }
         Content::new(OCI_MANIFEST, doc.pretty("   ").into_bytes())
     }
 }

@@ -246,6 +246,16 @@ const TESTS: &[Test] = &[
         "The legacy manifest, anchor, blocks manifest and fallback index are accepted and the index served byte for byte.",
         blocks::fallback_index_accepted,
     ),
+    plain(
+        "blocks/stripped-manifest-refused",
+        "A blocks manifest without its blocks field (blocks config media type, an import layer) is refused with a 4xx MANIFEST_INVALID and not served.",
+        blocks::stripped_manifest_refused,
+    ),
+    plain(
+        "blocks/unbound-index-refused",
+        "A fallback index whose blocks manifest names another legacy manifest than the one it offers is refused with a 4xx MANIFEST_INVALID (SHOULD).",
+        blocks::unbound_index_refused,
+    ),
     Test {
         id: "blocks/survive-gc",
         description: "After garbage collection, the blocks, config and layers of a tagged bare blocks manifest are all still served.",

@@ -1061,7 +1061,13 @@ fn build_platform(
     let mut manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, &config_digest, config_size),
+        // The extension's own config type makes clients that cannot resolve
+        // imports refuse the manifest (spec/blocks.md).
+        "config": descriptor(
+            if blocks.is_empty() { OCI_CONFIG } else { BLOCKS_CONFIG },
+            &config_digest,
+            config_size,
+        ),
         "layers": layers,
     });
     if !blocks.is_empty() {

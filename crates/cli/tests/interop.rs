@@ -235,3 +235,125 @@ fn a_umoci_made_image_serves_as_a_base() -> Result<()> {
     );
     Ok(())
 }
+
+/// The Python sample pushed to a docker-registry as `sample/app:v1`: the
+/// registry and the blocks manifest's digest.
+fn published_sample(tmp: &Path) -> Result<(DockerRegistry, String)> {
+    let registry = DockerRegistry::start(&tmp.join("registry"))?;
+    let out = tmp.join("out");
+    let report = build_python_sample(&out, &[])?;
+    let blocks_manifest = report["platforms"][0]["manifest"]
+        .as_str()
+        .context("the blocks manifest")?
+        .to_string();
+    ok(&[
+        "push",
+        "--dest-tls-verify",
+        "false",
+        &format!("oci:{}:v1", out.display()),
+        &format!("docker://127.0.0.1:{}/sample/app:v1", registry.port),
+    ])?;
+    Ok((registry, blocks_manifest))
+}
+
+/// podman (containers/image, as buildah and CRI-O) pulls the fallback index's
+/// tag as the complete legacy image, and refuses the blocks manifest by
+/// digest instead of storing an image whose imported files are missing.
+#[test]
+#[ignore = "needs podman and docker-registry, and root; .ci/run runs it"]
+fn podman_pulls_the_tag_whole_and_refuses_the_blocks_manifest() -> Result<()> {
+    if !have(&["podman", "docker-registry", "curl"])? {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let (registry, blocks_manifest) = published_sample(tmp.path())?;
+    let store = tmp.path().join("podman");
+    let repo = format!("127.0.0.1:{}/sample/app", registry.port);
+
+    let by_digest = format!("{repo}@{blocks_manifest}");
+    let out = podman(&store, &["pull", "--tls-verify=false", &by_digest]).output()?;
+    let t = text(&out);
+    ensure!(
+        !out.status.success(),
+        "podman pulled the blocks manifest: {t}"
+    );
+    ensure!(
+        t.contains(oci_blocks_core::names::BLOCKS_CONFIG),
+        "the refusal does not name the config media type: {t}"
+    );
+    let images = run(&mut podman(&store, &["images", "-q", "--no-trunc"]))?;
+    ensure!(images.trim().is_empty(), "podman kept an image: {images}");
+
+    let tag = format!("{repo}:v1");
+    run(&mut podman(&store, &["pull", "--tls-verify=false", &tag]))?;
+    let mounted = run(&mut podman(&store, &["image", "mount", &tag]))?;
+    let root = PathBuf::from(mounted.trim());
+    // Unmounted whatever the comparison finds.
+    let result = tree(&root).and_then(|t| {
+        assert_same(
+            &expected_sample_tree()?,
+            &t,
+            "podman pull of the fallback tag",
+        )
+    });
+    run(&mut podman(&store, &["image", "unmount", &tag]))?;
+    result
+}
+
+/// containerd (`ctr`, native snapshotter) pulls and unpacks the fallback
+/// index's tag as the complete legacy image, and refuses to unpack the blocks
+/// manifest by digest, naming the import-layer media type.
+#[test]
+#[ignore = "needs containerd and docker-registry, and root; .ci/run runs it"]
+fn ctr_pulls_the_tag_whole_and_refuses_the_blocks_manifest() -> Result<()> {
+    if !have(&["containerd", "ctr", "docker-registry", "curl"])? {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let (registry, blocks_manifest) = published_sample(tmp.path())?;
+    let containerd = Containerd::start(&tmp.path().join("containerd"))?;
+    let repo = format!("127.0.0.1:{}/sample/app", registry.port);
+    let pull = |reference: &str| {
+        containerd
+            .ctr(&[
+                "images",
+                "pull",
+                "--plain-http",
+                "--snapshotter",
+                "native",
+                reference,
+            ])
+            .output()
+    };
+
+    let by_digest = format!("{repo}@{blocks_manifest}");
+    let out = pull(&by_digest)?;
+    let t = text(&out);
+    ensure!(
+        !out.status.success(),
+        "ctr unpacked the blocks manifest: {t}"
+    );
+    ensure!(
+        t.contains(oci_blocks_core::names::IMPORT_LAYER_TAR_GZIP),
+        "the refusal does not name the import-layer media type: {t}"
+    );
+
+    let tag = format!("{repo}:v1");
+    let out = pull(&tag)?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let root = tmp.path().join("mnt");
+    fs::create_dir_all(&root)?;
+    run(&mut containerd.ctr(&[
+        "images",
+        "mount",
+        "--snapshotter",
+        "native",
+        &tag,
+        &root.display().to_string(),
+    ]))?;
+    // Unmounted whatever the comparison finds.
+    let result = tree(&root)
+        .and_then(|t| assert_same(&expected_sample_tree()?, &t, "ctr pull of the fallback tag"));
+    run(&mut containerd.ctr(&["images", "unmount", &root.display().to_string()]))?;
+    result
+}

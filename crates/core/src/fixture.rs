@@ -385,7 +385,11 @@ fn manifest(
     let mut m = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, &cd, cs),
+        "config": descriptor(
+            if blocks.is_some_and(|b| !b.is_empty()) { BLOCKS_CONFIG } else { OCI_CONFIG },
+            &cd,
+            cs,
+        ),
         "layers": layers.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>(),
     });
     if let Some(blocks) = blocks {

@@ -11,6 +11,11 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// Media type of an OCI image configuration.
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// Media type of a blocks manifest's config (`spec/blocks.md`): an OCI image
+/// configuration under the extension's own type, so that clients that cannot
+/// resolve imports refuse the manifest as a non-image artifact instead of
+/// running its stub layers.
+pub const BLOCKS_CONFIG: &str = "application/vnd.oci-blocks.image.config.v1+json";
 /// Media type of the OCI empty descriptor's content (`{}`), used as the anchor's config.
 pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 /// Digest of the two bytes `{}`, the OCI empty descriptor.

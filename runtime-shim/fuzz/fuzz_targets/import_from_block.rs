@@ -16,7 +16,7 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 use oci_blocks_core::Digest;
 use oci_blocks_core::layout::OciDir;
-use oci_blocks_core::names::{IMPORT_LAYER_TAR, OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST};
+use oci_blocks_core::names::{BLOCKS_CONFIG, IMPORT_LAYER_TAR, OCI_LAYER_TAR, OCI_MANIFEST};
 use oci_blocks_core::oci_spec::image::{Descriptor, MediaType};
 use oci_blocks_shim::{LinkMode, UnpackOptions, unpack};
 use serde_json::json;
@@ -68,7 +68,7 @@ fn write_image(dir: &OciDir, block: &[u8], layers: [Vec<u8>; 2]) -> Option<()> {
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": cd.as_str(), "size": cs},
+        "config": {"mediaType": BLOCKS_CONFIG, "digest": cd.as_str(), "size": cs},
         "layers": descriptors,
         "blocks": [{"mediaType": OCI_LAYER_TAR, "digest": bd.as_str(), "size": bs}],
     });

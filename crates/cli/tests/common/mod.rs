@@ -614,3 +614,82 @@ pub fn canonical_pyc_of(site: &Path) -> impl Fn(&Path, Vec<u8>) -> Vec<u8> + '_ 
         .unwrap_or(bytes)
     }
 }
+
+/// Debian's containerd on a socket in a temporary directory, with its own
+/// root and state and the native snapshotter; killed when dropped.
+pub struct Containerd {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Containerd {
+    pub fn start(dir: &Path) -> Result<Containerd> {
+        fs::create_dir_all(dir)?;
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        // Only what `ctr images pull` and `mount` need: no CRI, no snapshotter
+        // that would probe the host's file systems.
+        fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.snapshotter.v1.btrfs\", \
+                 \"io.containerd.snapshotter.v1.zfs\", \"io.containerd.snapshotter.v1.devmapper\", \
+                 \"io.containerd.snapshotter.v1.aufs\"]\n\
+                 [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+                 [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n",
+                root = dir.join("root").display(),
+                state = dir.join("state").display(),
+                sock = socket.display(),
+            ),
+        )?;
+        let log = fs::File::create(dir.join("containerd.log"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting containerd")?;
+        let c = Containerd { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if c.ctr(&["version"]).output()?.status.success() {
+                return Ok(c);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!(
+            "containerd did not answer on {}: {}",
+            c.socket.display(),
+            fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+        )
+    }
+
+    /// `ctr` against this containerd.
+    pub fn ctr(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(&self.socket).args(args);
+        cmd
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's podman with vfs storage under `dir`, apart from the host's.
+pub fn podman(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("podman");
+    cmd.arg("--storage-driver")
+        .arg("vfs")
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .args(args);
+    cmd
+}

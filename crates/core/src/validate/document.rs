@@ -163,7 +163,7 @@ pub fn classify(value: &Value) -> Result<DocumentKind, String> {
             .and_then(Value::as_str);
         return Ok(if artifact == Some(ANCHOR_ARTIFACT_TYPE) {
             DocumentKind::AnchorManifest
-        } else if obj.contains_key("blocks") {
+        } else if obj.contains_key("blocks") || config_type == Some(BLOCKS_CONFIG) {
             DocumentKind::BlocksManifest
         } else if config_type == Some(OCI_CONFIG) {
             DocumentKind::ImageManifest
@@ -377,8 +377,30 @@ fn check_manifest(value: &Value, kind: DocumentKind, subject: &str, report: &mut
                 .at_pointer("/layers"),
             );
         }
+        let blocks = value.get("blocks").and_then(Value::as_array);
+        let no_blocks = value.get("blocks").is_none();
+        if config_type == Some(BLOCKS_CONFIG) && no_blocks {
+            report.push(
+                Violation::new(
+                    Rule::BlocksMissing,
+                    subject,
+                    format!("the config has the blocks config media type {BLOCKS_CONFIG}, but the manifest has no blocks field: a copy tool that re-serialized it dropped the field (skopeo copy --preserve-digests keeps it)"),
+                )
+                .at_pointer("/config/mediaType"),
+            );
+        } else if blocks.is_some_and(|b| !b.is_empty()) && config_type == Some(OCI_CONFIG) {
+            // Other config types are the schema's to refuse.
+            report.push(
+                Violation::new(
+                    Rule::BlocksConfigMediaType,
+                    subject,
+                    format!("a manifest with blocks must give its config the media type {BLOCKS_CONFIG}, not {OCI_CONFIG}: clients that cannot resolve imports (podman, buildah, CRI-O) would otherwise run the stub layers with the imported files missing"),
+                )
+                .at_pointer("/config/mediaType"),
+            );
+        }
         // The anchor's layers are blocks, which its schema restricts.
-        if value.get("blocks").is_none() && kind != DocumentKind::AnchorManifest {
+        if no_blocks && config_type != Some(BLOCKS_CONFIG) && kind != DocumentKind::AnchorManifest {
             for (i, l) in layers.iter().enumerate() {
                 let media_type = l
                     .get("mediaType")
@@ -472,6 +494,48 @@ fn platform_text(entry: &Value) -> String {
     entry
         .get("platform")
         .map_or_else(|| "(no platform)".into(), crate::manifest::platform_text)
+}
+
+/// Whether the blocks manifest `blocks_doc` of a fallback index's entry
+/// `entries[i]` names, in its `io.oci-blocks.legacy` annotation, the legacy
+/// manifest the index offers for its platform (`spec/fallback.md`, "One
+/// view"). Returns that legacy manifest's digest, and the violation when the
+/// binding does not hold; `None` when the index offers no legacy manifest for
+/// the platform (`fallback.legacy-missing` covers that).
+pub fn check_binding(
+    entries: &[Value],
+    i: usize,
+    blocks_doc: &Value,
+    subject: &str,
+) -> Option<(Digest, Option<Violation>)> {
+    let legacy = crate::platform::legacy_of(entries, i)?;
+    let legacy_digest = entries[legacy]
+        .get("digest")
+        .and_then(Value::as_str)
+        .and_then(|d| Digest::parse(d).ok())?;
+    let named = blocks_doc
+        .get("annotations")
+        .and_then(|a| a.get(ANNOTATION_LEGACY))
+        .and_then(Value::as_str);
+    let v = binding_violation(named, &legacy_digest, subject)
+        .map(|v| v.at_pointer(format!("/manifests/{legacy}/digest")));
+    Some((legacy_digest, v))
+}
+
+/// The `fallback.legacy-unbound` violation when a blocks manifest whose
+/// `io.oci-blocks.legacy` annotation is `named` does not name `legacy`, the
+/// legacy manifest its index offers for its platform.
+pub fn binding_violation(named: Option<&str>, legacy: &Digest, subject: &str) -> Option<Violation> {
+    let reason = match named {
+        Some(n) if n == legacy.as_str() => return None,
+        None => format!(
+            "the blocks manifest has no {ANNOTATION_LEGACY} annotation naming its legacy manifest {legacy}"
+        ),
+        Some(other) => format!(
+            "the blocks manifest names legacy manifest {other}, but the index offers {legacy} for its platform (a copy that rewrote the legacy manifest, recompressing its layers, breaks the binding; copy with --preserve-digests)"
+        ),
+    };
+    Some(Violation::new(Rule::FallbackLegacyUnbound, subject, reason))
 }
 
 fn check_fallback_index(value: &Value, subject: &str, report: &mut Report) {
@@ -583,7 +647,7 @@ mod tests {
         let doc = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": digest(99_999), "size": 2},
+            "config": {"mediaType": BLOCKS_CONFIG, "digest": digest(99_999), "size": 2},
             "layers": [{"mediaType": OCI_LAYER_TAR, "digest": digest(12_345), "size": 1}],
             "blocks": blocks,
         });

@@ -21,8 +21,7 @@ use crate::expand::{ImportBudget, LayoutBlocks, expand, first_difference, open_l
 use crate::layout::OciDir;
 use crate::limits::Limits;
 use crate::names::{
-    ANCHOR_ARTIFACT_TYPE, ANNOTATION_LEGACY, ANNOTATION_SPARSE, MAX_INDEX_DEPTH, VARIANT_BLOCKS,
-    is_import_layer,
+    ANCHOR_ARTIFACT_TYPE, ANNOTATION_SPARSE, MAX_INDEX_DEPTH, VARIANT_BLOCKS, is_import_layer,
 };
 use crate::{Error, Result};
 
@@ -432,36 +431,23 @@ impl Walker<'_> {
             let Some(blocks_digest) = digest_in(entry) else {
                 continue;
             };
-            // The legacy manifest a client unaware of blocks picks for this
-            // platform (`fallback.legacy-missing` covers its absence).
-            let Some(legacy_digest) =
-                crate::platform::legacy_of(entries, i).and_then(|l| digest_in(&entries[l]))
-            else {
-                continue;
-            };
-            let (Some(blocks_doc), Some(legacy_doc)) = (
-                self.docs.get(&blocks_digest).cloned(),
-                self.docs.get(&legacy_digest).cloned(),
-            ) else {
+            let Some(blocks_doc) = self.docs.get(&blocks_digest).cloned() else {
                 continue;
             };
             let vsubject = format!("{subject} /manifests/{i} ({})", blocks_digest.short());
-            let named = blocks_doc
-                .pointer(&format!(
-                    "/annotations/{}",
-                    ANNOTATION_LEGACY.replace('/', "~1")
-                ))
-                .and_then(Value::as_str);
-            if named != Some(legacy_digest.as_str()) {
-                self.out.report.push(Violation::new(
-                    Rule::FallbackLegacyUnbound,
-                    &vsubject,
-                    match named {
-                        None => format!("the blocks manifest has no {ANNOTATION_LEGACY} annotation naming its legacy manifest {legacy_digest}"),
-                        Some(other) => format!("the blocks manifest names legacy manifest {other}, but the index offers {legacy_digest} for its platform"),
-                    },
-                ));
+            // The legacy manifest a client unaware of blocks picks for this
+            // platform (`fallback.legacy-missing` covers its absence).
+            let Some((legacy_digest, unbound)) =
+                super::document::check_binding(entries, i, &blocks_doc, &vsubject)
+            else {
+                continue;
+            };
+            if let Some(v) = unbound {
+                self.out.report.push(v);
             }
+            let Some(legacy_doc) = self.docs.get(&legacy_digest).cloned() else {
+                continue;
+            };
             self.compare_views(&vsubject, &blocks_doc, &legacy_doc, &legacy_digest)?;
         }
         Ok(())

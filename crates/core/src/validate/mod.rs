@@ -10,7 +10,10 @@ mod image;
 mod rules;
 pub mod scan;
 
-pub use document::{DocumentKind, SCHEMAS, classify, validate_document, variant_of};
+pub use document::{
+    DocumentKind, SCHEMAS, binding_violation, check_binding, classify, validate_document,
+    variant_of,
+};
 pub use image::{
     BlobInfo, EntryInfo, ImageInfo, ImageReport, IndexInfo, ManifestInfo, check_image,
     check_image_within, distinct_blocks,

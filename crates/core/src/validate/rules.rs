@@ -55,8 +55,11 @@ rules! {
     ManifestLayersEmpty = "manifest.layers-empty", Warning, "blocks.md";
     /// A plain manifest or index without `mediaType` (SHOULD be set).
     ManifestMediaTypeMissing = "manifest.media-type-missing", Warning, "blocks.md";
-    /// A layer has an import-layer media type but the manifest has no `blocks`.
+    /// A layer has an import-layer media type, or the config the blocks
+    /// config media type, but the manifest has no `blocks`.
     BlocksMissing = "blocks.missing", Error, "blocks.md";
+    /// A manifest with blocks has a config media type other than the blocks one.
+    BlocksConfigMediaType = "blocks.config-media-type", Error, "blocks.md";
     /// The same digest appears twice in `blocks`.
     BlocksDuplicate = "blocks.duplicate", Error, "blocks.md";
     /// A digest is both a layer and a block of one manifest.
