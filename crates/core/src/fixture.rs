@@ -6,6 +6,9 @@
 //! described as easily as valid ones. Import contents may name a block's digest
 //! as `{block:NAME}`. The output is deterministic: the same description always
 //! gives the same blobs, so a committed example layout can be checked for drift.
+//!
+//! A test description language, not part of the library proper: behind the
+//! `fixture` feature, which only the workspace's tests enable.
 
 use std::collections::BTreeMap;
 use std::io::Write;
