@@ -71,6 +71,32 @@ pub struct FileAdd {
     pub dest: String,
 }
 
+/// `rel` resolved against the build file's directory `dir`, with `.` and
+/// `..` taken away lexically (`examples/app/../../target/x` is
+/// `target/x`), as reports and errors then print it.
+fn beside(dir: &Path, rel: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in dir.join(rel).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                let last = out.components().next_back();
+                if matches!(last, Some(Component::Normal(_))) {
+                    out.pop();
+                } else if !matches!(last, Some(Component::RootDir)) {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
 impl BuildFile {
     /// Reads a build file, resolving its relative paths against its directory.
     pub fn load(path: &Path) -> Result<Self> {
@@ -83,7 +109,7 @@ impl BuildFile {
         let resolve_ref = |r: &mut Option<String>| {
             if let Some(rest) = r.as_deref().and_then(|r| r.strip_prefix("oci:")) {
                 if !rest.starts_with('/') {
-                    *r = Some(format!("oci:{}", dir.join(rest).display()));
+                    *r = Some(format!("oci:{}", beside(dir, Path::new(rest)).display()));
                 }
             }
         };
@@ -95,9 +121,33 @@ impl BuildFile {
             .flat_map(|t| t.add.iter_mut());
         for add in file.add.iter_mut().chain(per_platform) {
             if add.src.is_relative() {
-                add.src = dir.join(&add.src);
+                add.src = beside(dir, &add.src);
             }
         }
         Ok(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_beside_the_build_file_are_clean() {
+        let cases = [
+            ("examples/app", "../../target/x", "target/x"),
+            ("examples/app", "./lib", "examples/app/lib"),
+            ("a", "../../b", "../b"),
+            ("/srv/app", "../../../etc", "/etc"),
+            ("", "lib", "lib"),
+            ("a", "..", "."),
+        ];
+        for (dir, rel, want) in cases {
+            assert_eq!(
+                beside(Path::new(dir), Path::new(rel)),
+                PathBuf::from(want),
+                "{dir} + {rel}"
+            );
+        }
     }
 }
