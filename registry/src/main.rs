@@ -1,7 +1,9 @@
 //! `oci-blocks-registry`: serve the distribution API, or collect garbage.
 
+use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -88,7 +90,21 @@ struct GcArgs {
     json: bool,
 }
 
-fn main() -> Result<()> {
+/// Exit status when the work could not be done (as every binary of the
+/// project: 0 done, 1 a verdict of invalid, 2 could not run).
+const EXIT_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("oci-blocks-registry: error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
@@ -161,8 +177,10 @@ fn load(common: &Common) -> Result<FileConfig> {
 fn init_logs(format: Option<&str>) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never in a log file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format.unwrap_or("text") {
         "text" => builder.init(),

@@ -73,7 +73,8 @@ pub async fn serve_listener(listener: std::net::TcpListener, options: ServeOptio
             .on_response(|res: &Response, latency: Duration, _: &Span| {
                 tracing::info!(
                     status = res.status().as_u16(),
-                    latency_ms = latency.as_secs_f64() * 1000.0,
+                    // Rounded to 0.1 ms: finer digits are noise.
+                    latency_ms = (latency.as_secs_f64() * 10_000.0).round() / 10.0,
                     "request"
                 );
             }),
