@@ -1,18 +1,184 @@
-//! Credentials as the containers tools and docker keep them: `auths` entries of
-//! `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
-//! `~/.config/containers/auth.json` and `~/.docker/config.json`, first match wins.
+//! Authentication to a registry: credentials as the containers tools and
+//! docker keep them (`auths` entries of `$REGISTRY_AUTH_FILE`,
+//! `$XDG_RUNTIME_DIR/containers/auth.json`, `~/.config/containers/auth.json`
+//! and `~/.docker/config.json`, first match wins), and the scheme the
+//! registry's challenge asks for: Basic, or bearer tokens fetched per scope
+//! from the challenge's realm.
 //!
-//! They are sent to the registry they are for, and to the token realm its
-//! bearer challenge names only over HTTPS or on the registry's own host
-//! ([`crate::registry`]): a realm on another host over plain HTTP gets a
-//! token request without them.
+//! Credentials are sent to the registry they are for, and to the token realm
+//! only over HTTPS or on the registry's own host: a realm on another host over
+//! plain HTTP gets a token request without them.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
+use reqwest::Method;
+use reqwest::header::{self, HeaderMap};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::registry::{check, http_error, with_causes};
+
+/// The scheme a registry's `WWW-Authenticate` challenge asks for.
+#[derive(Clone, Debug)]
+pub(crate) enum Challenge {
+    /// No authentication.
+    None,
+    /// Basic, with the credentials on every request.
+    Basic,
+    /// Bearer tokens from `realm`.
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+impl Challenge {
+    /// The challenge of a 401's headers (Basic when none is understood).
+    pub(crate) fn parse(headers: &HeaderMap) -> Challenge {
+        let Some(value) = headers
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Challenge::Basic;
+        };
+        let (scheme, params) = value.split_once(' ').unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Challenge::Basic;
+        }
+        let mut realm = None;
+        let mut service = None;
+        for part in params.split(',') {
+            let Some((k, v)) = part.trim().split_once('=') else {
+                continue;
+            };
+            let v = v.trim_matches('"').to_string();
+            match k.trim() {
+                "realm" => realm = Some(v),
+                "service" => service = Some(v),
+                _ => {}
+            }
+        }
+        match realm {
+            Some(realm) => Challenge::Bearer { realm, service },
+            None => Challenge::Basic,
+        }
+    }
+}
+
+/// One registry's authentication state: its credentials, the scheme it
+/// asked for, and the bearer tokens fetched so far, by scope.
+#[derive(Debug)]
+pub(crate) struct Auth {
+    host: String,
+    credentials: Option<Credentials>,
+    challenge: tokio::sync::RwLock<Challenge>,
+    tokens: tokio::sync::Mutex<HashMap<String, String>>,
+}
+
+impl Auth {
+    /// The state for `host` (`HOST[:PORT]`) after its `/v2/` answered with
+    /// `challenge`.
+    pub(crate) fn new(
+        host: String,
+        credentials: Option<Credentials>,
+        challenge: Challenge,
+    ) -> Auth {
+        Auth {
+            host,
+            credentials,
+            challenge: tokio::sync::RwLock::new(challenge),
+            tokens: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The `Authorization` header for a request needing `scope`, if any.
+    pub(crate) async fn authorization(&self, scope: &str) -> Option<String> {
+        let challenge = self.challenge.read().await.clone();
+        match challenge {
+            Challenge::None => None,
+            Challenge::Basic => self.credentials.as_ref().map(|c| {
+                let token = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", c.username, c.password));
+                format!("Basic {token}")
+            }),
+            Challenge::Bearer { .. } => self
+                .tokens
+                .lock()
+                .await
+                .get(scope)
+                .map(|t| format!("Bearer {t}")),
+        }
+    }
+
+    /// Whether the registry's credentials may go to a token `realm`: only
+    /// over HTTPS, or to the registry's own host. A challenge that names
+    /// another host over plain HTTP gets no credentials, so that a registry
+    /// (or whoever answers for it) cannot send them to a host of its choice
+    /// in the clear.
+    fn may_send_credentials(&self, realm: &str) -> bool {
+        let own = reqwest::Url::parse(&format!("http://{}/", self.host))
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string));
+        match reqwest::Url::parse(realm) {
+            Ok(url) if url.scheme() == "https" => true,
+            Ok(url) => url.host_str().is_some() && url.host_str() == own.as_deref(),
+            Err(_) => false,
+        }
+    }
+
+    /// Answers a 401: remembers the scheme and, for bearer, fetches a token
+    /// for `scope` with `client`.
+    pub(crate) async fn authenticate(
+        &self,
+        client: &reqwest::Client,
+        headers: &HeaderMap,
+        scope: &str,
+    ) -> Result<()> {
+        let challenge = Challenge::parse(headers);
+        *self.challenge.write().await = challenge.clone();
+        let Challenge::Bearer { realm, service } = challenge else {
+            return Ok(());
+        };
+        let mut req = client.get(&realm).query(&[("scope", scope)]);
+        if let Some(s) = &service {
+            req = req.query(&[("service", s.as_str())]);
+        }
+        if let Some(c) = &self.credentials {
+            if self.may_send_credentials(&realm) {
+                req = req.basic_auth(&c.username, Some(&c.password));
+            } else {
+                tracing::warn!(
+                    %realm,
+                    "the token realm is on another host over plain HTTP: asking for a token without the credentials of {}",
+                    self.host
+                );
+            }
+        }
+        let get = Method::GET;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| http_error(&get, &realm, with_causes(&e)))?;
+        let resp = check(resp, &get, &realm).await?;
+        let text = resp
+            .bytes()
+            .await
+            .map_err(|e| http_error(&get, &realm, with_causes(&e)))?;
+        let body: Value = serde_json::from_slice(&text).map_err(|e| http_error(&get, &realm, e))?;
+        let token = body
+            .get("token")
+            .or_else(|| body.get("access_token"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| http_error(&get, &realm, "no token in the answer"))?;
+        self.tokens
+            .lock()
+            .await
+            .insert(scope.to_string(), token.to_string());
+        Ok(())
+    }
+}
 
 /// A user name and password.
 #[derive(Clone, PartialEq, Eq)]
@@ -117,6 +283,34 @@ pub fn lookup_in(file: &Path, host: &str) -> Result<Option<Credentials>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn challenges() {
+        use reqwest::header::HeaderValue;
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(
+                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a:pull""#,
+            ),
+        );
+        match Challenge::parse(&h) {
+            Challenge::Bearer { realm, service } => {
+                assert_eq!(realm, "https://auth.example/token");
+                assert_eq!(service.as_deref(), Some("registry.example"));
+            }
+            other => panic!("{other:?}"),
+        }
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Basic realm="x""#),
+        );
+        assert!(matches!(Challenge::parse(&h), Challenge::Basic));
+        assert!(matches!(
+            Challenge::parse(&HeaderMap::new()),
+            Challenge::Basic
+        ));
+    }
 
     #[test]
     fn reads_auths_entries() {

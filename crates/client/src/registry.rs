@@ -4,7 +4,6 @@
 //! (HEAD, streamed GET, cross-repository mount, monolithic or chunked upload that
 //! resumes from the registry's `Range` after an interruption).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,7 +14,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use tokio::io::AsyncReadExt;
 
-use crate::auth::Credentials;
+use crate::auth::{Auth, Challenge, Credentials};
 use crate::error::{Error, Result};
 
 /// How to reach a registry.
@@ -46,16 +45,6 @@ impl Default for RegistryOptions {
     }
 }
 
-#[derive(Clone, Debug)]
-enum Challenge {
-    None,
-    Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-    },
-}
-
 /// A connected registry.
 #[derive(Debug)]
 pub struct Registry {
@@ -63,9 +52,7 @@ pub struct Registry {
     base: String,
     host: String,
     options: RegistryOptions,
-    credentials: Option<Credentials>,
-    challenge: tokio::sync::RwLock<Challenge>,
-    tokens: tokio::sync::Mutex<HashMap<String, String>>,
+    auth: Auth,
     /// Body bytes sent (uploads, manifests).
     pub bytes_sent: AtomicU64,
     /// Body bytes received (blobs, manifests).
@@ -88,7 +75,7 @@ fn scope(repository: &str, access: Access) -> String {
     }
 }
 
-fn http_error(method: &Method, url: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn http_error(method: &Method, url: &str, e: impl std::fmt::Display) -> Error {
     Error::Http {
         method: method.to_string(),
         url: url.to_string(),
@@ -96,8 +83,41 @@ fn http_error(method: &Method, url: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// A transport error with the causes below it, which reqwest keeps out of
+/// its message: "error sending request: client error (Connect): tcp connect
+/// error: Connection refused (os error 111)".
+pub(crate) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// [`with_causes`], with a hint when HTTPS reached a plain-HTTP server.
+fn transport_error(method: &Method, url: &str, e: &reqwest::Error) -> Error {
+    let mut message = with_causes(e);
+    let lower = message.to_ascii_lowercase();
+    if url.starts_with("https://")
+        && (lower.contains("invalidcontenttype")
+            || lower.contains("corrupt message")
+            || lower.contains("wrong version number"))
+    {
+        message.push_str(
+            " (HTTPS to a plain-HTTP registry? --tls-verify=false also allows plain HTTP)",
+        );
+    }
+    http_error(method, url, message)
+}
+
 /// Fails with the registry's error body unless the status is a success.
-async fn check(resp: Response, method: &Method, url: &str) -> Result<Response> {
+pub(crate) async fn check(resp: Response, method: &Method, url: &str) -> Result<Response> {
     if resp.status().is_success() {
         return Ok(resp);
     }
@@ -110,36 +130,6 @@ async fn check(resp: Response, method: &Method, url: &str) -> Result<Response> {
         status,
         body,
     })
-}
-
-fn parse_challenge(headers: &HeaderMap) -> Challenge {
-    let Some(value) = headers
-        .get(header::WWW_AUTHENTICATE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return Challenge::Basic;
-    };
-    let (scheme, params) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Challenge::Basic;
-    }
-    let mut realm = None;
-    let mut service = None;
-    for part in params.split(',') {
-        let Some((k, v)) = part.trim().split_once('=') else {
-            continue;
-        };
-        let v = v.trim_matches('"').to_string();
-        match k.trim() {
-            "realm" => realm = Some(v),
-            "service" => service = Some(v),
-            _ => {}
-        }
-    }
-    match realm {
-        Some(realm) => Challenge::Bearer { realm, service },
-        None => Challenge::Basic,
-    }
 }
 
 impl Registry {
@@ -165,6 +155,7 @@ impl Registry {
             Some(c) => Some(c.clone()),
             None => crate::auth::lookup(host)?,
         };
+        let own_host = host.to_string();
         let schemes: &[&str] = if options.tls_verify {
             &["https"]
         } else {
@@ -176,7 +167,7 @@ impl Registry {
             match client.get(&url).send().await {
                 Ok(resp) => {
                     let challenge = match resp.status() {
-                        StatusCode::UNAUTHORIZED => parse_challenge(resp.headers()),
+                        StatusCode::UNAUTHORIZED => Challenge::parse(resp.headers()),
                         s if s.is_success() => Challenge::None,
                         _ => {
                             check(resp, &Method::GET, &url).await?;
@@ -188,14 +179,12 @@ impl Registry {
                         base: format!("{scheme}://{host}"),
                         host: host.to_string(),
                         options,
-                        credentials,
-                        challenge: tokio::sync::RwLock::new(challenge),
-                        tokens: tokio::sync::Mutex::new(HashMap::new()),
+                        auth: Auth::new(own_host, credentials, challenge),
                         bytes_sent: AtomicU64::new(0),
                         bytes_received: AtomicU64::new(0),
                     });
                 }
-                Err(e) => last = Some(http_error(&Method::GET, &url, e)),
+                Err(e) => last = Some(transport_error(&Method::GET, &url, &e)),
             }
         }
         Err(last.unwrap_or_else(|| http_error(&Method::GET, host, "no scheme to try")))
@@ -212,85 +201,6 @@ impl Registry {
         } else {
             format!("{}{path}", self.base)
         }
-    }
-
-    async fn authorization(&self, scope: &str) -> Option<String> {
-        let challenge = self.challenge.read().await.clone();
-        match challenge {
-            Challenge::None => None,
-            Challenge::Basic => self.credentials.as_ref().map(|c| {
-                use base64::Engine;
-                let token = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{}:{}", c.username, c.password));
-                format!("Basic {token}")
-            }),
-            Challenge::Bearer { .. } => self
-                .tokens
-                .lock()
-                .await
-                .get(scope)
-                .map(|t| format!("Bearer {t}")),
-        }
-    }
-
-    /// Whether the registry's credentials may go to a token `realm`: only
-    /// over HTTPS, or to the registry's own host. A challenge that names
-    /// another host over plain HTTP gets no credentials, so that a registry
-    /// (or whoever answers for it) cannot send them to a host of its choice
-    /// in the clear.
-    fn may_send_credentials(&self, realm: &str) -> bool {
-        let own = reqwest::Url::parse(&format!("http://{}/", self.host))
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_string));
-        match reqwest::Url::parse(realm) {
-            Ok(url) if url.scheme() == "https" => true,
-            Ok(url) => url.host_str().is_some() && url.host_str() == own.as_deref(),
-            Err(_) => false,
-        }
-    }
-
-    /// Answers a 401: remembers the scheme and, for bearer, fetches a token.
-    async fn authenticate(&self, headers: &HeaderMap, scope: &str) -> Result<()> {
-        let challenge = parse_challenge(headers);
-        *self.challenge.write().await = challenge.clone();
-        if let Challenge::Bearer { realm, service } = challenge {
-            let mut req = self.client.get(&realm).query(&[("scope", scope)]);
-            if let Some(s) = &service {
-                req = req.query(&[("service", s.as_str())]);
-            }
-            if let Some(c) = &self.credentials {
-                if self.may_send_credentials(&realm) {
-                    req = req.basic_auth(&c.username, Some(&c.password));
-                } else {
-                    tracing::warn!(
-                        %realm,
-                        "the token realm is on another host over plain HTTP: asking for a token without the credentials of {}",
-                        self.host
-                    );
-                }
-            }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| http_error(&Method::GET, &realm, e))?;
-            let resp = check(resp, &Method::GET, &realm).await?;
-            let text = resp
-                .bytes()
-                .await
-                .map_err(|e| http_error(&Method::GET, &realm, e))?;
-            let body: serde_json::Value =
-                serde_json::from_slice(&text).map_err(|e| http_error(&Method::GET, &realm, e))?;
-            let token = body
-                .get("token")
-                .or_else(|| body.get("access_token"))
-                .and_then(|t| t.as_str())
-                .ok_or_else(|| http_error(&Method::GET, &realm, "no token in the answer"))?;
-            self.tokens
-                .lock()
-                .await
-                .insert(scope.to_string(), token.to_string());
-        }
-        Ok(())
     }
 
     /// Sends a request, answering one auth challenge and retrying transient
@@ -329,13 +239,15 @@ impl Registry {
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
-            if let Some(auth) = self.authorization(scope).await {
+            if let Some(auth) = self.auth.authorization(scope).await {
                 req = req.header(header::AUTHORIZATION, auth);
             }
             let transient = match req.send().await {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !authenticated => {
                     authenticated = true;
-                    self.authenticate(resp.headers(), scope).await?;
+                    self.auth
+                        .authenticate(&self.client, resp.headers(), scope)
+                        .await?;
                     continue;
                 }
                 Ok(resp)
@@ -355,9 +267,9 @@ impl Registry {
                 }
                 Err(e) => {
                     if attempt + 1 >= retries || e.is_builder() {
-                        return Err(http_error(&method, &url, e));
+                        return Err(transport_error(&method, &url, &e));
                     }
-                    e.to_string()
+                    with_causes(&e)
                 }
             };
             attempt += 1;
@@ -739,30 +651,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn challenges() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(
-                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a:pull""#,
-            ),
-        );
-        match parse_challenge(&h) {
-            Challenge::Bearer { realm, service } => {
-                assert_eq!(realm, "https://auth.example/token");
-                assert_eq!(service.as_deref(), Some("registry.example"));
-            }
-            other => panic!("{other:?}"),
-        }
-        h.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(r#"Basic realm="x""#),
-        );
-        assert!(matches!(parse_challenge(&h), Challenge::Basic));
-        assert!(matches!(
-            parse_challenge(&HeaderMap::new()),
-            Challenge::Basic
-        ));
+    fn upload_locations_take_the_digest() {
         assert_eq!(
             with_digest("/v2/a/blobs/uploads/u?_state=x", &Digest::sha256(b"")),
             format!(
