@@ -130,7 +130,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("oci-blocks-conformance: {e:#}");
+            eprintln!("oci-blocks-conformance: error: {e:#}");
             ExitCode::from(2)
         }
     }

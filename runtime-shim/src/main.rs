@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use oci_blocks_core::layout::{OciDir, OciRef, default_state_dir};
-use oci_blocks_shim::options::LimitArgs;
+use oci_blocks_core::limits::human;
+use oci_blocks_shim::options::UnpackArgs;
 use oci_blocks_shim::store::BlockStore;
-use oci_blocks_shim::{LinkMode, UnpackOptions, unpack};
+use oci_blocks_shim::unpack;
 
 /// Secure unpacker for OCI images with blocks.
 #[derive(Parser)]
@@ -26,20 +27,8 @@ enum Command {
         image: String,
         /// The root filesystem to create.
         rootfs: PathBuf,
-        /// The block store (default: $XDG_DATA_HOME/oci-blocks).
-        #[arg(long)]
-        store: Option<PathBuf>,
-        /// How imported files are materialized.
-        #[arg(long, value_enum, default_value = "auto")]
-        link: LinkMode,
-        /// The root filesystem will be mounted read-only (allows --link hardlink).
-        #[arg(long)]
-        read_only: bool,
-        /// Platform to pick from an index (default: this machine's).
-        #[arg(long)]
-        platform: Option<String>,
         #[command(flatten)]
-        limits: LimitArgs,
+        unpack: UnpackArgs,
     },
     /// Report what the block store holds, and reclaim what no root filesystem uses.
     Store {
@@ -72,10 +61,6 @@ enum StoreAction {
     },
 }
 
-fn default_store() -> PathBuf {
-    default_state_dir().unwrap_or_else(|| PathBuf::from("oci-blocks"))
-}
-
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,21 +76,11 @@ fn run() -> Result<()> {
         Command::Unpack {
             image,
             rootfs,
-            store,
-            link,
-            read_only,
-            platform,
-            limits,
+            unpack: args,
         } => {
             let r = OciRef::parse(&image)?;
             let layout = OciDir::open(&r.path)?;
-            let options = UnpackOptions {
-                store: store.unwrap_or_else(default_store),
-                link,
-                read_only,
-                platform,
-                limits: limits.limits(),
-            };
+            let options = args.options()?;
             let report = unpack(&layout, r.tag.as_deref(), &rootfs, &options)
                 .with_context(|| format!("unpacking {image}"))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -115,7 +90,10 @@ fn run() -> Result<()> {
             json,
             action,
         } => {
-            let store = BlockStore::open_existing(store.unwrap_or_else(default_store))?;
+            let store = store
+                .or_else(default_state_dir)
+                .context("no --store and no $XDG_DATA_HOME or $HOME")?;
+            let store = BlockStore::open_existing(store)?;
             match action.unwrap_or(StoreAction::List) {
                 StoreAction::List => list(&store, json)?,
                 StoreAction::Reclaim { dry_run } => {
@@ -128,12 +106,12 @@ fn run() -> Result<()> {
                             println!("gone: {}", g.display());
                         }
                         for (d, size) in &r.blocks {
-                            println!("{verb} {d} {size}");
+                            println!("{verb} {d} {}", human(*size));
                         }
                         println!(
-                            "{verb} {} blocks, {} bytes; {} root filesystems gone",
+                            "{verb} {} blocks, {}; {} root filesystems gone",
                             r.blocks.len(),
-                            r.bytes,
+                            human(r.bytes),
                             r.gone.len()
                         );
                     }
@@ -174,7 +152,7 @@ fn list(store: &BlockStore, json: bool) -> Result<()> {
     }
     let total: u64 = blocks.iter().map(|(_, s)| s).sum();
     for (d, s) in &blocks {
-        println!("{d} {s} used by {}", users_of(d.as_str()));
+        println!("{d} {} used by {}", human(*s), users_of(d.as_str()));
     }
     for (_, u) in &users {
         let state = if u.live { "" } else { " (gone)" };
@@ -185,8 +163,9 @@ fn list(store: &BlockStore, json: bool) -> Result<()> {
         );
     }
     println!(
-        "{} blocks, {total} bytes in {}",
+        "{} blocks, {} in {}",
         blocks.len(),
+        human(total),
         store.dir().display()
     );
     Ok(())

@@ -21,7 +21,9 @@
 //! it uses and the identity (device and inode) of its directory. A root
 //! filesystem that is gone, or whose path now holds another directory, no
 //! longer keeps its blocks: [`BlockStore::reclaim`] removes the blocks no
-//! remaining root filesystem uses. Unpacks hold a shared lock on `DIR/lock`
+//! remaining root filesystem uses. (A directory made at the same path after
+//! the old one was deleted may get the old inode number back; it then still
+//! counts, so the error is to keep blocks, never to remove them early.) Unpacks hold a shared lock on `DIR/lock`
 //! from their first extraction until their record is written; reclaiming
 //! takes it exclusively, so it never removes a block an unpack is about to
 //! record.

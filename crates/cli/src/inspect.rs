@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use oci_blocks_core::layout::{OciDir, OciRef};
+use oci_blocks_client::ImageRef;
+use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::names::{
     ANNOTATION_MAVEN_COORDINATES, ANNOTATION_PYTHON_DISTRIBUTION, ANNOTATION_TITLE,
 };
@@ -16,11 +17,14 @@ use crate::output::{bytes, outln, print_report};
 ///
 /// Reads the whole image (every blob is verified on the way), so the output ends
 /// with the validation verdict; the exit status is 1 when the image is invalid.
+/// An image in a registry is fetched whole into a temporary layout first.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The image, as oci:DIR[:TAG].
-    #[arg(value_name = "oci:DIR[:TAG]")]
+    /// The image, as oci:DIR[:TAG] or docker://HOST[:PORT]/REPO[:TAG|@DIGEST].
+    #[arg(value_name = "IMAGE")]
     image: String,
+    #[command(flatten)]
+    source: crate::transfer::SourceArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -147,9 +151,15 @@ fn print_text(reference: &str, info: &ImageInfo) -> std::io::Result<()> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let reference = OciRef::parse(&args.image)?;
-    let dir = OciDir::open(&reference.path)?;
-    let result = check_image(&dir, reference.tag.as_deref())?;
+    let (_fetched, dir, tag) = match ImageRef::parse(&args.image)? {
+        ImageRef::Layout(reference) => (None, OciDir::open(&reference.path)?, reference.tag),
+        ImageRef::Registry(_) => {
+            let (tmp, tag) = crate::transfer::fetch_to_temp(&args.image, &args.source)?;
+            let dir = OciDir::open(tmp.path())?;
+            (Some(tmp), dir, Some(tag))
+        }
+    };
+    let result = check_image(&dir, tag.as_deref())?;
     if args.json {
         #[derive(serde::Serialize)]
         struct Out<'a> {

@@ -1,4 +1,4 @@
-//! `oci-blocks`: build, check and inspect images that use the blocks extension.
+//! `oci-blocks`: build, validate, inspect, unpack and copy images that use the blocks extension.
 //!
 //! The binary is thin: argument parsing with clap, one module per subcommand,
 //! and the work done by the library crates.
@@ -44,6 +44,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

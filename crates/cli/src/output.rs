@@ -12,20 +12,9 @@ pub(crate) use outln;
 
 use oci_blocks_core::validate::Report;
 
-/// A byte count for people: `512 B`, `1.5 KiB`, `12.0 MiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
+/// A byte count for people: `512 B`, `1.5 KiB`, `12.0 MiB` (core's one
+/// formatting, as the shim and the errors that name limits use it).
+pub use oci_blocks_core::limits::human as bytes;
 
 /// Prints a report's violations to stdout, one per line, and a verdict line.
 pub fn print_report(what: &str, report: &Report) -> std::io::Result<()> {

@@ -12,9 +12,9 @@ use oci_blocks_client::auth::Credentials;
 use oci_blocks_client::copy::Progress;
 use oci_blocks_client::{CopyOptions, CopyReport, ImageRef, RegistryOptions, Selection};
 use oci_blocks_core::Digest;
-use oci_blocks_core::layout::{OciDir, OciRef, default_state_dir};
+use oci_blocks_core::layout::{OciDir, OciRef};
 use oci_blocks_shim::store::BlockStore;
-use oci_blocks_shim::{LinkMode, UnpackOptions, unpack, unpack_bundle};
+use oci_blocks_shim::{unpack, unpack_bundle};
 
 use crate::output::{bytes, outln};
 
@@ -24,11 +24,29 @@ pub struct Transport {
     /// Blobs transferred at once.
     #[arg(long, default_value_t = 6)]
     jobs: usize,
-    /// Verify the source registry's TLS certificate (false also allows plain HTTP).
-    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    /// Verify the source registry's TLS certificate; =false also allows plain
+    /// HTTP. A bare flag means true, as in skopeo.
+    #[arg(
+        long,
+        default_value_t = true,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
     src_tls_verify: bool,
-    /// Verify the destination registry's TLS certificate (false also allows plain HTTP).
-    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    /// Verify the destination registry's TLS certificate; =false also allows
+    /// plain HTTP. A bare flag means true, as in skopeo.
+    #[arg(
+        long,
+        default_value_t = true,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
     dest_tls_verify: bool,
     /// USER:PASSWORD for the source registry (default: the auth files).
     #[arg(long, value_name = "USER:PASSWORD")]
@@ -86,28 +104,40 @@ pub struct PushArgs {
 pub struct PullArgs {
     /// The image, docker://HOST[:PORT]/REPO[:TAG|@DIGEST] (or oci:DIR[:TAG]).
     image: String,
-    /// The block store (default: $XDG_DATA_HOME/oci-blocks).
-    #[arg(long, value_name = "DIR")]
-    store: Option<PathBuf>,
     /// Unpack into this root filesystem (must not exist, or be empty).
     #[arg(long, value_name = "ROOTFS", conflicts_with = "bundle")]
     unpack: Option<PathBuf>,
     /// Unpack into an OCI runtime bundle (DIR/config.json, DIR/rootfs).
     #[arg(long, value_name = "DIR")]
     bundle: Option<PathBuf>,
-    /// Platform to pull from an index (default: this machine's).
-    #[arg(long, value_name = "OS/ARCH")]
-    platform: Option<String>,
-    /// How imported files are materialized when unpacking.
-    #[arg(long, value_enum, default_value = "auto")]
-    link: LinkMode,
-    /// The root filesystem will be mounted read-only (allows --link hardlink).
-    #[arg(long)]
-    read_only: bool,
+    /// The store, the platform to pull (and unpack), how to materialize, the
+    /// bounds.
     #[command(flatten)]
-    limits: oci_blocks_shim::options::LimitArgs,
-    /// Verify the registry's TLS certificate (false also allows plain HTTP).
-    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    options: oci_blocks_shim::options::UnpackArgs,
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Blobs transferred at once.
+    #[arg(long, default_value_t = 6)]
+    jobs: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How to reach a registry one reads from (`pull`, `inspect`).
+#[derive(clap::Args, Clone)]
+pub struct SourceArgs {
+    /// Verify the registry's TLS certificate; =false also allows plain HTTP.
+    /// A bare flag means true, as in skopeo.
+    #[arg(
+        long,
+        default_value_t = true,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
     tls_verify: bool,
     /// USER:PASSWORD (default: the auth files).
     #[arg(long, value_name = "USER:PASSWORD")]
@@ -115,12 +145,38 @@ pub struct PullArgs {
     /// Directory of *.crt CA certificates.
     #[arg(long, value_name = "DIR")]
     cert_dir: Option<PathBuf>,
-    /// Blobs transferred at once.
-    #[arg(long, default_value_t = 6)]
-    jobs: usize,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
+}
+
+impl SourceArgs {
+    fn options(&self) -> Result<RegistryOptions> {
+        registry_options(
+            self.tls_verify,
+            &self.creds,
+            &self.cert_dir,
+            8 * 1024 * 1024,
+        )
+    }
+}
+
+/// Copies the whole image `image` (docker://…) into a temporary layout, for
+/// the commands that read layouts: the layout and the tag it has there.
+pub fn fetch_to_temp(image: &str, source: &SourceArgs) -> Result<(tempfile::TempDir, String)> {
+    let src = ImageRef::parse(image)?;
+    let tmp = tempfile::tempdir().context("a temporary directory")?;
+    let tag = "fetched".to_string();
+    let dest = ImageRef::Layout(OciRef {
+        path: tmp.path().to_path_buf(),
+        tag: Some(tag.clone()),
+    });
+    let options = CopyOptions {
+        src: source.options()?,
+        ..CopyOptions::default()
+    };
+    let bar = Bar::new(false);
+    runtime()?
+        .block_on(oci_blocks_client::copy(&src, &dest, &options, &bar))
+        .with_context(|| format!("fetching {image}"))?;
+    Ok((tmp, tag))
 }
 
 fn registry_options(
@@ -287,11 +343,8 @@ struct PullReport {
 
 pub fn run_pull(args: PullArgs) -> Result<ExitCode> {
     let image = ImageRef::parse(&args.image)?;
-    let store_dir = args
-        .store
-        .clone()
-        .or_else(default_state_dir)
-        .context("no --store and no $HOME")?;
+    let mut unpack_options = args.options.options()?;
+    let store_dir = unpack_options.store.clone();
     let store = BlockStore::open(&store_dir)?;
     let have: HashSet<Digest> = store.blocks()?.into_iter().map(|(d, _)| d).collect();
     let layout_dir = store_dir.join("images");
@@ -300,18 +353,13 @@ pub fn run_pull(args: PullArgs) -> Result<ExitCode> {
         path: layout_dir.clone(),
         tag: Some(tag.clone()),
     });
-    let platform = match &args.platform {
+    let platform = match &args.options.platform {
         Some(p) => oci_blocks_core::platform::Platform::parse(p)?.to_string(),
         None => oci_blocks_core::platform::Platform::host().to_string(),
     };
     let options = CopyOptions {
         jobs: args.jobs,
-        src: registry_options(
-            args.tls_verify,
-            &args.creds,
-            &args.cert_dir,
-            8 * 1024 * 1024,
-        )?,
+        src: args.source.options()?,
         have,
         selection: Selection::Platform(platform.clone()),
         ..CopyOptions::default()
@@ -321,13 +369,7 @@ pub fn run_pull(args: PullArgs) -> Result<ExitCode> {
         .block_on(oci_blocks_client::copy(&image, &dest, &options, &bar))
         .with_context(|| format!("pulling {}", args.image))?;
     drop(bar);
-    let unpack_options = UnpackOptions {
-        store: store_dir.clone(),
-        link: args.link,
-        read_only: args.read_only,
-        platform: Some(platform),
-        limits: args.limits.limits(),
-    };
+    unpack_options.platform = Some(platform);
     let layout = OciDir::open(&layout_dir)?;
     let unpacked = match (&args.unpack, &args.bundle) {
         (Some(rootfs), _) => Some(unpack(&layout, Some(&tag), rootfs, &unpack_options)?),

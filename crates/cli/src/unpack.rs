@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use oci_blocks_core::layout::{OciDir, OciRef, default_state_dir};
-use oci_blocks_shim::{LinkMode, UnpackOptions, unpack, unpack_bundle};
+use oci_blocks_core::layout::{OciDir, OciRef};
+use oci_blocks_shim::{unpack, unpack_bundle};
 
 use crate::output::outln;
 
@@ -28,21 +28,8 @@ pub struct Args {
     /// configuration and DIR/rootfs, as `umoci unpack` does.
     #[arg(long, value_name = "DIR")]
     bundle: Option<PathBuf>,
-    /// The block store (default: $XDG_DATA_HOME/oci-blocks).
-    #[arg(long, value_name = "DIR")]
-    store: Option<PathBuf>,
-    /// How imported files are materialized: auto (reflink, else copy), reflink,
-    /// copy, or hardlink (only with --read-only).
-    #[arg(long, value_enum, default_value = "auto")]
-    link: LinkMode,
-    /// The root filesystem will be mounted read-only (allows --link hardlink).
-    #[arg(long)]
-    read_only: bool,
-    /// Platform to pick from an index (default: this machine's).
-    #[arg(long, value_name = "OS/ARCH")]
-    platform: Option<String>,
     #[command(flatten)]
-    limits: oci_blocks_shim::options::LimitArgs,
+    unpack: oci_blocks_shim::options::UnpackArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -51,18 +38,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     let reference = OciRef::parse(&args.image)?;
     let layout = OciDir::open(&reference.path)?;
-    let store = args
-        .store
-        .clone()
-        .or_else(default_state_dir)
-        .context("no --store and no $HOME")?;
-    let options = UnpackOptions {
-        store,
-        link: args.link,
-        read_only: args.read_only,
-        platform: args.platform.clone(),
-        limits: args.limits.limits(),
-    };
+    let options = args.unpack.options()?;
     let (report, target) = match (&args.bundle, &args.rootfs) {
         (Some(bundle), _) => (
             unpack_bundle(&layout, reference.tag.as_deref(), bundle, &options),
