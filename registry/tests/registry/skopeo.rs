@@ -2,16 +2,14 @@
 //! images and fallback indexes, garbage collection that keeps blocks (also while
 //! 50 pushes run), a crash in the middle of uploads, authentication and TLS.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{Context, Result, ensure};
-use common::*;
 use oci_blocks_builder::Fallback;
 use oci_blocks_core::Digest;
 use serde_json::{Value, json};
@@ -89,10 +87,9 @@ fn stored(reg: &Registry, digest: &str) -> Result<bool> {
 }
 
 #[test]
+#[ignore = "needs skopeo; .ci/run runs it"]
 fn skopeo_pushes_and_pulls_indexes_and_images_with_digests_kept() -> Result<()> {
-    if !have(&["skopeo"]) {
-        return Ok(());
-    }
+    need(&["skopeo"])?;
     let tmp = tempfile::tempdir()?;
     let image = build_java(&tmp.path().join("src"), Fallback::Index, None)?;
     let reg = Registry::start(&tmp.path().join("root"), &[])?;
@@ -397,10 +394,9 @@ fn an_untagged_manifest_referenced_by_an_index_keeps_its_blocks() -> Result<()> 
 }
 
 #[test]
+#[ignore = "needs skopeo; .ci/run runs it"]
 fn gc_during_fifty_concurrent_pushes_leaves_every_image_whole() -> Result<()> {
-    if !have(&["skopeo"]) {
-        return Ok(());
-    }
+    need(&["skopeo"])?;
     let tmp = tempfile::tempdir()?;
     let reg = Registry::start(&tmp.path().join("root"), &[])?;
 
@@ -542,10 +538,9 @@ impl std::io::Read for Stall {
 }
 
 #[test]
+#[ignore = "needs skopeo; .ci/run runs it"]
 fn a_server_killed_during_uploads_serves_no_partial_blob_and_takes_the_push_again() -> Result<()> {
-    if !have(&["skopeo"]) {
-        return Ok(());
-    }
+    need(&["skopeo"])?;
     let tmp = tempfile::tempdir()?;
     let extra = tmp.path().join("extra");
     std::fs::create_dir_all(&extra)?;
@@ -673,10 +668,9 @@ fn a_server_killed_during_uploads_serves_no_partial_blob_and_takes_the_push_agai
 }
 
 #[test]
+#[ignore = "needs skopeo; .ci/run runs it"]
 fn htpasswd_guards_writes_and_with_auth_pull_reads() -> Result<()> {
-    if !have(&["skopeo"]) {
-        return Ok(());
-    }
+    need(&["skopeo"])?;
     let tmp = tempfile::tempdir()?;
     let htpasswd = tmp.path().join("htpasswd");
     std::fs::write(&htpasswd, format!("alice:{}\n", bcrypt::hash("s3cret", 5)?))?;
@@ -758,10 +752,9 @@ fn htpasswd_guards_writes_and_with_auth_pull_reads() -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs skopeo; .ci/run runs it"]
 fn tls_from_a_config_file_json_logs_and_graceful_shutdown() -> Result<()> {
-    if !have(&["skopeo"]) {
-        return Ok(());
-    }
+    need(&["skopeo"])?;
     let tmp = tempfile::tempdir()?;
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])?;
     let certs = tmp.path().join("certs");
@@ -835,9 +828,7 @@ fn tls_from_a_config_file_json_logs_and_graceful_shutdown() -> Result<()> {
 #[test]
 #[ignore = "needs skopeo; .ci/run runs it"]
 fn a_recompressing_copy_is_refused_and_preserve_digests_keeps_the_image() -> Result<()> {
-    if !have(&["skopeo"]) {
-        return Ok(());
-    }
+    need(&["skopeo"])?;
     let tmp = tempfile::tempdir()?;
     let image = build_java(&tmp.path().join("src"), Fallback::Index, None)?;
     let reg = Registry::start(&tmp.path().join("root"), &[])?;

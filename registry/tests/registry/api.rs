@@ -1,12 +1,10 @@
 //! The distribution API spoken raw against the real binary: every push flow, the
 //! read endpoints, blocks-aware manifest checks, and the errors bad input gets.
 
-mod common;
-
 use std::io::{Read, Write};
 
+use crate::common::*;
 use anyhow::{Context, Result, ensure};
-use common::*;
 use oci_blocks_core::Digest;
 use oci_blocks_core::names::{BLOCKS_CONFIG, OCI_CONFIG};
 use serde_json::{Value, json};
@@ -781,6 +779,17 @@ fn gc_of_a_missing_root_fails_and_creates_nothing() -> Result<()> {
         );
         ensure!(!typo.exists(), "gc created {}", typo.display());
     }
+    // The error style and exit status every binary of the project shares.
+    let out = std::process::Command::new(registry_bin())
+        .args(["gc", "--root"])
+        .arg(&typo)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2) && err.starts_with("oci-blocks-registry: error: "),
+        "{:?}: {err}",
+        out.status
+    );
     Ok(())
 }
 

@@ -5,16 +5,14 @@
 //! 127.0.0.1 with ephemeral ports and stopped here. When CI=true a missing tool
 //! fails the test; elsewhere the test says it was skipped.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::*;
 use anyhow::{Context, Result, ensure};
-use common::*;
 
 fn build_python_sample(dir: &Path, extra: &[&str]) -> Result<serde_json::Value> {
     let reference = format!("oci:{}:v1", dir.display());
@@ -50,10 +48,9 @@ fn expected_sample_tree() -> Result<BTreeMap<String, Node>> {
 }
 
 #[test]
+#[ignore = "needs skopeo, umoci; .ci/run runs it"]
 fn skopeo_picks_the_legacy_manifest_and_umoci_unpacks_the_inputs() -> Result<()> {
-    if !have(&["skopeo", "umoci"])? {
-        return Ok(());
-    }
+    need(&["skopeo", "umoci"])?;
     let tmp = tempfile::tempdir()?;
     let out = tmp.path().join("out");
     let report = build_python_sample(&out, &[])?;
@@ -94,10 +91,9 @@ fn blocks_of(report: &serde_json::Value) -> Result<Vec<String>> {
 }
 
 #[test]
+#[ignore = "needs curl, docker-registry, skopeo; .ci/run runs it"]
 fn the_gc_anchor_keeps_blocks_through_docker_registry_garbage_collection() -> Result<()> {
-    if !have(&["skopeo", "docker-registry", "curl"])? {
-        return Ok(());
-    }
+    need(&["skopeo", "docker-registry", "curl"])?;
     let tmp = tempfile::tempdir()?;
     let mut registry = DockerRegistry::start(tmp.path())?;
     let port = registry.port;
@@ -168,9 +164,7 @@ fn the_gc_anchor_keeps_blocks_through_docker_registry_garbage_collection() -> Re
 #[test]
 #[ignore = "needs umoci; .ci/run runs it"]
 fn a_umoci_made_image_serves_as_a_base() -> Result<()> {
-    if !have(&["umoci"])? {
-        return Ok(());
-    }
+    need(&["umoci"])?;
     let tmp = tempfile::tempdir()?;
     let layout = tmp.path().join("umoci");
     let image = format!("{}:base", layout.display());
@@ -248,8 +242,7 @@ fn published_sample(tmp: &Path) -> Result<(DockerRegistry, String)> {
         .to_string();
     ok(&[
         "push",
-        "--dest-tls-verify",
-        "false",
+        "--dest-tls-verify=false",
         &format!("oci:{}:v1", out.display()),
         &format!("docker://127.0.0.1:{}/sample/app:v1", registry.port),
     ])?;
@@ -262,9 +255,7 @@ fn published_sample(tmp: &Path) -> Result<(DockerRegistry, String)> {
 #[test]
 #[ignore = "needs podman and docker-registry, and root; .ci/run runs it"]
 fn podman_pulls_the_tag_whole_and_refuses_the_blocks_manifest() -> Result<()> {
-    if !have(&["podman", "docker-registry", "curl"])? {
-        return Ok(());
-    }
+    need(&["podman", "docker-registry", "curl"])?;
     let tmp = tempfile::tempdir()?;
     let (registry, blocks_manifest) = published_sample(tmp.path())?;
     let store = tmp.path().join("podman");
@@ -306,9 +297,7 @@ fn podman_pulls_the_tag_whole_and_refuses_the_blocks_manifest() -> Result<()> {
 #[test]
 #[ignore = "needs containerd and docker-registry, and root; .ci/run runs it"]
 fn ctr_pulls_the_tag_whole_and_refuses_the_blocks_manifest() -> Result<()> {
-    if !have(&["containerd", "ctr", "docker-registry", "curl"])? {
-        return Ok(());
-    }
+    need(&["containerd", "ctr", "docker-registry", "curl"])?;
     let tmp = tempfile::tempdir()?;
     let (registry, blocks_manifest) = published_sample(tmp.path())?;
     let containerd = Containerd::start(&tmp.path().join("containerd"))?;

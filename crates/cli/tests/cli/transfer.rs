@@ -3,14 +3,12 @@
 //! bytes, copies keep every digest, a tampered blob never reaches the store, and
 //! a failed pull resumes without fetching again what it completed.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{Context, Result, ensure};
-use common::*;
 use oci_blocks_core::Digest;
 use oci_blocks_core::layout::OciDir;
 use serde_json::Value;
@@ -239,12 +237,8 @@ fn update_moves_only_new_bytes(
 }
 
 fn update_against_both_registries(kind: &str) -> Result<()> {
-    if !have(&["docker-registry", "curl"])? {
-        return Ok(());
-    }
-    let Some(dir) = corpus(kind)? else {
-        return Ok(());
-    };
+    need(&["docker-registry", "curl"])?;
+    let dir = corpus(kind)?;
     let tmp = tempfile::tempdir()?;
     let image = tmp.path().join("image");
     for v in ["v1", "v2"] {
@@ -259,20 +253,21 @@ fn update_against_both_registries(kind: &str) -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs curl, docker-registry and the corpus (apt-get, pip and the network); .ci/run runs it"]
 fn a_java_update_pushes_and_pulls_only_the_new_bytes_against_both_registries() -> Result<()> {
     update_against_both_registries("java")
 }
 
 #[test]
+#[ignore = "needs curl, docker-registry and the corpus (apt-get, pip and the network); .ci/run runs it"]
 fn a_python_update_pushes_and_pulls_only_the_new_bytes_against_both_registries() -> Result<()> {
     update_against_both_registries("python")
 }
 
 #[test]
+#[ignore = "needs curl, docker-registry; .ci/run runs it"]
 fn copies_keep_every_digest_and_the_anchor_keeps_blocks_through_docker_registry_gc() -> Result<()> {
-    if !have(&["docker-registry", "curl"])? {
-        return Ok(());
-    }
+    need(&["docker-registry", "curl"])?;
     let tmp = tempfile::tempdir()?;
     let image = repo().join("target/examples/transfer-java-app");
     ok(&[
@@ -588,10 +583,9 @@ fn proxy(target: String, faulty: usize, fault: Fault) -> Result<String> {
 }
 
 #[test]
+#[ignore = "needs curl, docker-registry; .ci/run runs it"]
 fn chunked_uploads_survive_broken_connections_on_both_registries() -> Result<()> {
-    if !have(&["docker-registry", "curl"])? {
-        return Ok(());
-    }
+    need(&["docker-registry", "curl"])?;
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data)?;
@@ -669,10 +663,9 @@ fn chunked_uploads_survive_broken_connections_on_both_registries() -> Result<()>
 }
 
 #[test]
+#[ignore = "needs the corpus (apt-get, pip and the network); .ci/run runs it"]
 fn a_pull_killed_midway_does_not_fetch_again_what_it_completed() -> Result<()> {
-    let Some(dir) = corpus("java")? else {
-        return Ok(());
-    };
+    let dir = corpus("java")?;
     let tmp = tempfile::tempdir()?;
     let image = tmp.path().join("image");
     build_bare("java", &dir, "v1", &image)?;
@@ -1205,5 +1198,86 @@ fn credentials_go_to_a_token_realm_only_over_https_or_on_the_registry_host() -> 
             "realm on {realm_host}: {log:?}"
         );
     }
+    Ok(())
+}
+
+/// What a skopeo user expects of the flags and the errors: a bare
+/// `--dest-tls-verify` means true and takes no argument, a refused
+/// connection says so, HTTPS to a plain-HTTP registry says what to do, and
+/// `inspect` reads an image in a registry.
+#[test]
+fn transfers_speak_as_skopeo_does() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let copy = tmp.path().join("copy");
+    // Bare: the next argument is the source, not the flag's value.
+    ok(&[
+        "copy",
+        "--dest-tls-verify",
+        "--src-tls-verify",
+        "oci:examples/hello-blocks:latest",
+        &format!("oci:{}:latest", copy.display()),
+    ])?;
+    ensure!(copy.join("index.json").is_file());
+    let out = oci_blocks(&[
+        "copy",
+        "--dest-tls-verify",
+        "false",
+        "oci:examples/hello-blocks:latest",
+    ])?;
+    // Without `=`, `false` is the source (as in skopeo), not the flag's value.
+    ensure!(
+        out.status.code() == Some(2) && text(&out).contains("\"false\""),
+        "`--dest-tls-verify false` took `false` as the value: {}",
+        text(&out)
+    );
+
+    // Nothing listens on a port just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let out = oci_blocks(&[
+        "pull",
+        "--tls-verify=false",
+        "--store",
+        &tmp.path().join("store").display().to_string(),
+        &format!("docker://127.0.0.1:{port}/a/b:v1"),
+    ])?;
+    let t = text(&out).to_lowercase();
+    ensure!(
+        out.status.code() == Some(2) && t.contains("connection refused"),
+        "the cause is not in the error: {t}"
+    );
+
+    let host = our_registry(&tmp.path().join("registry"))?;
+    ok(&[
+        "push",
+        "--dest-tls-verify=false",
+        "oci:examples/hello-blocks:latest",
+        &format!("docker://{host}/hello/blocks:v1"),
+    ])?;
+    let out = oci_blocks(&[
+        "pull",
+        "--store",
+        &tmp.path().join("store").display().to_string(),
+        &format!("docker://{host}/hello/blocks:v1"),
+    ])?;
+    let t = text(&out);
+    ensure!(
+        out.status.code() == Some(2) && t.contains("plain-HTTP registry"),
+        "HTTPS to a plain-HTTP registry gives no hint: {t}"
+    );
+
+    let remote = json_ok(&[
+        "inspect",
+        "--json",
+        "--tls-verify=false",
+        &format!("docker://{host}/hello/blocks:v1"),
+    ])?;
+    let local = json_ok(&["inspect", "--json", "oci:examples/hello-blocks:latest"])?;
+    ensure!(remote["valid"] == true, "{remote}");
+    ensure!(
+        remote["info"]["manifests"] == local["info"]["manifests"],
+        "inspect of the registry copy differs from the layout's:\n{remote}\n{local}"
+    );
     Ok(())
 }

@@ -1,21 +1,19 @@
-//! Helpers shared by the CLI's integration tests: running the binary, and a
-//! small reference materializer that applies an image's layers and resolves
-//! its imports, so that built images can be compared with their inputs until
-//! the runtime shim exists.
+//! Helpers shared by the CLI's integration tests: running the binary,
+//! unpacking with the runtime shim, describing and comparing trees, the
+//! corpus sets, and the registries and runtimes the interop tests start.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::net::TcpListener;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use oci_blocks_core::Digest;
-use oci_blocks_core::import::ImportEntry;
 use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::manifest::Manifest;
 
@@ -115,125 +113,20 @@ pub fn open_layer(
     })
 }
 
-fn clean(p: &[u8]) -> PathBuf {
-    let s = String::from_utf8_lossy(p);
-    PathBuf::from(s.trim_start_matches("./").trim_end_matches('/'))
-}
-
-fn extract_entry(
-    entry: &mut tar::Entry<'_, impl Read>,
-    dest: &Path,
-    hardlink_root: &Path,
-) -> Result<()> {
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    let kind = entry.header().entry_type();
-    let mode = entry.header().mode()?;
-    if kind.is_dir() {
-        fs::create_dir_all(dest)?;
-        fs::set_permissions(dest, fs::Permissions::from_mode(mode))?;
-    } else if kind.is_symlink() {
-        let _ = fs::remove_file(dest);
-        let target = entry.link_name()?.context("symlink target")?.into_owned();
-        std::os::unix::fs::symlink(target, dest)?;
-    } else if kind.is_hard_link() {
-        let _ = fs::remove_file(dest);
-        let target = clean(&entry.link_name_bytes().context("link target")?);
-        fs::hard_link(hardlink_root.join(target), dest)?;
-    } else {
-        let _ = fs::remove_file(dest);
-        let mut f = fs::File::create(dest)?;
-        std::io::copy(entry, &mut f)?;
-        fs::set_permissions(dest, fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
-}
-
-/// Applies the image's layers into `root`, materializing every import from its
-/// block. Enough for images this builder makes (no whiteouts); the runtime
-/// shim is the real, secure unpacker.
+/// Unpacks the image `tag` of the layout `dir` into `root` with the runtime
+/// shim (its blocks variant, every import resolved), through a block store
+/// beside `root`.
 pub fn materialize(dir: &Path, tag: &str, root: &Path) -> Result<()> {
     let layout = OciDir::open(dir)?;
-    let (_, m) = manifest_of(&layout, tag, "blocks")?;
-    let blocks: BTreeMap<String, _> = m
-        .blocks()
-        .iter()
-        .map(|b| (b.digest().to_string(), b.clone()))
-        .collect();
-    fs::create_dir_all(root)?;
-    for l in m.layers() {
-        let mut ar = tar::Archive::new(open_layer(&layout, l)?);
-        for entry in ar.entries()? {
-            let mut entry = entry?;
-            let path = clean(&entry.path_bytes());
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if let Some(import_name) = name.strip_prefix(".import.") {
-                let mut content = Vec::new();
-                entry.read_to_end(&mut content)?;
-                let import = ImportEntry::parse(&content)?;
-                let target = root.join(path.with_file_name(import_name));
-                let block = blocks
-                    .get(import.digest().as_str())
-                    .context("undeclared block")?;
-                let source = import.source_in_block();
-                let mut found = false;
-                let staging = tempfile::tempdir()?;
-                let mut bar = tar::Archive::new(open_layer(&layout, block)?);
-                for be in bar.entries()? {
-                    let mut be = be?;
-                    let bp = clean(&be.path_bytes());
-                    let bps = bp.to_string_lossy().into_owned();
-                    let rest = if source.is_empty() {
-                        Some(bps.as_str())
-                    } else if bps == source {
-                        Some("")
-                    } else {
-                        bps.strip_prefix(&format!("{source}/"))
-                    };
-                    // Hard links inside a block point at block paths: extract the
-                    // whole block beside, then copy the imported part.
-                    extract_entry(&mut be, &staging.path().join(&bp), staging.path())?;
-                    if rest.is_some() {
-                        found = true;
-                    }
-                }
-                ensure!(
-                    found,
-                    "block {} has no {}",
-                    import.digest(),
-                    import.source()
-                );
-                copy_tree(&staging.path().join(source), &target)?;
-            } else {
-                extract_entry(&mut entry, &root.join(&path), root)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(from)?;
-    if let Some(parent) = to.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    if meta.is_dir() {
-        fs::create_dir_all(to)?;
-        for e in fs::read_dir(from)? {
-            let e = e?;
-            copy_tree(&e.path(), &to.join(e.file_name()))?;
-        }
-        fs::set_permissions(to, meta.permissions())?;
-    } else if meta.file_type().is_symlink() {
-        std::os::unix::fs::symlink(fs::read_link(from)?, to)?;
-    } else {
-        fs::copy(from, to)?;
-        fs::set_permissions(to, meta.permissions())?;
-    }
+    let options = oci_blocks_shim::UnpackOptions {
+        store: root.with_extension("store"),
+        link: oci_blocks_shim::LinkMode::Copy,
+        read_only: false,
+        platform: None,
+        limits: oci_blocks_core::limits::Limits::default(),
+    };
+    oci_blocks_shim::unpack(&layout, Some(tag), root, &options)
+        .with_context(|| format!("unpacking {}:{tag}", dir.display()))?;
     Ok(())
 }
 
@@ -363,37 +256,37 @@ pub fn expected_tree<P: AsRef<Path>>(
     Ok(out)
 }
 
-/// Whether the external tools are on PATH. When CI=true a missing tool is an
-/// error (.ci/run installs them); elsewhere the test says it is skipped.
-pub fn have(tools: &[&str]) -> Result<bool> {
-    let missing: Vec<&&str> = tools
-        .iter()
-        .filter(|t| {
-            !Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {t}"))
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(true);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        bail!("CI=true and these tools are missing: {missing:?} (.ci/run installs them)");
-    }
-    eprintln!("SKIPPED: missing {missing:?}");
-    Ok(false)
+/// Fails unless the external tools are on PATH. The tests that call it are
+/// `#[ignore]`d, so a plain `cargo test` never runs them; `.ci/run` installs
+/// the tools and runs them, and a missing tool is then a failure, never a
+/// silent pass.
+pub fn need(tools: &[&str]) -> Result<()> {
+    let missing: Vec<&&str> = tools.iter().filter(|t| !on_path(t)).collect();
+    ensure!(
+        missing.is_empty(),
+        "missing {missing:?}: this test needs them (.ci/run installs them)"
+    );
+    Ok(())
+}
+
+/// Whether `tool` is on PATH.
+pub fn on_path(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The corpus sets that `benches/corpus/*.sh` make (`java`, `python`,
-/// `python-large`), made once under target/. They need the network (Debian's
-/// and PyPI's packages) the first time.
-pub fn corpus(kind: &str) -> Result<Option<PathBuf>> {
+/// `python-large`), made once under target/. They need pip, apt-get and the
+/// network (Debian's and PyPI's packages) the first time, so the tests that
+/// use them are `#[ignore]`d; failing to make one fails the test.
+pub fn corpus(kind: &str) -> Result<PathBuf> {
     let dir = repo().join("target/corpus").join(kind);
     if dir.join("v2").is_dir() {
-        return Ok(Some(dir));
+        return Ok(dir);
     }
     let script = repo().join("benches/corpus").join(match kind {
         "java" => "java-deps.sh",
@@ -401,15 +294,13 @@ pub fn corpus(kind: &str) -> Result<Option<PathBuf>> {
         _ => "python-env.sh",
     });
     let out = Command::new("bash").arg(&script).arg(&dir).output()?;
-    if out.status.success() && dir.join("v2").is_dir() {
-        return Ok(Some(dir));
-    }
-    let why = format!("{}: {}", script.display(), text(&out));
-    if std::env::var("CI").as_deref() == Ok("true") {
-        bail!("cannot make the {kind} corpus in CI: {why}");
-    }
-    eprintln!("SKIPPED: the {kind} corpus could not be made here: {why}");
-    Ok(None)
+    ensure!(
+        out.status.success() && dir.join("v2").is_dir(),
+        "cannot make the {kind} corpus with {}: {}",
+        script.display(),
+        text(&out)
+    );
+    Ok(dir)
 }
 
 /// Builds version `v` of a corpus set (its `sub` directory added at `dest`)

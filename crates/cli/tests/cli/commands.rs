@@ -140,9 +140,11 @@ fn errors_name_the_file_and_exit_2() -> Result<()> {
         text(&out)
     );
 
-    let out = run(&["inspect", "docker://example.com/x"])?;
+    let out = run(&["inspect", "containers-storage:x"])?;
     ensure!(
-        out.status.code() == Some(2) && text(&out).contains("oci:DIR[:TAG]"),
+        out.status.code() == Some(2)
+            && text(&out).contains("containers-storage:x")
+            && text(&out).contains("oci:DIR[:TAG] or docker://"),
         "{}",
         text(&out)
     );

@@ -1,0 +1,10 @@
+//! The `oci-blocks` binary, end to end: one test binary, one module per
+//! concern (building, the read-only commands, unpacking, transfers, and the
+//! real tools of the interop matrix).
+
+mod build;
+mod commands;
+mod common;
+mod interop;
+mod transfer;
+mod unpack;

@@ -1,0 +1,3 @@
+//! The core library against the proposal's own examples.
+
+mod spec_examples;
