@@ -34,8 +34,6 @@ pub mod digest;
 pub mod entry;
 mod error;
 pub mod expand;
-#[cfg(feature = "fixture")]
-pub mod fixture;
 pub mod import;
 pub mod layout;
 pub mod limits;

@@ -16,7 +16,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 use oci_blocks_core::Digest;
-use oci_blocks_core::fixture::{self, ImageSpec};
+use oci_blocks_fixture::{self as fixture, ImageSpec};
 
 /// What is recorded of one path.
 #[derive(Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use anyhow::{Context, Result, ensure};
-use oci_blocks_core::fixture::{self, ImageSpec};
+use oci_blocks_fixture::{self as fixture, ImageSpec};
 use oci_blocks_shim::store::BlockStore;
 
 fn shim(args: &[&str]) -> Result<Output> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{Context, Result, ensure};
-use oci_blocks_core::fixture::{self, ImageSpec};
+use oci_blocks_fixture::{self as fixture, ImageSpec};
 
 /// The workspace root, where the committed example images are.
 fn repo() -> PathBuf {

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use crate::common::*;
 use anyhow::{Context, Result, ensure};
-use oci_blocks_core::fixture::{self, ImageSpec};
+use oci_blocks_fixture::{self as fixture, ImageSpec};
 
 fn unpack(image: &str, rootfs: &Path, store: &Path) -> Result<serde_json::Value> {
     let out = oci_blocks(&[
@@ -30,7 +30,7 @@ fn unpack(image: &str, rootfs: &Path, store: &Path) -> Result<serde_json::Value>
 }
 
 /// `umoci unpack --rootless` of `layout:tag` into the bundle `bundle`.
-fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> Result<()> {
+pub(crate) fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> Result<()> {
     let out = Command::new("umoci")
         .args(["unpack", "--rootless", "--image"])
         .arg(format!("{}:{tag}", layout.display()))
@@ -42,7 +42,7 @@ fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> Result<()> {
 
 /// `skopeo copy` of `from:tag` to `to:tag`, both layouts: the legacy variant
 /// of a fallback index, as clients unaware of blocks pick it.
-fn skopeo_copy(from: &Path, to: &Path, tag: &str) -> Result<()> {
+pub(crate) fn skopeo_copy(from: &Path, to: &Path, tag: &str) -> Result<()> {
     let out = Command::new("skopeo")
         .args(["copy", "--quiet"])
         .arg(format!("oci:{}:{tag}", from.display()))

@@ -8,9 +8,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
-use oci_blocks_core::fixture::{self, ImageSpec};
 use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::validate::{Report, Rule, Severity, check_image, validate_document};
+use oci_blocks_fixture::{self as fixture, ImageSpec};
 
 fn spec_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../spec")
