@@ -184,8 +184,13 @@ fn add_items<'a>(
     blocks: &WrittenBlocks,
 ) -> Result<(PathItems<'a>, usize)> {
     let dest = a.add.dest.trim_matches('/');
-    let mut items = parent_dirs(dest);
-    for e in &a.entries {
+    let imports_only = a.add.imports_only.is_some();
+    let mut items = if imports_only {
+        Vec::new()
+    } else {
+        parent_dirs(dest)
+    };
+    for e in a.entries.iter().filter(|_| !imports_only) {
         if e.rel.is_empty() && dest.is_empty() {
             continue;
         }
@@ -287,7 +292,13 @@ fn write_layers(
             items.add(add_items, &adds[ai].add.dest)?;
             imports += n;
         }
-        let dests: Vec<&str> = group.clone().map(|ai| adds[ai].add.dest.as_str()).collect();
+        let dests: Vec<&str> = group
+            .clone()
+            .map(|ai| {
+                let add = &adds[ai].add;
+                add.imports_only.as_deref().unwrap_or(add.dest.as_str())
+            })
+            .collect();
         if dests.len() > 1 {
             merged.push(dests.iter().map(|d| d.to_string()).collect::<Vec<_>>());
         }
@@ -311,7 +322,11 @@ fn write_layers(
         history.push(json!({
             "created": image::created(epoch),
             // The source path would make the config depend on the build directory.
-            "created_by": format!("oci-blocks build: add {}", dests.join(", ")),
+            "created_by": if group.clone().all(|ai| adds[ai].add.imports_only.is_some()) {
+                format!("oci-blocks rechunk: {}", dests.join(", "))
+            } else {
+                format!("oci-blocks build: add {}", dests.join(", "))
+            },
             "comment": format!("{imports} imports"),
         }));
         report.push(LayerReport {

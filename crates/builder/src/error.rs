@@ -65,6 +65,15 @@ pub enum Error {
         /// The second rule.
         second: String,
     },
+    /// A source image that cannot be rechunked, and why (which layer,
+    /// entry or document).
+    #[error("{image}: {reason}")]
+    Image {
+        /// The image, as the user named it.
+        image: String,
+        /// What is wrong, naming the layer, entry or field.
+        reason: String,
+    },
     /// The base image is not a valid image.
     #[error("base image {reference} is not valid:\n{report}")]
     InvalidBase {

@@ -24,6 +24,7 @@ pub mod input;
 pub mod jar;
 pub mod plan;
 pub mod python;
+pub mod rechunk;
 
 pub use build::{
     Add, BuildReport, BuildSpec, Fallback, NoProgress, PlatformReport, Progress, build,

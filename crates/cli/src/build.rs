@@ -96,7 +96,7 @@ pub struct Args {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum FallbackArg {
+pub(crate) enum FallbackArg {
     Index,
     None,
 }
@@ -117,9 +117,19 @@ fn parse_add(value: &str) -> Result<Add> {
     if src.is_empty() || dest.is_empty() {
         bail!("--add {value}: expected SRC:DEST");
     }
-    Ok(Add {
-        src: PathBuf::from(src),
-        dest: dest.to_string(),
+    Ok(Add::new(src, dest))
+}
+
+/// `--source-date-epoch`, else `$SOURCE_DATE_EPOCH`, else 1.
+pub(crate) fn source_date_epoch(arg: Option<u64>) -> Result<u64> {
+    Ok(match arg {
+        Some(e) => e,
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => v
+                .parse()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v}: not a number of seconds"))?,
+            Err(_) => 1,
+        },
     })
 }
 
@@ -133,14 +143,7 @@ fn spec_from(args: &Args) -> Result<BuildSpec> {
         .clone()
         .or(file.out.clone())
         .context("no output: give --out oci:DIR[:TAG] (or `out` in the build file)")?;
-    let mut adds: Vec<Add> = file
-        .add
-        .iter()
-        .map(|a| Add {
-            src: a.src.clone(),
-            dest: a.dest.clone(),
-        })
-        .collect();
+    let mut adds: Vec<Add> = file.add.iter().map(|a| Add::new(&a.src, &a.dest)).collect();
     for a in &args.adds {
         adds.push(parse_add(a)?);
     }
@@ -151,15 +154,7 @@ fn spec_from(args: &Args) -> Result<BuildSpec> {
             .with_context(|| format!("--label {l}: expected K=V"))?;
         labels.insert(k.to_string(), v.to_string());
     }
-    let epoch = match args.source_date_epoch {
-        Some(e) => e,
-        None => match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) => v
-                .parse()
-                .with_context(|| format!("SOURCE_DATE_EPOCH={v}: not a number of seconds"))?,
-            Err(_) => 1,
-        },
-    };
+    let epoch = source_date_epoch(args.source_date_epoch)?;
     Ok(BuildSpec {
         base: args
             .base
@@ -191,13 +186,7 @@ fn spec_from(args: &Args) -> Result<BuildSpec> {
             let mut adds_for = Vec::new();
             for (p, table) in &file.per_platform {
                 for a in &table.add {
-                    adds_for.push((
-                        p.clone(),
-                        Add {
-                            src: a.src.clone(),
-                            dest: a.dest.clone(),
-                        },
-                    ));
+                    adds_for.push((p.clone(), Add::new(&a.src, &a.dest)));
                 }
             }
             for pair in args.add_for.chunks(2) {

@@ -1,4 +1,4 @@
-//! `oci-blocks`: build, validate, inspect, unpack and copy images that use the blocks extension.
+//! `oci-blocks`: build, rechunk, validate, inspect, unpack and copy images that use the blocks extension.
 //!
 //! The binary is thin: argument parsing with clap, one module per subcommand,
 //! and the work done by the library crates.
@@ -6,6 +6,7 @@
 mod build;
 mod inspect;
 mod output;
+mod rechunk;
 mod transfer;
 mod unpack;
 mod validate;
@@ -25,6 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Build(Box<build::Args>),
+    Rechunk(Box<rechunk::Args>),
     Validate(validate::Args),
     Inspect(inspect::Args),
     Unpack(unpack::Args),
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(args) => build::run(*args),
+        Command::Rechunk(args) => rechunk::run(*args),
         Command::Validate(args) => validate::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Unpack(args) => unpack::run(args),

@@ -68,6 +68,33 @@ pub struct Transport {
     json: bool,
 }
 
+impl Transport {
+    /// The copy options these flags ask for.
+    pub fn options(&self) -> Result<CopyOptions> {
+        Ok(CopyOptions {
+            jobs: self.jobs,
+            src: registry_options(
+                self.src_tls_verify,
+                &self.src_creds,
+                &self.src_cert_dir,
+                self.chunk_size,
+            )?,
+            dest: registry_options(
+                self.dest_tls_verify,
+                &self.dest_creds,
+                &self.dest_cert_dir,
+                self.chunk_size,
+            )?,
+            ..CopyOptions::default()
+        })
+    }
+
+    /// Whether the report is asked for as JSON.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+}
+
 /// Copy an image between layouts and registries (any direction), moving only
 /// the blobs the destination lacks; manifests keep their exact bytes and digests.
 ///
@@ -161,22 +188,38 @@ impl SourceArgs {
 /// Copies the whole image `image` (docker://…) into a temporary layout, for
 /// the commands that read layouts: the layout and the tag it has there.
 pub fn fetch_to_temp(image: &str, source: &SourceArgs) -> Result<(tempfile::TempDir, String)> {
-    let src = ImageRef::parse(image)?;
+    let options = CopyOptions {
+        src: source.options()?,
+        ..CopyOptions::default()
+    };
+    fetch_with(image, &options)
+}
+
+/// [`fetch_to_temp`] with the source options of a copy.
+pub fn fetch_with(image: &str, options: &CopyOptions) -> Result<(tempfile::TempDir, String)> {
     let tmp = tempfile::tempdir().context("a temporary directory")?;
     let tag = "fetched".to_string();
     let dest = ImageRef::Layout(OciRef {
         path: tmp.path().to_path_buf(),
         tag: Some(tag.clone()),
     });
-    let options = CopyOptions {
-        src: source.options()?,
-        ..CopyOptions::default()
-    };
-    let bar = Bar::new(false);
-    runtime()?
-        .block_on(oci_blocks_client::copy(&src, &dest, &options, &bar))
-        .with_context(|| format!("fetching {image}"))?;
+    copy_between(image, &dest.to_string(), options, false)?;
     Ok((tmp, tag))
+}
+
+/// Copies `src` to `dest` (any references) with a progress bar on a terminal.
+pub fn copy_between(
+    src: &str,
+    dest: &str,
+    options: &CopyOptions,
+    quiet: bool,
+) -> Result<CopyReport> {
+    let src_ref = ImageRef::parse(src)?;
+    let dest_ref = ImageRef::parse(dest)?;
+    let bar = Bar::new(quiet);
+    runtime()?
+        .block_on(oci_blocks_client::copy(&src_ref, &dest_ref, options, &bar))
+        .with_context(|| format!("copying {src} to {dest}"))
 }
 
 fn registry_options(
@@ -277,27 +320,7 @@ fn do_copy(
             bail!("push takes a docker:// destination; use copy for other destinations");
         }
     }
-    let options = CopyOptions {
-        jobs: t.jobs,
-        src: registry_options(
-            t.src_tls_verify,
-            &t.src_creds,
-            &t.src_cert_dir,
-            t.chunk_size,
-        )?,
-        dest: registry_options(
-            t.dest_tls_verify,
-            &t.dest_creds,
-            &t.dest_cert_dir,
-            t.chunk_size,
-        )?,
-        ..CopyOptions::default()
-    };
-    let bar = Bar::new(t.json);
-    let report = runtime()?
-        .block_on(oci_blocks_client::copy(&src_ref, &dest_ref, &options, &bar))
-        .with_context(|| format!("copying {src} to {dest}"))?;
-    drop(bar);
+    let report = copy_between(src, dest, &t.options()?, t.json)?;
     if t.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -370,20 +370,11 @@ pub fn build_java(
     use oci_blocks_builder::{Add, BuildSpec};
     let example = repo_root().join("examples/java-app");
     let mut adds = vec![
-        Add {
-            src: example.join("lib"),
-            dest: "/app/lib".into(),
-        },
-        Add {
-            src: example.join("app"),
-            dest: "/app/classes".into(),
-        },
+        Add::new(example.join("lib"), "/app/lib"),
+        Add::new(example.join("app"), "/app/classes"),
     ];
     if let Some(extra) = extra {
-        adds.push(Add {
-            src: extra.to_path_buf(),
-            dest: "/data".into(),
-        });
+        adds.push(Add::new(extra, "/data"));
     }
     let spec = BuildSpec {
         base: None,

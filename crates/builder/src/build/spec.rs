@@ -18,6 +18,22 @@ pub struct Add {
     pub src: PathBuf,
     /// The absolute path it is placed at.
     pub dest: String,
+    /// Set by [`crate::rechunk`]: the add's layer holds only the imports of
+    /// its blocks, because the rest of the tree (its directories, the files
+    /// no block owns) is already in the base image; the history names the
+    /// layer by this label. Several such adds may share a DEST.
+    pub imports_only: Option<String>,
+}
+
+impl Add {
+    /// An ordinary `--add SRC:DEST`.
+    pub fn new(src: impl Into<PathBuf>, dest: impl Into<String>) -> Self {
+        Add {
+            src: src.into(),
+            dest: dest.into(),
+            imports_only: None,
+        }
+    }
 }
 
 /// Everything a build needs.
@@ -127,7 +143,7 @@ pub(super) fn check_options(spec: &BuildSpec) -> Result<()> {
             ));
         }
         let clean = add.dest.trim_end_matches('/');
-        if !seen.insert((platform, clean.to_string())) {
+        if add.imports_only.is_none() && !seen.insert((platform, clean.to_string())) {
             return Err(Error::option(
                 option,
                 format!("DEST {:?} is given by two --add options", add.dest),

@@ -6,5 +6,6 @@ mod build;
 mod commands;
 mod common;
 mod interop;
+mod rechunk;
 mod transfer;
 mod unpack;

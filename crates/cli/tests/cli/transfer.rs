@@ -14,7 +14,7 @@ use oci_blocks_core::layout::OciDir;
 use serde_json::Value;
 
 /// This project's registry, served in-process on an ephemeral port; its host.
-fn our_registry(root: &Path) -> Result<String> {
+pub(crate) fn our_registry(root: &Path) -> Result<String> {
     our_registry_with(root, None, None)
 }
 

@@ -1,0 +1,688 @@
+//! Rechunking: an image any tool built, rewritten as blocks beside its layers
+//! and as a capped set of plain layers for legacy clients
+//! (`spec/fallback.md`, "Rechunking").
+//!
+//! In the order it runs, for each platform of the source:
+//! - [`tree::final_tree`] reads the layers' tar streams (nothing is
+//!   extracted) into the final tree, with whiteouts and opaque directories
+//!   applied.
+//! - Components: the regular files of that tree that the block rules of
+//!   `spec/reproducibility.md` can own (jars anywhere, Python distributions
+//!   in any `site-packages` or `dist-packages`), owned by root, without hard
+//!   links or extended attributes, are extracted to a scratch directory, and
+//!   the builder's own [`plan`] decides the blocks there, so a jar or
+//!   distribution gets the digest `build` gives it.
+//! - The source's layers are kept, each rewritten without the entries the
+//!   blocks now own (a layer that loses nothing is kept byte for byte): that
+//!   is the remainder, with every header, owner and extended attribute.
+//! - The components are spread over at most `max_layers` minus the kept
+//!   layers groups, by a hash of their origin (Maven group, Python project),
+//!   so that a component that does not change stays in a group whose layer
+//!   keeps its digest.
+//! - The builder then writes the image on the remainder as its base, one
+//!   imports-only layer per group: the blocks manifest, and with the default
+//!   fallback the legacy manifest whose group layers are those imports
+//!   materialized.
+
+pub mod tree;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use oci_blocks_core::Digest;
+use oci_blocks_core::entry::{self, Kind};
+use oci_blocks_core::layout::{OciDir, OciRef};
+use oci_blocks_core::names::{
+    ANNOTATION_MAVEN_COORDINATES, ANNOTATION_PYTHON_DISTRIBUTION, ANNOTATION_VARIANT, OCI_CONFIG,
+    OCI_INDEX, OCI_LAYER_TAR_GZIP, OCI_MANIFEST,
+};
+use oci_blocks_core::platform::Platform;
+use oci_blocks_core::validate::check_image;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::plan::{self, Rules};
+use crate::{Add, BuildReport, BuildSpec, Error, Fallback, Result, input};
+use tree::{Layer, Tree};
+
+/// The default cap on layers.
+pub const DEFAULT_MAX_LAYERS: usize = 64;
+
+/// What a rechunk is asked for.
+#[derive(Clone, Debug)]
+pub struct RechunkSpec {
+    /// The source image, in a layout.
+    pub src: OciRef,
+    /// How the user named the source, for the history.
+    pub origin: String,
+    /// The output.
+    pub out: OciRef,
+    /// The platforms to take from a source index; all of them when empty.
+    pub platforms: Vec<String>,
+    /// The cap on layers of each output manifest.
+    pub max_layers: usize,
+    /// Whether a legacy manifest is written beside the blocks manifest.
+    pub fallback: Fallback,
+    /// `SOURCE_DATE_EPOCH` for the new layers and configs.
+    pub source_date_epoch: u64,
+    /// The build cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// One component: a block the plan made, and where it goes.
+#[derive(Clone, Debug, Serialize)]
+pub struct Component {
+    /// `jar` or `python`.
+    pub ecosystem: String,
+    /// The Maven group, the Python project, or the jar's name without one.
+    pub origin: String,
+    /// The paths its imports replace, relative to the root.
+    pub paths: Vec<String>,
+    /// Bytes of its files.
+    pub bytes: u64,
+    /// The group (legacy layer) it is in.
+    pub group: usize,
+}
+
+/// What was rechunked for one platform.
+#[derive(Clone, Debug, Serialize)]
+pub struct RechunkPlatform {
+    /// The platform, when the source is an index.
+    pub platform: Option<String>,
+    /// The source's layers, all kept.
+    pub layers: usize,
+    /// How many of them lost entries to blocks and were rewritten.
+    pub rewritten: usize,
+    /// The components that became blocks.
+    pub components: Vec<Component>,
+    /// Files the rules would take that stay in the layers, and why.
+    pub kept: BTreeMap<String, usize>,
+    /// Groups (added layers).
+    pub groups: usize,
+}
+
+/// What a rechunk did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RechunkReport {
+    /// Per platform.
+    pub platforms: Vec<RechunkPlatform>,
+    /// The build on the remainder.
+    pub build: BuildReport,
+}
+
+fn image_error(image: &str, reason: impl Into<String>) -> Error {
+    Error::Image {
+        image: image.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn read_json(dir: &OciDir, digest: &Digest, size: u64, image: &str) -> Result<Value> {
+    let bytes = dir.read_json_blob(digest, Some(size))?;
+    serde_json::from_slice(&bytes).map_err(|e| image_error(image, format!("{digest}: {e}")))
+}
+
+fn descriptor_of(v: &Value, image: &str) -> Result<(Digest, String, u64)> {
+    let parts = || -> Option<(Digest, String, u64)> {
+        Some((
+            Digest::parse(v.get("digest")?.as_str()?).ok()?,
+            v.get("mediaType")?.as_str()?.to_string(),
+            v.get("size")?.as_u64()?,
+        ))
+    };
+    parts().ok_or_else(|| image_error(image, format!("not a descriptor: {v}")))
+}
+
+/// The source's manifests to rechunk: `(platform, manifest)`.
+fn manifests(spec: &RechunkSpec, dir: &OciDir) -> Result<Vec<(Option<String>, Value)>> {
+    let image = &spec.origin;
+    let roots = dir.resolve(spec.src.tag.as_deref())?;
+    let [root] = roots.as_slice() else {
+        return Err(image_error(
+            image,
+            format!("{} images in the layout; name one with :TAG", roots.len()),
+        ));
+    };
+    let digest = Digest::try_from(root.digest())?;
+    let top = read_json(dir, &digest, root.size(), image)?;
+    if root.media_type().to_string() != OCI_INDEX {
+        if !spec.platforms.is_empty() {
+            return Err(Error::option(
+                format!("--platform {}", spec.platforms.join(",")),
+                format!("{image} is one manifest, not an index of platforms"),
+            ));
+        }
+        return Ok(vec![(None, top)]);
+    }
+    let entries = top
+        .get("manifests")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if entries.iter().any(|e| {
+        e.pointer(&format!(
+            "/annotations/{}",
+            ANNOTATION_VARIANT.replace('/', "~1")
+        ))
+        .is_some()
+    }) {
+        return Err(image_error(
+            image,
+            "a fallback index, which already has blocks; rechunk takes images without them",
+        ));
+    }
+    let mut chosen: Vec<(Option<String>, Value)> = Vec::new();
+    let mut add = |e: &Value, p: &Platform| -> Result<()> {
+        let (d, media_type, size) = descriptor_of(e, image)?;
+        if media_type != OCI_MANIFEST {
+            return Err(image_error(
+                image,
+                format!("{d}: a {media_type} in the index; rechunk takes image manifests"),
+            ));
+        }
+        chosen.push((Some(p.to_string()), read_json(dir, &d, size, image)?));
+        Ok(())
+    };
+    if spec.platforms.is_empty() {
+        for e in &entries {
+            // Attestations and other artifacts have no runnable platform.
+            match Platform::of_entry(e) {
+                Some(p) if p.os != "unknown" && p.architecture != "unknown" => add(e, &p)?,
+                _ => {}
+            }
+        }
+    } else {
+        for text in &spec.platforms {
+            let wanted = Platform::parse(text).map_err(|_| {
+                Error::option(
+                    format!("--platform {text}"),
+                    "expected OS/ARCH or OS/ARCH/VARIANT",
+                )
+            })?;
+            let choice = oci_blocks_core::platform::choose(&entries, &wanted).ok_or_else(|| {
+                Error::option(
+                    format!("--platform {text}"),
+                    format!("{image} has no manifest for it"),
+                )
+            })?;
+            let e = &entries[choice.index];
+            let p = Platform::of_entry(e).unwrap_or(wanted);
+            add(e, &p)?;
+        }
+    }
+    if chosen.is_empty() {
+        return Err(image_error(
+            image,
+            "the index has no image for any platform",
+        ));
+    }
+    Ok(chosen)
+}
+
+/// Whether the block rules could take this path: a jar, or anything in a
+/// `site-packages` or `dist-packages` directory.
+fn rule_could_take(path: &[u8]) -> bool {
+    let mut parts = path.split(|&b| b == b'/').peekable();
+    let mut in_site = false;
+    while let Some(p) = parts.next() {
+        if parts.peek().is_none() {
+            return in_site || p.ends_with(b".jar");
+        }
+        in_site |= p == b"site-packages" || p == b"dist-packages";
+    }
+    false
+}
+
+/// Why a file the rules could take stays in its layer, if it does: a block
+/// holds files owned by root, without links or extended attributes.
+fn why_kept(tree: &Tree, path: &[u8], node: &tree::Node) -> Option<&'static str> {
+    if node.kind != Kind::File {
+        return Some("not a regular file");
+    }
+    if node.linked {
+        return Some("hard-linked");
+    }
+    if node.owner != (0, 0) {
+        return Some("not owned by root");
+    }
+    if node.xattrs {
+        return Some("has extended attributes");
+    }
+    if !tree::parents_are_dirs(tree, path) {
+        return Some("below a non-directory");
+    }
+    None
+}
+
+/// The nodes at or below `root`, in order.
+fn below<'t>(
+    tree: &'t Tree,
+    root: &'t [u8],
+) -> impl Iterator<Item = (&'t Vec<u8>, &'t tree::Node)> {
+    tree.range(root.to_vec()..)
+        .take_while(move |(p, _)| p.starts_with(root))
+        .filter(move |(p, _)| entry::is_at_or_below(p, root))
+}
+
+fn text(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+/// The origin components are grouped by.
+fn origin_of(rule: &str, annotations: &BTreeMap<String, String>, paths: &[Vec<u8>]) -> String {
+    if let Some(c) = annotations.get(ANNOTATION_MAVEN_COORDINATES) {
+        return c.split(':').next().unwrap_or(c).to_string();
+    }
+    if let Some(d) = annotations.get(ANNOTATION_PYTHON_DISTRIBUTION) {
+        let name = d.split("==").next().unwrap_or(d);
+        // PEP 503 normalization: one project, however it is spelled.
+        let mut out = String::new();
+        for c in name.to_ascii_lowercase().chars() {
+            if matches!(c, '-' | '_' | '.') {
+                if !out.ends_with('-') {
+                    out.push('-');
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        return out;
+    }
+    let name = paths
+        .first()
+        .map(|p| text(p.rsplit(|&b| b == b'/').next().unwrap_or(p)))
+        .unwrap_or_else(|| rule.to_string());
+    // A jar without Maven coordinates: its name up to the version.
+    let stem = name.trim_end_matches(".jar");
+    match stem.find(['-', '_']) {
+        Some(i)
+            if stem[i + 1..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit()) =>
+        {
+            stem[..i].to_string()
+        }
+        _ => stem.to_string(),
+    }
+}
+
+/// The group of an origin among `groups` (`spec/fallback.md`, "Rechunking").
+pub fn group_of(ecosystem: &str, origin: &str, groups: usize) -> usize {
+    let d = Digest::sha256(format!("{ecosystem}:{origin}").as_bytes());
+    let hex = d.hex();
+    let n = u64::from_str_radix(&hex[..16], 16).unwrap_or(0);
+    (n % groups.max(1) as u64) as usize
+}
+
+/// Moves `rel` (a file or directory below `from`) to the same place below
+/// `to`.
+fn move_into(from: &Path, to: &Path, rel: &[u8]) -> Result<()> {
+    let src = from.join(OsStr::from_bytes(rel));
+    let dest = to.join(OsStr::from_bytes(rel));
+    if let Some(p) = dest.parent() {
+        fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+    }
+    fs::rename(&src, &dest).map_err(|e| Error::io(&src, e))
+}
+
+/// One platform rechunked into the base layout: its remainder image, and
+/// the adds of its groups.
+struct PlatformWork {
+    report: RechunkPlatform,
+    manifest: (Digest, u64),
+    adds: Vec<Add>,
+}
+
+fn rechunk_platform(
+    spec: &RechunkSpec,
+    src: &OciDir,
+    platform: Option<&str>,
+    manifest: &Value,
+    base: &OciDir,
+    scratch: &Path,
+) -> Result<PlatformWork> {
+    let image = match platform {
+        Some(p) => format!("{} ({p})", spec.origin),
+        None => spec.origin.clone(),
+    };
+    if manifest.get("blocks").is_some() {
+        return Err(image_error(
+            &image,
+            "already has blocks; rechunk takes images without them",
+        ));
+    }
+    let layers: Vec<Layer> = manifest
+        .get("layers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|l| descriptor_of(l, &image))
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose()?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(digest, media_type, size)| Layer {
+            digest,
+            media_type,
+            size,
+        })
+        .collect();
+    let room = spec.max_layers.saturating_sub(layers.len());
+    if room == 0 {
+        return Err(Error::option(
+            format!("--max-layers {}", spec.max_layers),
+            format!(
+                "{image} has {} layers, which are kept, and the blocks need at least one more: the cap can be at least {}",
+                layers.len(),
+                layers.len() + 1
+            ),
+        ));
+    }
+    let (config_digest, _, config_size) = descriptor_of(
+        manifest
+            .get("config")
+            .ok_or_else(|| image_error(&image, "the manifest has no config"))?,
+        &image,
+    )?;
+    let mut config = read_json(src, &config_digest, config_size, &image)?;
+
+    // The final tree, and the files a block could own.
+    let tree = tree::final_tree(src, &image, &layers)?;
+    let mut kept: BTreeMap<String, usize> = BTreeMap::new();
+    let mut wanted: Vec<Vec<u8>> = Vec::new();
+    for (path, node) in &tree {
+        if !rule_could_take(path) || node.kind == Kind::Dir {
+            continue;
+        }
+        match why_kept(&tree, path, node) {
+            Some(why) => *kept.entry(why.to_string()).or_default() += 1,
+            None => wanted.push(path.clone()),
+        }
+    }
+    let all = scratch.join("all");
+    fs::create_dir_all(&all).map_err(|e| Error::io(&all, e))?;
+    tree::extract(src, &image, &layers, &tree, &wanted, &all)?;
+
+    // The builder's rules decide the blocks, on the extracted files alone.
+    let extracted: BTreeSet<&[u8]> = wanted.iter().map(Vec::as_slice).collect();
+    let entries = input::walk(&all)?;
+    let planned = plan::plan(&entries, &Rules::new(&[], 0)?)?;
+    let mut components: Vec<(plan::BlockPlan, Component)> = Vec::new();
+    for block in planned.blocks {
+        let roots: Vec<Vec<u8>> = block.imports.iter().map(|(t, _)| t.clone()).collect();
+        // A block replaces its paths whole: every file of the final tree
+        // below them must be in it.
+        let whole = roots.iter().all(|root| {
+            below(&tree, root).all(|(p, n)| n.kind == Kind::Dir || extracted.contains(p.as_slice()))
+        });
+        if !whole {
+            *kept
+                .entry("a component with files a block cannot hold".into())
+                .or_default() += roots.len();
+            continue;
+        }
+        // A file named .jar that is not a zip archive is not a jar.
+        let Ok(annotations) = block.annotate(&entries) else {
+            *kept.entry("not a readable jar".into()).or_default() += 1;
+            continue;
+        };
+        let bytes = block.entries.iter().map(|(_, i)| entries[*i].size).sum();
+        let ecosystem = if block.python.is_some() {
+            "python"
+        } else {
+            "jar"
+        };
+        let component = Component {
+            ecosystem: ecosystem.into(),
+            origin: origin_of(&block.rule, &annotations, &roots),
+            paths: roots.iter().map(|r| text(r)).collect(),
+            bytes,
+            group: 0,
+        };
+        components.push((block, component));
+    }
+    // Distributions that share a top-level name of one site-packages (a
+    // namespace package) are planned together, so they stay in one group.
+    let mut cluster: BTreeMap<Vec<u8>, String> = BTreeMap::new();
+    for (block, c) in &components {
+        if let Some(py) = &block.python {
+            for (target, _) in &block.imports {
+                let inside = &target[py.site_packages.len()..];
+                let inside = inside.strip_prefix(b"/").unwrap_or(inside);
+                let top = inside.split(|&b| b == b'/').next().unwrap_or(inside);
+                let key = entry::join(&py.site_packages, top);
+                let entry = cluster.entry(key).or_insert_with(|| c.origin.clone());
+                if c.origin < *entry {
+                    *entry = c.origin.clone();
+                }
+            }
+        }
+    }
+    for (block, c) in &mut components {
+        let key = block.python.as_ref().and_then(|py| {
+            block.imports.iter().find_map(|(target, _)| {
+                let inside = &target[py.site_packages.len()..];
+                let inside = inside.strip_prefix(b"/").unwrap_or(inside);
+                let top = inside.split(|&b| b == b'/').next().unwrap_or(inside);
+                cluster.get(&entry::join(&py.site_packages, top)).cloned()
+            })
+        });
+        c.group = group_of(&c.ecosystem, key.as_deref().unwrap_or(&c.origin), room);
+    }
+
+    // Each group's files in a tree of their own: one imports-only add each.
+    let mut by_group: BTreeMap<usize, Vec<Component>> = BTreeMap::new();
+    for (_, c) in &components {
+        by_group.entry(c.group).or_default().push(c.clone());
+    }
+    let mut adds = Vec::new();
+    let mut owned: Vec<Vec<u8>> = Vec::new();
+    for (g, members) in &by_group {
+        let dir = scratch.join(format!("group-{g}"));
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        for c in members {
+            for p in &c.paths {
+                move_into(&all, &dir, p.as_bytes())?;
+                owned.push(p.as_bytes().to_vec());
+            }
+        }
+        let mut origins: Vec<&str> = members.iter().map(|c| c.origin.as_str()).collect();
+        origins.dedup();
+        adds.push(Add {
+            src: dir,
+            dest: "/".into(),
+            imports_only: Some(format!(
+                "group {g} of {room}: {} from {}",
+                origins.join(" "),
+                spec.origin
+            )),
+        });
+    }
+
+    // The remainder: each layer without what the blocks own.
+    let mut drops: Vec<HashSet<usize>> = vec![HashSet::new(); layers.len()];
+    for root in &owned {
+        for (_, node) in below(&tree, root).filter(|(_, n)| n.kind != Kind::Dir) {
+            drops[node.layer].insert(node.ordinal);
+        }
+    }
+    let mut new_layers = Vec::new();
+    let mut diff_ids: Vec<Value> = config
+        .pointer("/rootfs/diff_ids")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if diff_ids.len() != layers.len() {
+        return Err(image_error(
+            &image,
+            format!(
+                "the config lists {} diff IDs for {} layers",
+                diff_ids.len(),
+                layers.len()
+            ),
+        ));
+    }
+    let mut rewritten = 0;
+    for (i, layer) in layers.iter().enumerate() {
+        if drops[i].is_empty() {
+            let mut blob = src.open_blob(&layer.digest, Some(layer.size))?;
+            base.write_blob_verified(&mut blob, &layer.digest, Some(layer.size))?;
+            new_layers.push(json!({
+                "mediaType": layer.media_type, "digest": layer.digest.to_string(), "size": layer.size,
+            }));
+            continue;
+        }
+        let (digest, size, diff_id) = tree::rewrite(src, &image, layer, &drops[i], base)?;
+        rewritten += 1;
+        new_layers.push(json!({
+            "mediaType": OCI_LAYER_TAR_GZIP, "digest": digest.to_string(), "size": size,
+        }));
+        diff_ids[i] = json!(diff_id.to_string());
+    }
+    config["rootfs"] = json!({"type": "layers", "diff_ids": diff_ids});
+    let config_bytes =
+        serde_json::to_vec(&config).map_err(|e| image_error(&image, e.to_string()))?;
+    let (cd, cs) = base.write_blob_bytes(&config_bytes)?;
+    let remainder = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": cd.to_string(), "size": cs},
+        "layers": new_layers,
+    });
+    let bytes = serde_json::to_vec(&remainder).map_err(|e| image_error(&image, e.to_string()))?;
+    let manifest = base.write_blob_bytes(&bytes)?;
+    Ok(PlatformWork {
+        report: RechunkPlatform {
+            platform: platform.map(str::to_string),
+            layers: layers.len(),
+            rewritten,
+            components: components.into_iter().map(|(_, c)| c).collect(),
+            kept,
+            groups: by_group.len(),
+        },
+        manifest,
+        adds,
+    })
+}
+
+/// Rechunks the image `spec.src` into `spec.out`.
+pub fn rechunk(spec: &RechunkSpec) -> Result<RechunkReport> {
+    let src = OciDir::open(&spec.src.path)?;
+    let checked = check_image(&src, spec.src.tag.as_deref())?;
+    if !checked.report.is_valid() {
+        let report: Vec<String> = checked
+            .report
+            .errors()
+            .take(10)
+            .map(ToString::to_string)
+            .collect();
+        return Err(image_error(
+            &spec.origin,
+            format!("not a valid image:\n{}", report.join("\n")),
+        ));
+    }
+    let chosen = manifests(spec, &src)?;
+    let parent = spec
+        .out
+        .path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".rechunk-")
+        .tempdir_in(parent)
+        .map_err(|e| Error::io(parent, e))?;
+    let base = OciDir::create(scratch.path().join("remainder"))?;
+    let mut works = Vec::new();
+    for (i, (platform, manifest)) in chosen.iter().enumerate() {
+        let dir = scratch.path().join(format!("platform-{i}"));
+        works.push(rechunk_platform(
+            spec,
+            &src,
+            platform.as_deref(),
+            manifest,
+            &base,
+            &dir,
+        )?);
+    }
+    // The remainder image is the base of the build.
+    let top = if works.len() == 1 && chosen[0].0.is_none() {
+        let (d, s) = &works[0].manifest;
+        json!({"mediaType": OCI_MANIFEST, "digest": d.to_string(), "size": s})
+    } else {
+        let manifests: Vec<Value> = works
+            .iter()
+            .zip(&chosen)
+            .map(|(w, (p, _))| {
+                let (d, s) = &w.manifest;
+                let p = p.as_deref().and_then(|p| Platform::parse(p).ok());
+                let mut platform = json!({});
+                if let Some(p) = p {
+                    platform = json!({"os": p.os, "architecture": p.architecture});
+                    if let Some(v) = p.variant {
+                        platform["variant"] = json!(v);
+                    }
+                }
+                json!({"mediaType": OCI_MANIFEST, "digest": d.to_string(), "size": s, "platform": platform})
+            })
+            .collect();
+        let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+        let bytes =
+            serde_json::to_vec(&index).map_err(|e| image_error(&spec.origin, e.to_string()))?;
+        let (d, s) = base.write_blob_bytes(&bytes)?;
+        json!({"mediaType": OCI_INDEX, "digest": d.to_string(), "size": s})
+    };
+    let descriptor =
+        serde_json::from_value(top).map_err(|e| image_error(&spec.origin, e.to_string()))?;
+    base.set_tag("remainder", descriptor)?;
+
+    let per_platform = chosen.iter().any(|(p, _)| p.is_some());
+    let mut build = BuildSpec {
+        base: Some(OciRef {
+            path: base.root().to_path_buf(),
+            tag: Some("remainder".into()),
+        }),
+        adds: Vec::new(),
+        entrypoint: None,
+        cmd: None,
+        env: Vec::new(),
+        workdir: None,
+        user: None,
+        labels: BTreeMap::new(),
+        platforms: Vec::new(),
+        adds_for: Vec::new(),
+        out: spec.out.clone(),
+        block_globs: Vec::new(),
+        block_min_size: 0,
+        source_date_epoch: spec.source_date_epoch,
+        cache_dir: spec.cache_dir.clone(),
+        import_media_type: true,
+        fallback: spec.fallback,
+        max_layers: None,
+        sparse: false,
+    };
+    let mut platforms = Vec::new();
+    for (w, (p, _)) in works.into_iter().zip(&chosen) {
+        match p {
+            Some(p) if per_platform => {
+                build.platforms.push(p.clone());
+                build
+                    .adds_for
+                    .extend(w.adds.into_iter().map(|a| (p.clone(), a)));
+            }
+            _ => build.adds.extend(w.adds),
+        }
+        platforms.push(w.report);
+    }
+    let report = crate::build(&build)?;
+    Ok(RechunkReport {
+        platforms,
+        build: report,
+    })
+}
