@@ -12,10 +12,7 @@ use oci_blocks_core::names::{BLOCKS_CONFIG, OCI_INDEX, OCI_MANIFEST, VARIANT_BLO
 use oci_blocks_core::validate::{check_binding, validate_document, variant_of};
 use serde_json::Value;
 
-/// Docker's image manifest (schema 2), accepted as distribution accepts it.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker's manifest list.
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub use oci_blocks_core::names::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST};
 
 /// The manifest media types this registry stores.
 pub const MANIFEST_MEDIA_TYPES: &[&str] = &[

@@ -26,6 +26,7 @@ use oci_blocks_core::oci_spec;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
+pub(crate) use self::base::invalid;
 use self::base::{Base, array_at, load_base};
 use self::image::{Blob, ImageManifest, descriptor, index_entry};
 use self::layer::{Item, Merged, layer_groups, layer_path, parent_dirs};

@@ -36,11 +36,11 @@ use oci_blocks_core::Digest;
 use oci_blocks_core::entry::{self, Kind};
 use oci_blocks_core::layout::{OciDir, OciRef};
 use oci_blocks_core::names::{
-    ANNOTATION_MAVEN_COORDINATES, ANNOTATION_PYTHON_DISTRIBUTION, ANNOTATION_VARIANT, OCI_CONFIG,
-    OCI_INDEX, OCI_LAYER_TAR_GZIP, OCI_MANIFEST,
+    ANNOTATION_MAVEN_COORDINATES, ANNOTATION_PYTHON_DISTRIBUTION, ANNOTATION_VARIANT,
+    DOCKER_CONFIG, DOCKER_LAYER_TAR_GZIP, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG,
+    OCI_INDEX, OCI_LAYER_TAR_GZIP, OCI_MANIFEST, tar_compression,
 };
 use oci_blocks_core::platform::Platform;
-use oci_blocks_core::validate::check_image;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -148,7 +148,8 @@ fn manifests(spec: &RechunkSpec, dir: &OciDir) -> Result<Vec<(Option<String>, Va
     };
     let digest = Digest::try_from(root.digest())?;
     let top = read_json(dir, &digest, root.size(), image)?;
-    if root.media_type().to_string() != OCI_INDEX {
+    let top_type = root.media_type().to_string();
+    if top_type != OCI_INDEX && top_type != DOCKER_MANIFEST_LIST {
         if !spec.platforms.is_empty() {
             return Err(Error::option(
                 format!("--platform {}", spec.platforms.join(",")),
@@ -177,7 +178,7 @@ fn manifests(spec: &RechunkSpec, dir: &OciDir) -> Result<Vec<(Option<String>, Va
     let mut chosen: Vec<(Option<String>, Value)> = Vec::new();
     let mut add = |e: &Value, p: &Platform| -> Result<()> {
         let (d, media_type, size) = descriptor_of(e, image)?;
-        if media_type != OCI_MANIFEST {
+        if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
             return Err(image_error(
                 image,
                 format!("{d}: a {media_type} in the index; rechunk takes image manifests"),
@@ -532,8 +533,15 @@ fn rechunk_platform(
         if drops[i].is_empty() {
             let mut blob = src.open_blob(&layer.digest, Some(layer.size))?;
             base.write_blob_verified(&mut blob, &layer.digest, Some(layer.size))?;
+            // Docker's gzip layer is the OCI one by another name, as when
+            // skopeo converts an image to OCI.
+            let media_type = if layer.media_type == DOCKER_LAYER_TAR_GZIP {
+                OCI_LAYER_TAR_GZIP
+            } else {
+                layer.media_type.as_str()
+            };
             new_layers.push(json!({
-                "mediaType": layer.media_type, "digest": layer.digest.to_string(), "size": layer.size,
+                "mediaType": media_type, "digest": layer.digest.to_string(), "size": layer.size,
             }));
             continue;
         }
@@ -570,23 +578,116 @@ fn rechunk_platform(
     })
 }
 
-/// Rechunks the image `spec.src` into `spec.out`.
-pub fn rechunk(spec: &RechunkSpec) -> Result<RechunkReport> {
-    let src = OciDir::open(&spec.src.path)?;
-    let checked = check_image(&src, spec.src.tag.as_deref())?;
-    if !checked.report.is_valid() {
-        let report: Vec<String> = checked
-            .report
-            .errors()
-            .take(10)
-            .map(ToString::to_string)
-            .collect();
+/// Links (or copies) the blob `digest` of `from` into `to`.
+fn link_blob(from: &OciDir, to: &OciDir, digest: &Digest, size: u64) -> Result<()> {
+    if to.has_blob(digest) {
+        return Ok(());
+    }
+    if fs::hard_link(from.blob_path(digest), to.blob_path(digest)).is_ok() {
+        return Ok(());
+    }
+    let mut blob = from.open_blob(digest, Some(size))?;
+    to.write_blob_verified(&mut blob, digest, Some(size))?;
+    Ok(())
+}
+
+/// A Docker schema 2 manifest as an OCI image manifest in `to`, its blobs
+/// linked: the media types renamed, as skopeo converts it.
+fn docker_manifest(
+    from: &OciDir,
+    to: &OciDir,
+    digest: &Digest,
+    size: u64,
+    image: &str,
+) -> Result<(Digest, u64)> {
+    let mut m = read_json(from, digest, size, image)?;
+    m["mediaType"] = json!(OCI_MANIFEST);
+    let (cd, ct, cs) = descriptor_of(
+        m.get("config")
+            .ok_or_else(|| image_error(image, format!("{digest}: no config")))?,
+        image,
+    )?;
+    if ct != DOCKER_CONFIG && ct != OCI_CONFIG {
         return Err(image_error(
-            &spec.origin,
-            format!("not a valid image:\n{}", report.join("\n")),
+            image,
+            format!("{digest}: config media type {ct}"),
         ));
     }
-    let chosen = manifests(spec, &src)?;
+    m["config"]["mediaType"] = json!(OCI_CONFIG);
+    link_blob(from, to, &cd, cs)?;
+    let count = m
+        .get("layers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    for i in 0..count {
+        let (ld, lt, ls) = descriptor_of(&m["layers"][i], image)?;
+        let oci = match lt.as_str() {
+            DOCKER_LAYER_TAR_GZIP | OCI_LAYER_TAR_GZIP => OCI_LAYER_TAR_GZIP,
+            other if tar_compression(other).is_some() => other,
+            other => {
+                return Err(image_error(
+                    image,
+                    format!("{digest}: /layers/{i}: layer media type {other} cannot be read"),
+                ));
+            }
+        };
+        m["layers"][i]["mediaType"] = json!(oci);
+        link_blob(from, to, &ld, ls)?;
+    }
+    let bytes = serde_json::to_vec(&m).map_err(|e| image_error(image, e.to_string()))?;
+    Ok(to.write_blob_bytes(&bytes)?)
+}
+
+/// When the source uses Docker's schema 2 media types, the same image with
+/// OCI's in a layout of its own (under `scratch`), tagged `source`.
+fn as_oci(spec: &RechunkSpec, src: &OciDir, scratch: &Path) -> Result<Option<OciDir>> {
+    let image = &spec.origin;
+    let roots = src.resolve(spec.src.tag.as_deref())?;
+    let [root] = roots.as_slice() else {
+        return Ok(None);
+    };
+    let top_type = root.media_type().to_string();
+    if top_type != DOCKER_MANIFEST && top_type != DOCKER_MANIFEST_LIST {
+        return Ok(None);
+    }
+    let to = OciDir::create(scratch.join("source"))?;
+    let digest = Digest::try_from(root.digest())?;
+    let (d, s, t) = if top_type == DOCKER_MANIFEST {
+        let (d, s) = docker_manifest(src, &to, &digest, root.size(), image)?;
+        (d, s, OCI_MANIFEST)
+    } else {
+        let mut list = read_json(src, &digest, root.size(), image)?;
+        list["mediaType"] = json!(OCI_INDEX);
+        let count = list
+            .get("manifests")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        for i in 0..count {
+            let (ed, et, es) = descriptor_of(&list["manifests"][i], image)?;
+            if et != DOCKER_MANIFEST {
+                return Err(image_error(
+                    image,
+                    format!("{digest}: /manifests/{i}: a {et} in a Docker manifest list"),
+                ));
+            }
+            let (nd, ns) = docker_manifest(src, &to, &ed, es, image)?;
+            list["manifests"][i]["mediaType"] = json!(OCI_MANIFEST);
+            list["manifests"][i]["digest"] = json!(nd.to_string());
+            list["manifests"][i]["size"] = json!(ns);
+        }
+        let bytes = serde_json::to_vec(&list).map_err(|e| image_error(image, e.to_string()))?;
+        let (d, s) = to.write_blob_bytes(&bytes)?;
+        (d, s, OCI_INDEX)
+    };
+    let descriptor =
+        serde_json::from_value(json!({"mediaType": t, "digest": d.to_string(), "size": s}))
+            .map_err(|e| image_error(image, e.to_string()))?;
+    to.set_tag("source", descriptor)?;
+    Ok(Some(to))
+}
+
+/// Rechunks the image `spec.src` into `spec.out`.
+pub fn rechunk(spec: &RechunkSpec) -> Result<RechunkReport> {
     let parent = spec
         .out
         .path
@@ -598,6 +699,24 @@ pub fn rechunk(spec: &RechunkSpec) -> Result<RechunkReport> {
         .prefix(".rechunk-")
         .tempdir_in(parent)
         .map_err(|e| Error::io(parent, e))?;
+    let src = OciDir::open(&spec.src.path)?;
+    let converted = as_oci(spec, &src, scratch.path())?;
+    let mut spec = spec.clone();
+    let src = match converted {
+        Some(dir) => {
+            spec.src.tag = Some("source".into());
+            dir
+        }
+        None => src,
+    };
+    let spec = &spec;
+    if let Some(report) = crate::build::invalid(&src, spec.src.tag.as_deref())? {
+        return Err(image_error(
+            &spec.origin,
+            format!("not a valid image:\n{report}"),
+        ));
+    }
+    let chosen = manifests(spec, &src)?;
     let base = OciDir::create(scratch.path().join("remainder"))?;
     let mut works = Vec::new();
     for (i, (platform, manifest)) in chosen.iter().enumerate() {

@@ -64,15 +64,8 @@ pub struct Args {
     /// Files smaller than this many bytes stay in the layer.
     #[arg(long, value_name = "BYTES")]
     block_min_size: Option<u64>,
-    /// The mtime of every entry (default: $SOURCE_DATE_EPOCH, else 1).
-    #[arg(long, value_name = "SECONDS")]
-    source_date_epoch: Option<u64>,
-    /// Build cache directory (default: $XDG_DATA_HOME/oci-blocks).
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Do not use or update the build cache.
-    #[arg(long)]
-    no_cache: bool,
+    #[command(flatten)]
+    reproducible: Reproducible,
     /// Give layers with imports the standard layer media type (for experiments:
     /// clients unaware of imports then unpack them without the blocks).
     #[arg(long)]
@@ -120,8 +113,38 @@ fn parse_add(value: &str) -> Result<Add> {
     Ok(Add::new(src, dest))
 }
 
-/// `--source-date-epoch`, else `$SOURCE_DATE_EPOCH`, else 1.
-pub(crate) fn source_date_epoch(arg: Option<u64>) -> Result<u64> {
+/// The time and cache options of the commands that write blocks (`build`,
+/// `rechunk`).
+#[derive(clap::Args)]
+pub(crate) struct Reproducible {
+    /// The mtime of every entry (default: $SOURCE_DATE_EPOCH, else 1).
+    #[arg(long, value_name = "SECONDS")]
+    source_date_epoch: Option<u64>,
+    /// Build cache directory (default: $XDG_DATA_HOME/oci-blocks).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not use or update the build cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl Reproducible {
+    /// `--source-date-epoch`, else `$SOURCE_DATE_EPOCH`, else 1.
+    pub(crate) fn epoch(&self) -> Result<u64> {
+        source_date_epoch(self.source_date_epoch)
+    }
+
+    /// The build cache, unless `--no-cache`.
+    pub(crate) fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            None
+        } else {
+            self.cache_dir.clone().or_else(default_state_dir)
+        }
+    }
+}
+
+fn source_date_epoch(arg: Option<u64>) -> Result<u64> {
     Ok(match arg {
         Some(e) => e,
         None => match std::env::var("SOURCE_DATE_EPOCH") {
@@ -154,7 +177,7 @@ fn spec_from(args: &Args) -> Result<BuildSpec> {
             .with_context(|| format!("--label {l}: expected K=V"))?;
         labels.insert(k.to_string(), v.to_string());
     }
-    let epoch = source_date_epoch(args.source_date_epoch)?;
+    let epoch = args.reproducible.epoch()?;
     Ok(BuildSpec {
         base: args
             .base
@@ -200,11 +223,7 @@ fn spec_from(args: &Args) -> Result<BuildSpec> {
         block_globs: file.blocks.iter().chain(&args.blocks).cloned().collect(),
         block_min_size: args.block_min_size.or(file.block_min_size).unwrap_or(0),
         source_date_epoch: epoch,
-        cache_dir: if args.no_cache {
-            None
-        } else {
-            args.cache_dir.clone().or_else(default_state_dir)
-        },
+        cache_dir: args.reproducible.cache_dir(),
         import_media_type: !args.standard_media_type,
         max_layers: args.max_layers.or(file.max_layers),
         sparse: args.sparse,

@@ -1,16 +1,15 @@
 //! `oci-blocks rechunk`: an image any tool built, rewritten as blocks and a
 //! capped set of plain layers (the builder's [`oci_blocks_builder::rechunk`]).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use oci_blocks_builder::Fallback;
 use oci_blocks_builder::rechunk::{DEFAULT_MAX_LAYERS, RechunkSpec, rechunk};
 use oci_blocks_client::ImageRef;
-use oci_blocks_core::layout::{OciRef, default_state_dir};
+use oci_blocks_core::layout::OciRef;
 
-use crate::build::{FallbackArg, source_date_epoch};
+use crate::build::{FallbackArg, Reproducible};
 use crate::output::{bytes, outln};
 use crate::transfer::{Transport, copy_between, fetch_with};
 
@@ -39,15 +38,8 @@ pub struct Args {
     /// default: every platform.
     #[arg(long = "platform", value_name = "OS/ARCH")]
     platforms: Vec<String>,
-    /// The mtime of new entries (default: $SOURCE_DATE_EPOCH, else 1).
-    #[arg(long, value_name = "SECONDS")]
-    source_date_epoch: Option<u64>,
-    /// Build cache directory (default: $XDG_DATA_HOME/oci-blocks).
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Do not use or update the build cache.
-    #[arg(long)]
-    no_cache: bool,
+    #[command(flatten)]
+    reproducible: Reproducible,
     #[command(flatten)]
     transport: Transport,
 }
@@ -89,14 +81,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             FallbackArg::Index => Fallback::Index,
             FallbackArg::None => Fallback::None,
         },
-        source_date_epoch: source_date_epoch(args.source_date_epoch)?,
-        cache_dir: if args.no_cache {
-            None
-        } else {
-            args.cache_dir.clone().or_else(default_state_dir)
-        },
+        source_date_epoch: args.reproducible.epoch()?,
+        cache_dir: args.reproducible.cache_dir(),
     };
-    let report = rechunk(&spec).with_context(|| format!("rechunking {}", args.src))?;
+    let report = rechunk(&spec).context("rechunk")?;
     let pushed = match &staged {
         Some(_) => Some(copy_between(
             &out.to_string(),

@@ -290,8 +290,8 @@ impl Registry {
         let accept = [
             oci_blocks_core::names::OCI_MANIFEST,
             oci_blocks_core::names::OCI_INDEX,
-            "application/vnd.docker.distribution.manifest.v2+json",
-            "application/vnd.docker.distribution.manifest.list.v2+json",
+            oci_blocks_core::names::DOCKER_MANIFEST,
+            oci_blocks_core::names::DOCKER_MANIFEST_LIST,
         ]
         .join(", ");
         let resp = self

@@ -103,12 +103,24 @@ pub enum Compression {
     Zstd,
 }
 
+/// Docker's image manifest (schema 2), which registries and `docker push`
+/// still use; read as an image manifest.
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker's manifest list, read as an image index.
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Docker's image config, the same JSON as an OCI image config.
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+/// Docker's gzip layer, a `tar+gzip` layer.
+pub const DOCKER_LAYER_TAR_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
 /// The compression of a layer or block media type, or `None` if it is not a tar
 /// media type this crate can read.
 pub fn tar_compression(media_type: &str) -> Option<Compression> {
     match media_type {
         OCI_LAYER_TAR | IMPORT_LAYER_TAR => Some(Compression::None),
-        OCI_LAYER_TAR_GZIP | IMPORT_LAYER_TAR_GZIP => Some(Compression::Gzip),
+        OCI_LAYER_TAR_GZIP | IMPORT_LAYER_TAR_GZIP | DOCKER_LAYER_TAR_GZIP => {
+            Some(Compression::Gzip)
+        }
         OCI_LAYER_TAR_ZSTD | IMPORT_LAYER_TAR_ZSTD => Some(Compression::Zstd),
         _ => None,
     }

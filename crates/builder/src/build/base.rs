@@ -26,6 +26,21 @@ pub(super) struct Base {
     pub legacy: Option<(Vec<Value>, Vec<Value>)>,
 }
 
+/// The first errors of a whole-image validation of `tag`, if it is invalid.
+pub(crate) fn invalid(dir: &OciDir, tag: Option<&str>) -> Result<Option<String>> {
+    let checked = check_image(dir, tag)?;
+    if checked.report.is_valid() {
+        return Ok(None);
+    }
+    let errors: Vec<String> = checked
+        .report
+        .errors()
+        .take(10)
+        .map(ToString::to_string)
+        .collect();
+    Ok(Some(errors.join("\n")))
+}
+
 /// Loads the base image `reference` for `platform`, validated whole, and
 /// copies its layers and blocks into `out` unless the output is sparse.
 pub(super) fn load_base(
@@ -35,17 +50,10 @@ pub(super) fn load_base(
     sparse: bool,
 ) -> Result<Base> {
     let dir = OciDir::open(&reference.path)?;
-    let checked = check_image(&dir, reference.tag.as_deref())?;
-    if !checked.report.is_valid() {
-        let report: Vec<String> = checked
-            .report
-            .errors()
-            .take(10)
-            .map(ToString::to_string)
-            .collect();
+    if let Some(report) = invalid(&dir, reference.tag.as_deref())? {
         return Err(Error::InvalidBase {
             reference: reference.to_string(),
-            report: report.join("\n"),
+            report,
         });
     }
     let roots = dir.resolve(reference.tag.as_deref())?;

@@ -86,8 +86,23 @@ fn layer(entries: &[E<'_>]) -> Result<Vec<u8>> {
     Ok(tar.into_inner()?)
 }
 
-/// Writes an image of `layers` (gzip, as docker pushes them) tagged `tag`.
-fn image(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> Result<()> {
+/// Writes an image of `layers` (gzip) tagged `tag`, with OCI's media types,
+/// or Docker's schema 2 ones when `docker` is set, as `docker push` writes
+/// them and a copy from such a registry keeps them.
+fn typed_image(dir: &Path, tag: &str, layers: &[Vec<u8>], docker: bool) -> Result<()> {
+    let (manifest_type, config_type, layer_type) = if docker {
+        (
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        )
+    } else {
+        (
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )
+    };
     let layout = if dir.join("oci-layout").exists() {
         OciDir::open(dir)?
     } else {
@@ -101,7 +116,7 @@ fn image(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> Result<()> {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
         std::io::Write::write_all(&mut gz, tar)?;
         let (d, s) = layout.write_blob_bytes(&gz.finish()?)?;
-        descriptors.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d.to_string(), "size": s}));
+        descriptors.push(json!({"mediaType": layer_type, "digest": d.to_string(), "size": s}));
         history.push(
             json!({"created": "2024-01-01T00:00:00Z", "created_by": format!("RUN step {i}")}),
         );
@@ -114,14 +129,16 @@ fn image(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> Result<()> {
     });
     let (cd, cs) = layout.write_blob_bytes(&serde_json::to_vec(&config)?)?;
     let manifest = json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": cs},
+        "schemaVersion": 2, "mediaType": manifest_type,
+        "config": {"mediaType": config_type, "digest": cd.to_string(), "size": cs},
         "layers": descriptors,
     });
     let (md, ms) = layout.write_blob_bytes(&serde_json::to_vec(&manifest)?)?;
     layout.set_tag(
         tag,
-        serde_json::from_value(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md.to_string(), "size": ms}))?,
+        serde_json::from_value(
+            json!({"mediaType": manifest_type, "digest": md.to_string(), "size": ms}),
+        )?,
     )?;
     Ok(())
 }
@@ -130,6 +147,16 @@ fn image(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> Result<()> {
 /// step with the example jars and Python distributions. `jar` is the
 /// content of the one jar that changes between versions.
 fn source(dir: &Path, tag: &str, extra_jar: &[u8], base_extra: bool) -> Result<()> {
+    typed_source(dir, tag, extra_jar, base_extra, false)
+}
+
+fn typed_source(
+    dir: &Path,
+    tag: &str,
+    extra_jar: &[u8],
+    base_extra: bool,
+    docker: bool,
+) -> Result<()> {
     let repo = repo();
     let lib = repo.join("examples/java-app/lib");
     let site = repo.join("examples/python-app/site-packages");
@@ -175,11 +202,8 @@ fn source(dir: &Path, tag: &str, extra_jar: &[u8], base_extra: bool) -> Result<(
         E::File("opt/keep/b", b"b", 0o644, (0, 0)),
     ];
     let cleanup = vec![E::File("app/lib/.wh.deleted-1.0.jar", b"", 0o644, (0, 0))];
-    image(
-        dir,
-        tag,
-        &[layer(&base)?, layer(&jre)?, layer(&app)?, layer(&cleanup)?],
-    )
+    let layers = [layer(&base)?, layer(&jre)?, layer(&app)?, layer(&cleanup)?];
+    typed_image(dir, tag, &layers, docker)
 }
 
 /// A real (small) jar: a zip with one entry.
@@ -575,4 +599,37 @@ fn umoci_sees_the_source_tree_in_the_legacy_variant() -> Result<()> {
         "shim's blocks variant against umoci's source",
     )?;
     Ok(())
+}
+
+/// An image with Docker's media types (as `docker push` writes them) is
+/// read as the OCI one; the output is OCI, with the same tree.
+#[test]
+fn an_image_with_docker_media_types_rechunks_as_the_oci_one() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let (oci, docker) = (t.join("oci"), t.join("docker"));
+    source(&oci, "v1", &jar("one")?, false)?;
+    typed_source(&docker, "v1", &jar("one")?, false, true)?;
+    for dir in [&oci, &docker] {
+        ok(&[
+            "rechunk",
+            &format!("oci:{}:v1", dir.display()),
+            &format!("oci:{}:out", dir.display()),
+            "--no-cache",
+        ])?;
+        ok(&["validate", &format!("oci:{}:out", dir.display())])?;
+    }
+    ensure!(
+        payload(&oci, "out", "blocks")? == payload(&docker, "out", "blocks")?,
+        "the same layers and blocks, whatever the source's media types"
+    );
+    let expected = t.join("expected");
+    materialize(&oci, "v1", &expected)?;
+    let root = t.join("root");
+    materialize(&docker, "out", &root)?;
+    assert_same(
+        &tree(&expected)?,
+        &tree(&root)?,
+        "rechunked Docker image against the source",
+    )
 }
