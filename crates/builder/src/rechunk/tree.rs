@@ -308,7 +308,8 @@ pub fn extract(
 }
 
 /// Writes `layer` again without the entries at `drop` (their ordinals), each
-/// other entry with its header, extended records and content as they were;
+/// other entry with its header, extended records and content as they were
+/// and its name cleaned;
 /// returns the new layer's digest, size and diff ID. The output is gzip, the
 /// same bytes for the same input.
 pub fn rewrite(
@@ -327,7 +328,12 @@ pub fn rewrite(
         if drop.contains(&ordinal) {
             return Ok(());
         }
-        let path = e.path_bytes().into_owned();
+        // Names as every reader of the project cleans them (`./` kept for
+        // the root): the same meaning, and no `..` for the writer to refuse.
+        let mut path = entry::clean(&e.path_bytes()).path;
+        if path.is_empty() {
+            path = b"./".to_vec();
+        }
         let link: Option<Vec<u8>> = e.link_name_bytes().map(|l| l.into_owned());
         let mut records: Vec<(String, Vec<u8>)> = Vec::new();
         if let Some(pax) = e.pax_extensions().map_err(io_err)? {

@@ -24,6 +24,8 @@ enum E<'a> {
     Xattr(&'a str, &'a [u8], &'a str, &'a [u8]),
     /// Every file of a directory on disk, placed at DEST, owned by root.
     Tree(&'a Path, &'a str),
+    /// A regular file whose name is written as is (`..` and all).
+    Raw(&'a [u8], &'a [u8]),
 }
 
 fn header(kind: tar::EntryType, mode: u32, owner: (u64, u64), size: u64) -> tar::Header {
@@ -81,6 +83,12 @@ fn layer(entries: &[E<'_>]) -> Result<Vec<u8>> {
                 tar.append_data(&mut h, path, *data)?;
             }
             E::Tree(src, dest) => add_tree(&mut tar, src, dest)?,
+            E::Raw(name, data) => {
+                let mut h = header(tar::EntryType::Regular, 0o644, (0, 0), data.len() as u64);
+                h.as_old_mut().name[..name.len()].copy_from_slice(name);
+                h.set_cksum();
+                tar.append(&h, *data)?;
+            }
         }
     }
     Ok(tar.into_inner()?)
@@ -632,4 +640,95 @@ fn an_image_with_docker_media_types_rechunks_as_the_oci_one() -> Result<()> {
         &tree(&root)?,
         "rechunked Docker image against the source",
     )
+}
+
+/// Hostile layers: jars written "through" symbolic links (one to a host
+/// directory, one inside the root) by a later layer, and a name that climbs
+/// out of the root. Rechunk writes nothing outside its output, and the result
+/// unpacks as the source does.
+#[test]
+fn hostile_layers_reach_nothing_outside_and_keep_their_meaning() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let host = t.join("host");
+    fs::create_dir(&host)?;
+    let host_text = host.display().to_string();
+    let lower = layer(&[
+        E::Dir("app", 0o755, (0, 0)),
+        E::Dir("srv", 0o755, (0, 0)),
+        E::Symlink("app/lib", "../srv"),
+        E::Symlink("app/host", &host_text),
+    ])?;
+    let upper = layer(&[
+        E::File("app/lib/evil.jar", &jar("evil")?, 0o644, (0, 0)),
+        E::Raw(b"../../../escape.jar", &jar("escape")?),
+        E::Raw(b"../../notes.txt", b"kept in the rewritten layer"),
+    ])?;
+    let src = t.join("src");
+    typed_image(&src, "v1", &[lower, upper], false)?;
+    let out = t.join("out");
+    let out_ref = format!("oci:{}:v1", out.display());
+    ok(&[
+        "rechunk",
+        &format!("oci:{}:v1", src.display()),
+        &out_ref,
+        "--no-cache",
+    ])?;
+    ok(&["validate", &out_ref])?;
+    ensure!(
+        fs::read_dir(&host)?.next().is_none(),
+        "rechunk wrote into the directory the link names"
+    );
+    ensure!(!t.join("escape.jar").exists() && !Path::new("/escape.jar").exists());
+    let expected = t.join("expected");
+    materialize(&src, "v1", &expected)?;
+    let root = t.join("root");
+    materialize(&out, "v1", &root)?;
+    ensure!(
+        root.join("srv/evil.jar").is_file()
+            && root.join("escape.jar").is_file()
+            && root.join("notes.txt").is_file()
+    );
+    assert_same(
+        &tree(&expected)?,
+        &tree(&root)?,
+        "hostile source against its rechunk",
+    )?;
+
+    // A jar written through the link to the host directory: the unpacker
+    // refuses the source (the link dangles inside the root), rechunk keeps
+    // the entry in its layer, and the output is refused the same way.
+    let through = layer(&[E::File("app/host/evil.jar", &jar("evil")?, 0o644, (0, 0))])?;
+    let lower = layer(&[
+        E::Dir("app", 0o755, (0, 0)),
+        E::Symlink("app/host", &host_text),
+    ])?;
+    typed_image(&src, "v2", &[lower, through], false)?;
+    let out2 = format!("oci:{}:v2", out.display());
+    ok(&[
+        "rechunk",
+        &format!("oci:{}:v2", src.display()),
+        &out2,
+        "--no-cache",
+    ])?;
+    ensure!(
+        fs::read_dir(&host)?.next().is_none(),
+        "rechunk stayed inside"
+    );
+    let src_err = materialize(&src, "v2", &t.join("r-src"))
+        .err()
+        .context("the source unpacked")?;
+    let out_err = materialize(&out, "v2", &t.join("r-out"))
+        .err()
+        .context("the output unpacked")?;
+    ensure!(
+        format!("{src_err:#}").contains("app/host/evil.jar")
+            && format!("{out_err:#}").contains("app/host/evil.jar"),
+        "{src_err:#}\n{out_err:#}"
+    );
+    ensure!(
+        fs::read_dir(&host)?.next().is_none(),
+        "the unpacks stayed inside"
+    );
+    Ok(())
 }
