@@ -70,6 +70,10 @@ pub struct RechunkSpec {
     pub source_date_epoch: u64,
     /// The build cache.
     pub cache_dir: Option<PathBuf>,
+    /// An earlier rechunk of the same application, in a layout: its number
+    /// of groups is kept when it fits, so that its unchanged groups keep
+    /// their layers.
+    pub prior: Option<OciRef>,
 }
 
 /// One component: a block the plan made, and where it goes.
@@ -100,8 +104,12 @@ pub struct RechunkPlatform {
     pub components: Vec<Component>,
     /// Files the rules would take that stay in the layers, and why.
     pub kept: BTreeMap<String, usize>,
-    /// Groups (added layers).
+    /// Groups with components (added layers).
     pub groups: usize,
+    /// How many groups components were spread over (`G` of `spec/fallback.md`).
+    pub group_count: usize,
+    /// Whether `G` is the prior rechunk's.
+    pub prior_groups_kept: bool,
 }
 
 /// What a rechunk did.
@@ -345,6 +353,7 @@ fn rechunk_platform(
     manifest: &Value,
     base: &OciDir,
     scratch: &Path,
+    prior_groups: Option<usize>,
 ) -> Result<PlatformWork> {
     let image = match platform {
         Some(p) => format!("{} ({p})", spec.origin),
@@ -373,7 +382,9 @@ fn rechunk_platform(
             size,
         })
         .collect();
-    let room = spec.max_layers.saturating_sub(layers.len());
+    let fits = spec.max_layers.saturating_sub(layers.len());
+    let prior_groups = prior_groups.filter(|g| *g <= fits && *g > 0);
+    let room = prior_groups.unwrap_or_else(|| (spec.max_layers / 2).min(fits));
     if room == 0 {
         return Err(Error::option(
             format!("--max-layers {}", spec.max_layers),
@@ -572,10 +583,57 @@ fn rechunk_platform(
             components: components.into_iter().map(|(_, c)| c).collect(),
             kept,
             groups: by_group.len(),
+            group_count: room,
+            prior_groups_kept: prior_groups.is_some(),
         },
         manifest,
         adds,
     })
+}
+
+/// The number of groups of an earlier rechunk for `platform`, from its
+/// blocks manifest's history (`oci-blocks rechunk: group g of G: ...`).
+fn groups_of_prior(prior: &OciRef, platform: Option<&str>) -> Result<Option<usize>> {
+    let image = prior.to_string();
+    let dir = OciDir::open(&prior.path)?;
+    let roots = dir.resolve(prior.tag.as_deref())?;
+    let [root] = roots.as_slice() else {
+        return Err(image_error(
+            &image,
+            format!("{} images in the layout; name one with :TAG", roots.len()),
+        ));
+    };
+    let mut digest = Digest::try_from(root.digest())?;
+    let mut size = root.size();
+    let mut doc = read_json(&dir, &digest, size, &image)?;
+    if doc.get("manifests").is_some() {
+        let wanted = match platform {
+            Some(p) => Platform::parse(p)
+                .map_err(|_| Error::option(format!("--platform {p}"), "expected OS/ARCH"))?,
+            None => Platform::host(),
+        };
+        let entries = doc["manifests"].as_array().cloned().unwrap_or_default();
+        let Some(choice) = oci_blocks_core::platform::choose(&entries, &wanted) else {
+            return Ok(None);
+        };
+        (digest, _, size) = descriptor_of(&entries[choice.index], &image)?;
+        doc = read_json(&dir, &digest, size, &image)?;
+    }
+    let Some(config) = doc.get("config") else {
+        return Ok(None);
+    };
+    let (cd, _, cs) = descriptor_of(config, &image)?;
+    let config = read_json(&dir, &cd, cs, &image)?;
+    let groups = config
+        .get("history")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.get("created_by")?.as_str())
+        .filter_map(|c| c.strip_prefix("oci-blocks rechunk: group "))
+        .filter_map(|rest| rest.split_once(" of ")?.1.split(':').next()?.parse().ok())
+        .next();
+    Ok(groups)
 }
 
 /// Links (or copies) the blob `digest` of `from` into `to`.
@@ -721,6 +779,10 @@ pub fn rechunk(spec: &RechunkSpec) -> Result<RechunkReport> {
     let mut works = Vec::new();
     for (i, (platform, manifest)) in chosen.iter().enumerate() {
         let dir = scratch.path().join(format!("platform-{i}"));
+        let prior_groups = match &spec.prior {
+            Some(prior) => groups_of_prior(prior, platform.as_deref())?,
+            None => None,
+        };
         works.push(rechunk_platform(
             spec,
             &src,
@@ -728,6 +790,7 @@ pub fn rechunk(spec: &RechunkSpec) -> Result<RechunkReport> {
             manifest,
             &base,
             &dir,
+            prior_groups,
         )?);
     }
     // The remainder image is the base of the build.

@@ -11,7 +11,7 @@ use oci_blocks_core::layout::OciRef;
 
 use crate::build::{FallbackArg, Reproducible};
 use crate::output::{bytes, outln};
-use crate::transfer::{Transport, copy_between, fetch_with};
+use crate::transfer::{Transport, copy_between, fetch_documents, fetch_with};
 
 /// Rewrite an existing image (built by docker, buildah, Jib, ...) into blocks
 /// beside its layers, and a legacy variant of at most --max-layers plain
@@ -38,6 +38,11 @@ pub struct Args {
     /// default: every platform.
     #[arg(long = "platform", value_name = "OS/ARCH")]
     platforms: Vec<String>,
+    /// An earlier rechunk of the same application (oci: or docker://): its
+    /// number of groups is kept when it fits, so that groups whose
+    /// components did not change keep their layers' digests.
+    #[arg(long, value_name = "IMAGE")]
+    prior: Option<String>,
     #[command(flatten)]
     reproducible: Reproducible,
     #[command(flatten)]
@@ -57,6 +62,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 tag: Some(tag),
             };
             (Some(tmp), r)
+        }
+    };
+    let (_prior_fetched, prior) = match args.prior.as_deref().map(ImageRef::parse).transpose()? {
+        None => (None, None),
+        Some(ImageRef::Layout(r)) => (None, Some(r)),
+        Some(ImageRef::Registry(_)) => {
+            let text = args.prior.as_deref().unwrap_or_default();
+            let (tmp, tag) = fetch_documents(text, &options)?;
+            let r = OciRef {
+                path: tmp.path().to_path_buf(),
+                tag: Some(tag),
+            };
+            (Some(tmp), Some(r))
         }
     };
     let staged = match &dest {
@@ -83,6 +101,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         },
         source_date_epoch: args.reproducible.epoch()?,
         cache_dir: args.reproducible.cache_dir(),
+        prior,
     };
     let report = rechunk(&spec).context("rechunk")?;
     let pushed = match &staged {

@@ -207,6 +207,71 @@ pub fn fetch_with(image: &str, options: &CopyOptions) -> Result<(tempfile::TempD
     Ok((tmp, tag))
 }
 
+/// The index, manifests and configs of the registry image `image` (no
+/// layers, no blocks) in a temporary layout, each verified: what a command
+/// that reads only an image's documents needs (`rechunk --prior`).
+pub fn fetch_documents(image: &str, options: &CopyOptions) -> Result<(tempfile::TempDir, String)> {
+    const MAX_CONFIG: usize = 8 << 20;
+    let ImageRef::Registry(r) = ImageRef::parse(image)? else {
+        bail!("{image}: not a docker:// reference");
+    };
+    let tmp = tempfile::tempdir().context("a temporary directory")?;
+    let layout = OciDir::create(tmp.path())?;
+    runtime()?.block_on(async {
+        let registry = oci_blocks_client::Registry::connect(&r.host, options.src.clone()).await?;
+        let (top_bytes, media_type, digest) =
+            registry.get_manifest(&r.repository, &r.reference()).await?;
+        layout.write_blob_verified(&top_bytes[..], &digest, Some(top_bytes.len() as u64))?;
+        let top: serde_json::Value = serde_json::from_slice(&top_bytes)
+            .with_context(|| format!("{image}: {digest} is not JSON"))?;
+        let mut manifests = vec![top.clone()];
+        for e in top
+            .get("manifests")
+            .and_then(|m| m.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let Some(d) = e.get("digest").and_then(|d| d.as_str()) else {
+                continue;
+            };
+            let (b, _, d) = registry.get_manifest(&r.repository, d).await?;
+            layout.write_blob_verified(&b[..], &d, Some(b.len() as u64))?;
+            manifests.push(
+                serde_json::from_slice(&b).with_context(|| format!("{image}: {d} is not JSON"))?,
+            );
+        }
+        for m in &manifests {
+            let Some(config) = m
+                .get("config")
+                .and_then(|c| c.get("digest"))
+                .and_then(|d| d.as_str())
+            else {
+                continue;
+            };
+            let d = Digest::parse(config)?;
+            let body = registry
+                .get_blob(&r.repository, &d)
+                .await?
+                .bytes()
+                .await
+                .with_context(|| format!("{image}: config {d}"))?;
+            if body.len() > MAX_CONFIG {
+                bail!(
+                    "{image}: config {d} is larger than {}",
+                    bytes(MAX_CONFIG as u64)
+                );
+            }
+            layout.write_blob_verified(&body[..], &d, Some(body.len() as u64))?;
+        }
+        let descriptor = serde_json::from_value(serde_json::json!({
+            "mediaType": media_type, "digest": digest.to_string(), "size": top_bytes.len(),
+        }))?;
+        layout.set_tag("fetched", descriptor)?;
+        anyhow::Ok(())
+    })?;
+    Ok((tmp, "fetched".to_string()))
+}
+
 /// Copies `src` to `dest` (any references) with a progress bar on a terminal.
 pub fn copy_between(
     src: &str,

@@ -732,3 +732,72 @@ fn hostile_layers_reach_nothing_outside_and_keep_their_meaning() -> Result<()> {
     );
     Ok(())
 }
+
+/// The number of groups follows the cap, unless a prior rechunk of the same
+/// application is named: its number is kept (when it fits), so that every
+/// group whose components did not change keeps its layer. The prior may be
+/// a layout or a registry image (only its documents are fetched).
+#[test]
+fn a_prior_keeps_the_groups_and_their_layers() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let src = t.join("src");
+    source(&src, "v1", &jar("one")?, false)?;
+    let src_ref = format!("oci:{}:v1", src.display());
+    let out = t.join("out");
+    let rechunk = |tag: &str, extra: &[&str]| -> Result<Value> {
+        let dest = format!("oci:{}:{tag}", out.display());
+        let mut args = vec!["rechunk", &src_ref, &dest, "--no-cache", "--json"];
+        args.extend_from_slice(extra);
+        Ok(serde_json::from_str(&ok(&args)?)?)
+    };
+    let first = rechunk("first", &["--max-layers", "12"])?;
+    ensure!(first["platforms"][0]["group_count"] == 6, "{first}");
+    let capped = rechunk("capped", &["--max-layers", "10"])?;
+    ensure!(capped["platforms"][0]["group_count"] == 5, "{capped}");
+    ensure!(payload(&out, "first", "legacy")? != payload(&out, "capped", "legacy")?);
+
+    let prior = format!("oci:{}:first", out.display());
+    let kept = rechunk("kept", &["--max-layers", "10", "--prior", &prior])?;
+    ensure!(
+        kept["platforms"][0]["group_count"] == 6
+            && kept["platforms"][0]["prior_groups_kept"] == true,
+        "{kept}"
+    );
+    for variant in ["blocks", "legacy"] {
+        ensure!(
+            payload(&out, "first", variant)? == payload(&out, "kept", variant)?,
+            "{variant}: the prior's layers, byte for byte"
+        );
+    }
+
+    // The same prior from a registry.
+    let host = crate::transfer::our_registry(&t.join("registry"))?;
+    ok(&[
+        "copy",
+        &prior,
+        &format!("docker://{host}/app:first"),
+        "--dest-tls-verify=false",
+    ])?;
+    let remote = rechunk(
+        "remote",
+        &[
+            "--max-layers",
+            "10",
+            "--prior",
+            &format!("docker://{host}/app:first"),
+            "--src-tls-verify=false",
+        ],
+    )?;
+    ensure!(remote["platforms"][0]["group_count"] == 6, "{remote}");
+    ensure!(payload(&out, "first", "legacy")? == payload(&out, "remote", "legacy")?);
+
+    // A prior whose groups no longer fit the cap is not kept.
+    let tight = rechunk("tight", &["--max-layers", "6", "--prior", &prior])?;
+    ensure!(
+        tight["platforms"][0]["group_count"] == 2
+            && tight["platforms"][0]["prior_groups_kept"] == false,
+        "{tight}"
+    );
+    Ok(())
+}
