@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 
 use crate::common::*;
 use anyhow::{Context, Result, ensure};
@@ -799,5 +800,174 @@ fn a_prior_keeps_the_groups_and_their_layers() -> Result<()> {
             && tight["platforms"][0]["prior_groups_kept"] == false,
         "{tight}"
     );
+    Ok(())
+}
+
+/// A Debian bookworm minbase from debootstrap, as a base image layer made
+/// with umoci, then an application step (jars, Python distributions, a
+/// deleted file, a file of another owner) made the same way.
+fn debian_image(t: &Path) -> Result<std::path::PathBuf> {
+    let rootfs = t.join("debootstrap");
+    let out = Command::new("debootstrap")
+        .args(["--variant=minbase", "bookworm"])
+        .arg(&rootfs)
+        .arg(
+            std::env::var("OCI_BLOCKS_DEBIAN_MIRROR")
+                .unwrap_or_else(|_| "http://deb.debian.org/debian".into()),
+        )
+        .output()?;
+    ensure!(out.status.success(), "debootstrap: {}", text(&out));
+    // As Docker's Debian images: no device nodes, no package lists.
+    for dir in ["dev", "var/lib/apt/lists", "var/cache/apt"] {
+        for e in fs::read_dir(rootfs.join(dir))? {
+            let p = e?.path();
+            if p.is_dir() && !p.is_symlink() {
+                fs::remove_dir_all(&p)?;
+            } else {
+                fs::remove_file(&p)?;
+            }
+        }
+    }
+    let layout = t.join("debian");
+    let image = |tag: &str| format!("{}:{tag}", layout.display());
+    let umoci = |args: &[&str]| -> Result<()> {
+        let out = Command::new("umoci").args(args).output()?;
+        ensure!(out.status.success(), "umoci {args:?}: {}", text(&out));
+        Ok(())
+    };
+    umoci(&["init", "--layout", &layout.display().to_string()])?;
+    umoci(&["new", "--image", &image("base")])?;
+    let bundle = t.join("bundle");
+    let b = bundle.display().to_string();
+    umoci(&["unpack", "--image", &image("base"), &b])?;
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", rootfs.display()))
+        .arg(bundle.join("rootfs")))?;
+    umoci(&["repack", "--image", &image("base"), &b])?;
+    fs::remove_dir_all(&bundle)?;
+
+    umoci(&["unpack", "--image", &image("base"), &b])?;
+    let root = bundle.join("rootfs");
+    fs::create_dir_all(root.join("app/lib"))?;
+    for e in fs::read_dir(repo().join("examples/java-app/lib"))? {
+        let e = e?;
+        fs::copy(e.path(), root.join("app/lib").join(e.file_name()))?;
+    }
+    fs::write(root.join("app/lib/owned-1.0.jar"), jar("owned")?)?;
+    std::os::unix::fs::chown(root.join("app/lib/owned-1.0.jar"), Some(1000), Some(1000))?;
+    let site = root.join("usr/lib/python3/dist-packages");
+    fs::create_dir_all(&site)?;
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(format!(
+            "{}/.",
+            repo().join("examples/python-app/site-packages").display()
+        ))
+        .arg(&site))?;
+    fs::remove_file(root.join("etc/debian_version"))?;
+    umoci(&["repack", "--image", &image("app"), &b])?;
+    umoci(&[
+        "config",
+        "--image",
+        &image("app"),
+        "--config.entrypoint",
+        "java",
+        "--config.user",
+        "1000",
+    ])?;
+    Ok(layout)
+}
+
+/// Owner and group of every path below `root`.
+fn owners(root: &Path) -> Result<BTreeSet<(String, u32, u32)>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = fs::symlink_metadata(&p)?;
+        if meta.is_dir() {
+            for e in fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+        let rel = p.strip_prefix(root)?.to_string_lossy().into_owned();
+        out.insert((rel, meta.uid(), meta.gid()));
+    }
+    Ok(out)
+}
+
+/// A real Debian base, built the Dockerfile way: umoci sees the source's
+/// tree in the legacy variant and the shim in the blocks variant, owners
+/// included.
+#[test]
+#[ignore = "needs debootstrap, umoci, skopeo, root and Debian's mirror; .ci/run runs it"]
+fn a_real_debian_image_rechunks_with_identical_trees() -> Result<()> {
+    need(&["debootstrap", "umoci", "skopeo"])?;
+    ensure!(
+        rustix::process::geteuid().is_root(),
+        "debootstrap needs root"
+    );
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let layout = debian_image(t)?;
+    let out = t.join("out");
+    let report: Value = serde_json::from_str(&ok(&[
+        "rechunk",
+        &format!("oci:{}:app", layout.display()),
+        &format!("oci:{}:v1", out.display()),
+        "--no-cache",
+        "--json",
+    ])?)?;
+    ok(&["validate", &format!("oci:{}:v1", out.display())])?;
+    let platform = &report["platforms"][0];
+    ensure!(
+        platform["layers"] == 2 && platform["rewritten"] == 1,
+        "the base layer is kept byte for byte, the application's rewritten: {platform}"
+    );
+    ensure!(
+        platform["components"]
+            .as_array()
+            .is_some_and(|c| c.len() >= 8),
+        "{platform}"
+    );
+
+    // umoci as root (not --rootless, which drops owners).
+    let umoci_unpack = |layout: &Path, tag: &str, bundle: &Path| -> Result<()> {
+        let out = Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:{tag}", layout.display()))
+            .arg(bundle)
+            .output()?;
+        ensure!(out.status.success(), "umoci: {}", text(&out));
+        Ok(())
+    };
+    let theirs = t.join("umoci-src");
+    umoci_unpack(&layout, "app", &theirs)?;
+    let legacy = t.join("legacy");
+    crate::unpack::skopeo_copy(&out, &legacy, "v1")?;
+    let theirs_legacy = t.join("umoci-legacy");
+    umoci_unpack(&legacy, "v1", &theirs_legacy)?;
+    let ours = t.join("ours");
+    materialize(&out, "v1", &ours)?;
+    let want = tree(&theirs.join("rootfs"))?;
+    ensure!(want.contains_key("usr/bin/dpkg") && !want.contains_key("etc/debian_version"));
+    ensure!(owners(&theirs.join("rootfs"))?.contains(&("etc/shadow".into(), 0, 42)));
+    assert_same(
+        &want,
+        &tree(&theirs_legacy.join("rootfs"))?,
+        "umoci: legacy variant",
+    )?;
+    assert_same(&want, &tree(&ours)?, "shim: blocks variant")?;
+    let want = owners(&theirs.join("rootfs"))?;
+    for (what, root) in [("legacy", theirs_legacy.join("rootfs")), ("blocks", ours)] {
+        let got = owners(&root)?;
+        let missing: Vec<_> = want.difference(&got).take(10).collect();
+        let extra: Vec<_> = got.difference(&want).take(10).collect();
+        ensure!(
+            missing.is_empty() && extra.is_empty(),
+            "{what}: owners differ: umoci has {missing:?}, this has {extra:?}"
+        );
+    }
     Ok(())
 }
