@@ -119,6 +119,7 @@ pub fn canonical_pyc(
     // get a same-length placeholder for the prefix before it.
     let magic = u16::from_le_bytes([data[0], data[1]]);
     let suffix = format!("/{source_rel}");
+    let mut retype = Vec::new();
     for (start, end) in filename_spans(&data[16..], magic).unwrap_or_default() {
         let (start, end) = (start + 16, end + 16);
         let content = &out[start..end];
@@ -131,7 +132,37 @@ pub fn canonical_pyc(
             replaced[0] = b'/';
             replaced[prefix_len - 1] = b'/';
             out[start..start + prefix_len].copy_from_slice(&replaced);
+            // A prefix that was not ASCII made CPython write the string as
+            // UTF-8 (`u`, or `t` interned); now it is ASCII, it takes the
+            // type CPython writes for an ASCII string, or two prefixes of
+            // one length would still give two files.
+            if out[start..end].is_ascii()
+                && start >= 21
+                && matches!(out[start - 5] & 0x7f, b'u' | b't')
+            {
+                retype.push((start - 5, start, end));
+            }
         }
+    }
+    if !retype.is_empty() {
+        let mut rebuilt = Vec::with_capacity(out.len());
+        let mut pos = 0;
+        for (header, start, end) in retype {
+            rebuilt.extend_from_slice(&out[pos..header]);
+            let flag = out[header] & 0x80;
+            let len = end - start;
+            match u8::try_from(len) {
+                Ok(short) => rebuilt.extend_from_slice(&[b'z' | flag, short]),
+                Err(_) => {
+                    rebuilt.push(b'a' | flag);
+                    rebuilt.extend_from_slice(&(len as u32).to_le_bytes());
+                }
+            }
+            rebuilt.extend_from_slice(&out[start..end]);
+            pos = end;
+        }
+        rebuilt.extend_from_slice(&out[pos..]);
+        out = rebuilt;
     }
     (out != data).then_some(out)
 }
@@ -433,6 +464,16 @@ mod tests {
         assert_eq!(x, y);
     }
 
+    /// The case the property below found: a prefix with a character that is
+    /// not ASCII is written by CPython as a `u` string, an ASCII one as `z`.
+    #[test]
+    fn a_prefix_that_is_not_ascii_gives_the_file_an_ascii_one_gives() {
+        let a = canonical_pyc(&pyc("/\u{80}/site/", 5, 9), "rich/filesize.py", 5, 9, 1);
+        let b = canonical_pyc(&pyc("/xy/site/", 5, 9), "rich/filesize.py", 5, 9, 1);
+        assert!(a.is_some());
+        assert_eq!(a, b);
+    }
+
     proptest! {
         /// Any two prefixes of one length give the same bytes, whatever
         /// characters pip's random names or a user's directories hold.
@@ -456,7 +497,9 @@ mod tests {
             let pb = pyc(&format!("/{b}/site/"), 5, 9);
             let ca = canonical_pyc(&pa, "rich/filesize.py", 5, 9, 1).expect("rewritten");
             let cb = canonical_pyc(&pb, "rich/filesize.py", 5, 9, 1).expect("rewritten");
-            prop_assert_eq!(ca.len(), pa.len());
+            if a.is_ascii() {
+                prop_assert_eq!(ca.len(), pa.len());
+            }
             prop_assert_eq!(ca, cb);
         }
     }
@@ -501,14 +544,20 @@ mod tests {
         let module =
             "def f(x):\n    return lambda: x\n\nclass C:\n    def m(self):\n        pass\n";
         let mut outputs = Vec::new();
-        for i in 0..40u32 {
-            // Names of one length, with lookalike headers in them.
-            let name = format!(
-                "pip-target-{:02}z{}Z{}q{i:04}",
-                i % 10,
-                (b'!' + (i % 90) as u8) as char,
-                (b'0' + (i % 10) as u8) as char
-            );
+        for i in 0..41u32 {
+            // Names of one length, with lookalike headers in them; the last
+            // with a character that is not ASCII (two bytes in UTF-8, as
+            // the two characters it replaces).
+            let name = if i == 40 {
+                "pip-target-00éZ2q0040".to_string()
+            } else {
+                format!(
+                    "pip-target-{:02}z{}Z{}q{i:04}",
+                    i % 10,
+                    (b'!' + (i % 90) as u8) as char,
+                    (b'0' + (i % 10) as u8) as char
+                )
+            };
             let site = tmp.path().join(&name).join("site");
             std::fs::create_dir_all(site.join("pkg"))?;
             let src = site.join("pkg/mod.py");
@@ -534,6 +583,19 @@ mod tests {
         for (name, c) in &outputs[1..] {
             anyhow::ensure!(c == &outputs[0].1, "{name} differs from {}", outputs[0].0);
         }
+        // And CPython still loads it.
+        let file = tmp.path().join("canonical.pyc");
+        std::fs::write(&file, &outputs[0].1)?;
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import marshal,sys; d=open(sys.argv[1],'rb').read(); exec(marshal.loads(d[16:])); print(f(3)())")
+            .arg(&file)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success() && out.stdout == b"3\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(())
     }
 }
