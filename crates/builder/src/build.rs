@@ -264,11 +264,23 @@ fn write_layers(
         }
         Some(_) => None,
     };
-    let groups = layer_groups(
-        spec.max_layers,
-        base.map_or(0, |b| b.layers.len()),
-        adds.len(),
-    )?;
+    let groups = if adds.iter().any(|a| a.add.layer_group.is_some()) {
+        // Explicit groups: each run of adjacent adds of one group is a layer.
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, a) in adds.iter().enumerate() {
+            match ranges.last_mut() {
+                Some(r) if adds[r.start].add.layer_group == a.add.layer_group => r.end = i + 1,
+                _ => ranges.push(i..i + 1),
+            }
+        }
+        ranges
+    } else {
+        layer_groups(
+            spec.max_layers,
+            base.map_or(0, |b| b.layers.len()),
+            adds.len(),
+        )?
+    };
     // What a stub of this build may import: the base's blocks and ours.
     let declared: HashMap<Digest, (String, u64)> = base
         .iter()
@@ -293,13 +305,14 @@ fn write_layers(
             items.add(add_items, &adds[ai].add.dest)?;
             imports += n;
         }
-        let dests: Vec<&str> = group
+        let mut dests: Vec<&str> = group
             .clone()
             .map(|ai| {
                 let add = &adds[ai].add;
                 add.imports_only.as_deref().unwrap_or(add.dest.as_str())
             })
             .collect();
+        dests.dedup();
         if dests.len() > 1 {
             merged.push(dests.iter().map(|d| d.to_string()).collect::<Vec<_>>());
         }
@@ -444,7 +457,10 @@ fn build_platform(
         .iter()
         .map(|add| {
             let entries = input::walk(&add.src)?;
-            let plan = plan::plan(&entries, rules)?;
+            let plan = match &add.whole_block {
+                Some(annotations) => plan::whole(&entries, annotations)?,
+                None => plan::plan(&entries, rules)?,
+            };
             Ok(AddResult { add, entries, plan })
         })
         .collect::<Result<_>>()?;

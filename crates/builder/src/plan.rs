@@ -256,6 +256,40 @@ pub fn plan(entries: &[Entry], rules: &Rules) -> Result<Plan> {
     Ok(plan)
 }
 
+/// The plan of a tree that is one block as a whole (a system package):
+/// every regular file at its path, each imported at its place.
+pub fn whole(entries: &[Entry], annotations: &BTreeMap<String, String>) -> Result<Plan> {
+    let mut block = BlockPlan {
+        rule: "package".into(),
+        entries: Vec::new(),
+        imports: Vec::new(),
+        annotations: annotations.clone(),
+        python: None,
+    };
+    let mut owned = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        if e.rel.is_empty() {
+            continue;
+        }
+        // Files only: the directories are the image's, and a block's
+        // digest must not depend on the umask its scratch tree was made with.
+        if e.kind == Kind::File {
+            block.entries.push((e.rel.clone(), i));
+            block
+                .imports
+                .push((e.rel.clone(), format!("/{}", utf8(&e.rel, entries, i)?)));
+            owned.push(e.rel.clone());
+        }
+    }
+    if block.imports.is_empty() {
+        return Ok(Plan::default());
+    }
+    Ok(Plan {
+        blocks: vec![block],
+        owned,
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn python_block(
     plan: &mut Plan,

@@ -24,9 +24,10 @@
 //!   fallback the legacy manifest whose group layers are those imports
 //!   materialized.
 
+pub mod dpkg;
 pub mod tree;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -36,9 +37,9 @@ use oci_blocks_core::Digest;
 use oci_blocks_core::entry::{self, Kind};
 use oci_blocks_core::layout::{OciDir, OciRef};
 use oci_blocks_core::names::{
-    ANNOTATION_MAVEN_COORDINATES, ANNOTATION_PYTHON_DISTRIBUTION, ANNOTATION_VARIANT,
-    DOCKER_CONFIG, DOCKER_LAYER_TAR_GZIP, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG,
-    OCI_INDEX, OCI_LAYER_TAR_GZIP, OCI_MANIFEST, tar_compression,
+    ANNOTATION_DEBIAN_PACKAGE, ANNOTATION_MAVEN_COORDINATES, ANNOTATION_PYTHON_DISTRIBUTION,
+    ANNOTATION_TITLE, ANNOTATION_VARIANT, DOCKER_CONFIG, DOCKER_LAYER_TAR_GZIP, DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR_GZIP, OCI_MANIFEST, tar_compression,
 };
 use oci_blocks_core::platform::Platform;
 use serde::Serialize;
@@ -416,13 +417,74 @@ fn rechunk_platform(
             None => wanted.push(path.clone()),
         }
     }
+    // Debian packages: the files each installed package lists, unchanged
+    // since dpkg installed them, that no other rule takes.
+    let db = dpkg::database_paths(&tree);
+    let (packages, diverted) = if db.is_empty() {
+        (Vec::new(), HashSet::new())
+    } else {
+        let root = scratch.join("dpkg");
+        fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        tree::extract(src, &image, &layers, &tree, &db, &root)?;
+        (dpkg::read(&root)?, dpkg::diversions(&root)?)
+    };
+    // dpkg lists /bin/bash where a merged /usr has usr/bin/bash: every
+    // path is taken where it is in the tree.
+    let mut packages = packages;
+    for p in &mut packages {
+        for f in &mut p.files {
+            *f = tree::through_usr_link(&tree, f);
+        }
+        p.md5sums = std::mem::take(&mut p.md5sums)
+            .into_iter()
+            .map(|(f, sum)| (tree::through_usr_link(&tree, &f), sum))
+            .collect();
+        p.conffiles = std::mem::take(&mut p.conffiles)
+            .into_iter()
+            .map(|f| tree::through_usr_link(&tree, &f))
+            .collect();
+    }
+    let diverted: HashSet<Vec<u8>> = diverted
+        .into_iter()
+        .map(|f| tree::through_usr_link(&tree, &f))
+        .collect();
+    let mut listed: HashMap<&[u8], usize> = HashMap::new();
+    for p in &packages {
+        for f in &p.files {
+            *listed.entry(f.as_slice()).or_default() += 1;
+        }
+    }
+    let mut deb_files: Vec<(usize, Vec<u8>)> = Vec::new();
+    for (pi, p) in packages.iter().enumerate() {
+        for f in &p.files {
+            let Some(node) = tree.get(f) else { continue };
+            if node.kind == Kind::Dir || rule_could_take(f) {
+                continue;
+            }
+            let why = if p.conffiles.contains(f) {
+                Some("a Debian conffile")
+            } else if listed.get(f.as_slice()).is_some_and(|n| *n > 1) || diverted.contains(f) {
+                Some("listed by two Debian packages, or diverted")
+            } else if !p.md5sums.contains_key(f) {
+                Some("a Debian file without an MD5 sum")
+            } else {
+                why_kept(&tree, f, node)
+            };
+            match why {
+                Some(why) => *kept.entry(why.to_string()).or_default() += 1,
+                None => deb_files.push((pi, f.clone())),
+            }
+        }
+    }
     let all = scratch.join("all");
     fs::create_dir_all(&all).map_err(|e| Error::io(&all, e))?;
-    tree::extract(src, &image, &layers, &tree, &wanted, &all)?;
+    let mut to_extract = wanted.clone();
+    to_extract.extend(deb_files.iter().map(|(_, f)| f.clone()));
+    tree::extract(src, &image, &layers, &tree, &to_extract, &all)?;
 
     // The builder's rules decide the blocks, on the extracted files alone.
     let extracted: BTreeSet<&[u8]> = wanted.iter().map(Vec::as_slice).collect();
-    let entries = input::walk(&all)?;
+    let entries: Vec<input::Entry> = input::walk(&all)?;
     let planned = plan::plan(&entries, &Rules::new(&[], 0)?)?;
     let mut components: Vec<(plan::BlockPlan, Component)> = Vec::new();
     for block in planned.blocks {
@@ -487,34 +549,130 @@ fn rechunk_platform(
         c.group = group_of(&c.ecosystem, key.as_deref().unwrap_or(&c.origin), room);
     }
 
-    // Each group's files in a tree of their own: one imports-only add each.
-    let mut by_group: BTreeMap<usize, Vec<Component>> = BTreeMap::new();
+    // Debian packages whose files the other rules left alone, each file
+    // still as dpkg installed it.
+    let taken: Vec<Vec<u8>> = components
+        .iter()
+        .flat_map(|(_, c)| c.paths.iter().map(|p| p.as_bytes().to_vec()))
+        .collect();
+    let mut deb: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+    for (pi, f) in deb_files {
+        if taken.iter().any(|root| entry::is_at_or_below(&f, root)) {
+            continue;
+        }
+        let path = all.join(OsStr::from_bytes(&f));
+        let expected = packages[pi].md5sums.get(&f);
+        if expected != Some(&dpkg::md5_of(&path)?) {
+            *kept
+                .entry("changed since dpkg installed it".into())
+                .or_default() += 1;
+            continue;
+        }
+        deb.entry(pi).or_default().push(f);
+    }
+    let deb_components: Vec<(usize, Component)> = deb
+        .into_iter()
+        .map(|(pi, files)| {
+            let p = &packages[pi];
+            let bytes = files
+                .iter()
+                .filter_map(|f| tree.get(f))
+                .map(|n| n.size)
+                .sum();
+            let component = Component {
+                ecosystem: "debian".into(),
+                origin: p.source.clone(),
+                paths: files.iter().map(|f| text(f)).collect(),
+                bytes,
+                group: group_of("debian", &p.source, room),
+            };
+            (pi, component)
+        })
+        .collect();
+
+    // Each group's components in trees of their own, one imports-only add
+    // per tree, the adds of a group in one layer.
+    // Per group: the jar and Python components, and the Debian packages
+    // (with their index in `packages`).
+    type Members = (Vec<Component>, Vec<(usize, Component)>);
+    let mut by_group: BTreeMap<usize, Members> = BTreeMap::new();
     for (_, c) in &components {
-        by_group.entry(c.group).or_default().push(c.clone());
+        by_group.entry(c.group).or_default().0.push(c.clone());
+    }
+    for (pi, c) in &deb_components {
+        by_group
+            .entry(c.group)
+            .or_default()
+            .1
+            .push((*pi, c.clone()));
     }
     let mut adds = Vec::new();
     let mut owned: Vec<Vec<u8>> = Vec::new();
-    for (g, members) in &by_group {
-        let dir = scratch.join(format!("group-{g}"));
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        for c in members {
-            for p in &c.paths {
-                move_into(&all, &dir, p.as_bytes())?;
-                owned.push(p.as_bytes().to_vec());
-            }
-        }
-        let mut origins: Vec<&str> = members.iter().map(|c| c.origin.as_str()).collect();
+    for (g, (members, debs)) in &by_group {
+        let mut origins: Vec<&str> = members
+            .iter()
+            .chain(debs.iter().map(|(_, c)| c))
+            .map(|c| c.origin.as_str())
+            .collect();
+        origins.sort_unstable();
         origins.dedup();
-        adds.push(Add {
-            src: dir,
-            dest: "/".into(),
-            imports_only: Some(format!(
-                "group {g} of {room}: {} from {}",
-                origins.join(" "),
-                spec.origin
-            )),
-        });
+        let label = format!(
+            "group {g} of {room}: {} from {}",
+            origins.join(" "),
+            spec.origin
+        );
+        if !members.is_empty() {
+            let dir = scratch.join(format!("group-{g}"));
+            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            for c in members {
+                for p in &c.paths {
+                    move_into(&all, &dir, p.as_bytes())?;
+                    owned.push(p.as_bytes().to_vec());
+                }
+            }
+            adds.push(Add {
+                src: dir,
+                dest: "/".into(),
+                imports_only: Some(label.clone()),
+                whole_block: None,
+                layer_group: Some(*g),
+            });
+        }
+        for (pi, c) in debs {
+            let p = &packages[*pi];
+            let dir = scratch.join(format!("debian-{pi}"));
+            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            for f in &c.paths {
+                move_into(&all, &dir, f.as_bytes())?;
+                owned.push(f.as_bytes().to_vec());
+            }
+            adds.push(Add {
+                src: dir,
+                dest: "/".into(),
+                imports_only: Some(label.clone()),
+                whole_block: Some(BTreeMap::from([
+                    (
+                        ANNOTATION_DEBIAN_PACKAGE.to_string(),
+                        format!("{}={}", p.name, p.version),
+                    ),
+                    (ANNOTATION_TITLE.to_string(), p.name.clone()),
+                ])),
+                layer_group: Some(*g),
+            });
+        }
     }
+    components.extend(deb_components.into_iter().map(|(_, c)| {
+        (
+            plan::BlockPlan {
+                rule: "debian".into(),
+                entries: Vec::new(),
+                imports: Vec::new(),
+                annotations: BTreeMap::new(),
+                python: None,
+            },
+            c,
+        )
+    }));
 
     // The remainder: each layer without what the blocks own.
     let mut drops: Vec<HashSet<usize>> = vec![HashSet::new(); layers.len()];

@@ -64,6 +64,9 @@ pub const ANNOTATION_LEGACY: &str = "io.oci-blocks.legacy";
 pub const ANNOTATION_MAVEN_COORDINATES: &str = "io.oci-blocks.maven.coordinates";
 /// Block descriptor annotation: `name==version` of a Python distribution block.
 pub const ANNOTATION_PYTHON_DISTRIBUTION: &str = "io.oci-blocks.python.distribution";
+/// Block descriptor annotation: `name=version` of a Debian package block
+/// (`rechunk`).
+pub const ANNOTATION_DEBIAN_PACKAGE: &str = "io.oci-blocks.debian.package";
 /// Annotation on an `index.json` entry of an OCI layout: `true` when the layout
 /// omits blobs of the image on purpose (a sparse export without its base image's
 /// blobs, `spec/blocks.md`).

@@ -23,6 +23,13 @@ pub struct Add {
     /// no block owns) is already in the base image; the history names the
     /// layer by this label. Several such adds may share a DEST.
     pub imports_only: Option<String>,
+    /// Set by [`crate::rechunk`] for a package of a system package manager:
+    /// the add's whole tree is one block with these annotations, each of its
+    /// regular files imported at its place, instead of the block rules.
+    pub whole_block: Option<BTreeMap<String, String>>,
+    /// Set by [`crate::rechunk`]: adjacent adds of the same group share one
+    /// layer (without it, each add is a layer, or `max_layers` merges them).
+    pub layer_group: Option<usize>,
 }
 
 impl Add {
@@ -32,6 +39,8 @@ impl Add {
             src: src.into(),
             dest: dest.into(),
             imports_only: None,
+            whole_block: None,
+            layer_group: None,
         }
     }
 }

@@ -62,6 +62,8 @@ pub struct Node {
     pub linked: bool,
     /// It carries extended attributes.
     pub xattrs: bool,
+    /// A symbolic link's target.
+    pub target: Option<Vec<u8>>,
 }
 
 /// The final tree: every path (cleaned, relative to the root) and its node.
@@ -196,6 +198,11 @@ pub fn final_tree(dir: &OciDir, image: &str, layers: &[Layer]) -> Result<Tree> {
                         mtime: header.mtime().unwrap_or(0),
                         linked: kind == Kind::HardLink,
                         xattrs,
+                        target: if kind == Kind::Symlink {
+                            e.link_name_bytes().map(|t| t.into_owned())
+                        } else {
+                            None
+                        },
                     };
                     inserts.push((name.path, node, target));
                 }
@@ -229,6 +236,30 @@ pub fn final_tree(dir: &OciDir, image: &str, layers: &[Layer]) -> Result<Tree> {
         }
     }
     Ok(tree)
+}
+
+/// `path` with a first component that is a merged-/usr link (`bin ->
+/// usr/bin`, as Debian since bookworm has them) replaced by its target:
+/// where the file is in the tree.
+pub fn through_usr_link(tree: &Tree, path: &[u8]) -> Vec<u8> {
+    let Some(i) = path.iter().position(|&b| b == b'/') else {
+        return path.to_vec();
+    };
+    let first = &path[..i];
+    let merged = tree
+        .get(first)
+        .and_then(|n| n.target.as_deref())
+        .is_some_and(|t| {
+            let t = t.strip_prefix(b"/").unwrap_or(t);
+            t.strip_prefix(b"usr/") == Some(first)
+        });
+    if merged {
+        let mut out = b"usr/".to_vec();
+        out.extend_from_slice(path);
+        out
+    } else {
+        path.to_vec()
+    }
 }
 
 /// Whether every directory above `path` is a directory of the tree (or has
