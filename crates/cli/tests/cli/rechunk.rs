@@ -1105,3 +1105,79 @@ fn a_debian_base_that_gains_a_package_moves_that_package() -> Result<()> {
     );
     Ok(())
 }
+
+/// The whole way to a running container: a Debian image with python3,
+/// rechunked, pushed to this project's registry, pulled into a bundle, run
+/// by Debian's runc; the program imports two distributions that now live in
+/// blocks.
+#[test]
+#[ignore = "needs debootstrap, umoci, runc, root and Debian's mirror; .ci/run runs it"]
+fn a_rechunked_python_image_runs_under_runc() -> Result<()> {
+    need(&["debootstrap", "umoci", "runc"])?;
+    ensure!(
+        rustix::process::geteuid().is_root(),
+        "debootstrap and runc need root"
+    );
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let layout = debian_image(t, Some("python3-minimal"))?;
+    let out = t.join("out");
+    ok(&[
+        "rechunk",
+        &format!("oci:{}:app", layout.display()),
+        &format!("oci:{}:v1", out.display()),
+        "--no-cache",
+    ])?;
+    let blocks = blobs_of(&out, "v1")?;
+    ensure!(
+        blocks.values().any(|what| what == "block greeting")
+            && blocks
+                .values()
+                .any(|what| what.starts_with("block python3")),
+        "greeting and python3 are blocks: {blocks:?}"
+    );
+    let host = crate::transfer::our_registry(&t.join("registry"))?;
+    ok(&[
+        "copy",
+        &format!("oci:{}:v1", out.display()),
+        &format!("docker://{host}/py:v1"),
+        "--dest-tls-verify=false",
+    ])?;
+    let bundle = t.join("pulled-bundle");
+    ok(&[
+        "pull",
+        &format!("docker://{host}/py:v1"),
+        "--tls-verify=false",
+        "--store",
+        &t.join("store").display().to_string(),
+        "--bundle",
+        &bundle.display().to_string(),
+    ])?;
+    let config_path = bundle.join("config.json");
+    let mut config: Value = serde_json::from_slice(&fs::read(&config_path)?)?;
+    config["process"]["args"] = json!([
+        "python3",
+        "-c",
+        // python3-minimal has no shutil, which greeting's resources need.
+        "import greeting, tinyutil; print(tinyutil.shout('runc ' + greeting.__version__))"
+    ]);
+    config["process"]["terminal"] = json!(false);
+    fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
+    let id = format!("oci-blocks-rechunk-{}", std::process::id());
+    let run = Command::new("runc")
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(&id)
+        .output()?;
+    let _ = Command::new("runc")
+        .args(["delete", "--force", &id])
+        .output();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    ensure!(
+        run.status.success() && stdout.trim() == "RUNC 1.2.0!",
+        "runc: {}{}",
+        stdout,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    Ok(())
+}
