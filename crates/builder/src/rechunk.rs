@@ -3,6 +3,8 @@
 //! (`spec/fallback.md`, "Rechunking").
 //!
 //! In the order it runs, for each platform of the source:
+//! - `source` picks the source's manifests (a Docker schema 2 image is
+//!   renamed to OCI's types first) and a prior's number of groups.
 //! - [`tree::final_tree`] reads the layers' tar streams (nothing is
 //!   extracted) into the final tree, with whiteouts and opaque directories
 //!   applied.
@@ -11,13 +13,15 @@
 //!   in any `site-packages` or `dist-packages`), owned by root, without hard
 //!   links or extended attributes, are extracted to a scratch directory, and
 //!   the builder's own [`plan`] decides the blocks there, so a jar or
-//!   distribution gets the digest `build` gives it.
+//!   distribution gets the digest `build` gives it; [`dpkg`] reads which
+//!   files each installed Debian package owns, each package one block.
 //! - The source's layers are kept, each rewritten without the entries the
 //!   blocks now own (a layer that loses nothing is kept byte for byte): that
 //!   is the remainder, with every header, owner and extended attribute.
-//! - The components are spread over at most `max_layers` minus the kept
-//!   layers groups, by a hash of their origin (Maven group, Python project),
-//!   so that a component that does not change stays in a group whose layer
+//! - `group` spreads the components over `min(max_layers / 2, max_layers -
+//!   kept layers)` groups (a prior's number when it fits), by a hash of
+//!   their origin (Maven group, Python project, Debian source package), so
+//!   that a component that does not change stays in a group whose layer
 //!   keeps its digest.
 //! - The builder then writes the image on the remainder as its base, one
 //!   imports-only layer per group: the blocks manifest, and with the default
@@ -25,7 +29,13 @@
 //!   materialized.
 
 pub mod dpkg;
+mod group;
+mod source;
 pub mod tree;
+
+pub use group::group_of;
+use group::{below, move_into, origin_of, rule_could_take, text, why_kept};
+use source::{as_oci, descriptor_of, groups_of_prior, image_error, manifests, read_json};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -37,9 +47,8 @@ use oci_blocks_core::Digest;
 use oci_blocks_core::entry::{self, Kind};
 use oci_blocks_core::layout::{OciDir, OciRef};
 use oci_blocks_core::names::{
-    ANNOTATION_DEBIAN_PACKAGE, ANNOTATION_MAVEN_COORDINATES, ANNOTATION_PYTHON_DISTRIBUTION,
-    ANNOTATION_TITLE, ANNOTATION_VARIANT, DOCKER_CONFIG, DOCKER_LAYER_TAR_GZIP, DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR_GZIP, OCI_MANIFEST, tar_compression,
+    ANNOTATION_DEBIAN_PACKAGE, ANNOTATION_TITLE, DOCKER_LAYER_TAR_GZIP, OCI_CONFIG, OCI_INDEX,
+    OCI_LAYER_TAR_GZIP, OCI_MANIFEST,
 };
 use oci_blocks_core::platform::Platform;
 use serde::Serialize;
@@ -47,7 +56,7 @@ use serde_json::{Value, json};
 
 use crate::plan::{self, Rules};
 use crate::{Add, BuildReport, BuildSpec, Error, Fallback, Result, input};
-use tree::{Layer, Tree};
+use tree::Layer;
 
 /// The default cap on layers.
 pub const DEFAULT_MAX_LAYERS: usize = 64;
@@ -120,223 +129,6 @@ pub struct RechunkReport {
     pub platforms: Vec<RechunkPlatform>,
     /// The build on the remainder.
     pub build: BuildReport,
-}
-
-fn image_error(image: &str, reason: impl Into<String>) -> Error {
-    Error::Image {
-        image: image.to_string(),
-        reason: reason.into(),
-    }
-}
-
-fn read_json(dir: &OciDir, digest: &Digest, size: u64, image: &str) -> Result<Value> {
-    let bytes = dir.read_json_blob(digest, Some(size))?;
-    serde_json::from_slice(&bytes).map_err(|e| image_error(image, format!("{digest}: {e}")))
-}
-
-fn descriptor_of(v: &Value, image: &str) -> Result<(Digest, String, u64)> {
-    let parts = || -> Option<(Digest, String, u64)> {
-        Some((
-            Digest::parse(v.get("digest")?.as_str()?).ok()?,
-            v.get("mediaType")?.as_str()?.to_string(),
-            v.get("size")?.as_u64()?,
-        ))
-    };
-    parts().ok_or_else(|| image_error(image, format!("not a descriptor: {v}")))
-}
-
-/// The source's manifests to rechunk: `(platform, manifest)`.
-fn manifests(spec: &RechunkSpec, dir: &OciDir) -> Result<Vec<(Option<String>, Value)>> {
-    let image = &spec.origin;
-    let roots = dir.resolve(spec.src.tag.as_deref())?;
-    let [root] = roots.as_slice() else {
-        return Err(image_error(
-            image,
-            format!("{} images in the layout; name one with :TAG", roots.len()),
-        ));
-    };
-    let digest = Digest::try_from(root.digest())?;
-    let top = read_json(dir, &digest, root.size(), image)?;
-    let top_type = root.media_type().to_string();
-    if top_type != OCI_INDEX && top_type != DOCKER_MANIFEST_LIST {
-        if !spec.platforms.is_empty() {
-            return Err(Error::option(
-                format!("--platform {}", spec.platforms.join(",")),
-                format!("{image} is one manifest, not an index of platforms"),
-            ));
-        }
-        return Ok(vec![(None, top)]);
-    }
-    let entries = top
-        .get("manifests")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    if entries.iter().any(|e| {
-        e.pointer(&format!(
-            "/annotations/{}",
-            ANNOTATION_VARIANT.replace('/', "~1")
-        ))
-        .is_some()
-    }) {
-        return Err(image_error(
-            image,
-            "a fallback index, which already has blocks; rechunk takes images without them",
-        ));
-    }
-    let mut chosen: Vec<(Option<String>, Value)> = Vec::new();
-    let mut add = |e: &Value, p: &Platform| -> Result<()> {
-        let (d, media_type, size) = descriptor_of(e, image)?;
-        if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
-            return Err(image_error(
-                image,
-                format!("{d}: a {media_type} in the index; rechunk takes image manifests"),
-            ));
-        }
-        chosen.push((Some(p.to_string()), read_json(dir, &d, size, image)?));
-        Ok(())
-    };
-    if spec.platforms.is_empty() {
-        for e in &entries {
-            // Attestations and other artifacts have no runnable platform.
-            match Platform::of_entry(e) {
-                Some(p) if p.os != "unknown" && p.architecture != "unknown" => add(e, &p)?,
-                _ => {}
-            }
-        }
-    } else {
-        for text in &spec.platforms {
-            let wanted = Platform::parse(text).map_err(|_| {
-                Error::option(
-                    format!("--platform {text}"),
-                    "expected OS/ARCH or OS/ARCH/VARIANT",
-                )
-            })?;
-            let choice = oci_blocks_core::platform::choose(&entries, &wanted).ok_or_else(|| {
-                Error::option(
-                    format!("--platform {text}"),
-                    format!("{image} has no manifest for it"),
-                )
-            })?;
-            let e = &entries[choice.index];
-            let p = Platform::of_entry(e).unwrap_or(wanted);
-            add(e, &p)?;
-        }
-    }
-    if chosen.is_empty() {
-        return Err(image_error(
-            image,
-            "the index has no image for any platform",
-        ));
-    }
-    Ok(chosen)
-}
-
-/// Whether the block rules could take this path: a jar, or anything in a
-/// `site-packages` or `dist-packages` directory.
-fn rule_could_take(path: &[u8]) -> bool {
-    let mut parts = path.split(|&b| b == b'/').peekable();
-    let mut in_site = false;
-    while let Some(p) = parts.next() {
-        if parts.peek().is_none() {
-            return in_site || p.ends_with(b".jar");
-        }
-        in_site |= p == b"site-packages" || p == b"dist-packages";
-    }
-    false
-}
-
-/// Why a file the rules could take stays in its layer, if it does: a block
-/// holds files owned by root, without links or extended attributes.
-fn why_kept(tree: &Tree, path: &[u8], node: &tree::Node) -> Option<&'static str> {
-    if node.kind != Kind::File {
-        return Some("not a regular file");
-    }
-    if node.linked {
-        return Some("hard-linked");
-    }
-    if node.owner != (0, 0) {
-        return Some("not owned by root");
-    }
-    if node.xattrs {
-        return Some("has extended attributes");
-    }
-    if !tree::parents_are_dirs(tree, path) {
-        return Some("below a non-directory");
-    }
-    None
-}
-
-/// The nodes at or below `root`, in order.
-fn below<'t>(
-    tree: &'t Tree,
-    root: &'t [u8],
-) -> impl Iterator<Item = (&'t Vec<u8>, &'t tree::Node)> {
-    tree.range(root.to_vec()..)
-        .take_while(move |(p, _)| p.starts_with(root))
-        .filter(move |(p, _)| entry::is_at_or_below(p, root))
-}
-
-fn text(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
-}
-
-/// The origin components are grouped by.
-fn origin_of(rule: &str, annotations: &BTreeMap<String, String>, paths: &[Vec<u8>]) -> String {
-    if let Some(c) = annotations.get(ANNOTATION_MAVEN_COORDINATES) {
-        return c.split(':').next().unwrap_or(c).to_string();
-    }
-    if let Some(d) = annotations.get(ANNOTATION_PYTHON_DISTRIBUTION) {
-        let name = d.split("==").next().unwrap_or(d);
-        // PEP 503 normalization: one project, however it is spelled.
-        let mut out = String::new();
-        for c in name.to_ascii_lowercase().chars() {
-            if matches!(c, '-' | '_' | '.') {
-                if !out.ends_with('-') {
-                    out.push('-');
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        return out;
-    }
-    let name = paths
-        .first()
-        .map(|p| text(p.rsplit(|&b| b == b'/').next().unwrap_or(p)))
-        .unwrap_or_else(|| rule.to_string());
-    // A jar without Maven coordinates: its name up to the version.
-    let stem = name.trim_end_matches(".jar");
-    match stem.find(['-', '_']) {
-        Some(i)
-            if stem[i + 1..]
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_digit()) =>
-        {
-            stem[..i].to_string()
-        }
-        _ => stem.to_string(),
-    }
-}
-
-/// The group of an origin among `groups` (`spec/fallback.md`, "Rechunking").
-pub fn group_of(ecosystem: &str, origin: &str, groups: usize) -> usize {
-    let d = Digest::sha256(format!("{ecosystem}:{origin}").as_bytes());
-    let hex = d.hex();
-    let n = u64::from_str_radix(&hex[..16], 16).unwrap_or(0);
-    (n % groups.max(1) as u64) as usize
-}
-
-/// Moves `rel` (a file or directory below `from`) to the same place below
-/// `to`.
-fn move_into(from: &Path, to: &Path, rel: &[u8]) -> Result<()> {
-    let src = from.join(OsStr::from_bytes(rel));
-    let dest = to.join(OsStr::from_bytes(rel));
-    if let Some(p) = dest.parent() {
-        fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
-    }
-    fs::rename(&src, &dest).map_err(|e| Error::io(&src, e))
 }
 
 /// One platform rechunked into the base layout: its remainder image, and
@@ -747,159 +539,6 @@ fn rechunk_platform(
         manifest,
         adds,
     })
-}
-
-/// The number of groups of an earlier rechunk for `platform`, from its
-/// blocks manifest's history (`oci-blocks rechunk: group g of G: ...`).
-fn groups_of_prior(prior: &OciRef, platform: Option<&str>) -> Result<Option<usize>> {
-    let image = prior.to_string();
-    let dir = OciDir::open(&prior.path)?;
-    let roots = dir.resolve(prior.tag.as_deref())?;
-    let [root] = roots.as_slice() else {
-        return Err(image_error(
-            &image,
-            format!("{} images in the layout; name one with :TAG", roots.len()),
-        ));
-    };
-    let mut digest = Digest::try_from(root.digest())?;
-    let mut size = root.size();
-    let mut doc = read_json(&dir, &digest, size, &image)?;
-    if doc.get("manifests").is_some() {
-        let wanted = match platform {
-            Some(p) => Platform::parse(p)
-                .map_err(|_| Error::option(format!("--platform {p}"), "expected OS/ARCH"))?,
-            None => Platform::host(),
-        };
-        let entries = doc["manifests"].as_array().cloned().unwrap_or_default();
-        let Some(choice) = oci_blocks_core::platform::choose(&entries, &wanted) else {
-            return Ok(None);
-        };
-        (digest, _, size) = descriptor_of(&entries[choice.index], &image)?;
-        doc = read_json(&dir, &digest, size, &image)?;
-    }
-    let Some(config) = doc.get("config") else {
-        return Ok(None);
-    };
-    let (cd, _, cs) = descriptor_of(config, &image)?;
-    let config = read_json(&dir, &cd, cs, &image)?;
-    let groups = config
-        .get("history")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|h| h.get("created_by")?.as_str())
-        .filter_map(|c| c.strip_prefix("oci-blocks rechunk: group "))
-        .filter_map(|rest| rest.split_once(" of ")?.1.split(':').next()?.parse().ok())
-        .next();
-    Ok(groups)
-}
-
-/// Links (or copies) the blob `digest` of `from` into `to`.
-fn link_blob(from: &OciDir, to: &OciDir, digest: &Digest, size: u64) -> Result<()> {
-    if to.has_blob(digest) {
-        return Ok(());
-    }
-    if fs::hard_link(from.blob_path(digest), to.blob_path(digest)).is_ok() {
-        return Ok(());
-    }
-    let mut blob = from.open_blob(digest, Some(size))?;
-    to.write_blob_verified(&mut blob, digest, Some(size))?;
-    Ok(())
-}
-
-/// A Docker schema 2 manifest as an OCI image manifest in `to`, its blobs
-/// linked: the media types renamed, as skopeo converts it.
-fn docker_manifest(
-    from: &OciDir,
-    to: &OciDir,
-    digest: &Digest,
-    size: u64,
-    image: &str,
-) -> Result<(Digest, u64)> {
-    let mut m = read_json(from, digest, size, image)?;
-    m["mediaType"] = json!(OCI_MANIFEST);
-    let (cd, ct, cs) = descriptor_of(
-        m.get("config")
-            .ok_or_else(|| image_error(image, format!("{digest}: no config")))?,
-        image,
-    )?;
-    if ct != DOCKER_CONFIG && ct != OCI_CONFIG {
-        return Err(image_error(
-            image,
-            format!("{digest}: config media type {ct}"),
-        ));
-    }
-    m["config"]["mediaType"] = json!(OCI_CONFIG);
-    link_blob(from, to, &cd, cs)?;
-    let count = m
-        .get("layers")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    for i in 0..count {
-        let (ld, lt, ls) = descriptor_of(&m["layers"][i], image)?;
-        let oci = match lt.as_str() {
-            DOCKER_LAYER_TAR_GZIP | OCI_LAYER_TAR_GZIP => OCI_LAYER_TAR_GZIP,
-            other if tar_compression(other).is_some() => other,
-            other => {
-                return Err(image_error(
-                    image,
-                    format!("{digest}: /layers/{i}: layer media type {other} cannot be read"),
-                ));
-            }
-        };
-        m["layers"][i]["mediaType"] = json!(oci);
-        link_blob(from, to, &ld, ls)?;
-    }
-    let bytes = serde_json::to_vec(&m).map_err(|e| image_error(image, e.to_string()))?;
-    Ok(to.write_blob_bytes(&bytes)?)
-}
-
-/// When the source uses Docker's schema 2 media types, the same image with
-/// OCI's in a layout of its own (under `scratch`), tagged `source`.
-fn as_oci(spec: &RechunkSpec, src: &OciDir, scratch: &Path) -> Result<Option<OciDir>> {
-    let image = &spec.origin;
-    let roots = src.resolve(spec.src.tag.as_deref())?;
-    let [root] = roots.as_slice() else {
-        return Ok(None);
-    };
-    let top_type = root.media_type().to_string();
-    if top_type != DOCKER_MANIFEST && top_type != DOCKER_MANIFEST_LIST {
-        return Ok(None);
-    }
-    let to = OciDir::create(scratch.join("source"))?;
-    let digest = Digest::try_from(root.digest())?;
-    let (d, s, t) = if top_type == DOCKER_MANIFEST {
-        let (d, s) = docker_manifest(src, &to, &digest, root.size(), image)?;
-        (d, s, OCI_MANIFEST)
-    } else {
-        let mut list = read_json(src, &digest, root.size(), image)?;
-        list["mediaType"] = json!(OCI_INDEX);
-        let count = list
-            .get("manifests")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len);
-        for i in 0..count {
-            let (ed, et, es) = descriptor_of(&list["manifests"][i], image)?;
-            if et != DOCKER_MANIFEST {
-                return Err(image_error(
-                    image,
-                    format!("{digest}: /manifests/{i}: a {et} in a Docker manifest list"),
-                ));
-            }
-            let (nd, ns) = docker_manifest(src, &to, &ed, es, image)?;
-            list["manifests"][i]["mediaType"] = json!(OCI_MANIFEST);
-            list["manifests"][i]["digest"] = json!(nd.to_string());
-            list["manifests"][i]["size"] = json!(ns);
-        }
-        let bytes = serde_json::to_vec(&list).map_err(|e| image_error(image, e.to_string()))?;
-        let (d, s) = to.write_blob_bytes(&bytes)?;
-        (d, s, OCI_INDEX)
-    };
-    let descriptor =
-        serde_json::from_value(json!({"mediaType": t, "digest": d.to_string(), "size": s}))
-            .map_err(|e| image_error(image, e.to_string()))?;
-    to.set_tag("source", descriptor)?;
-    Ok(Some(to))
 }
 
 /// Rechunks the image `spec.src` into `spec.out`.

@@ -1,0 +1,126 @@
+//! Which files the block rules may take, why others stay in their layers,
+//! and which group a component goes to (`spec/fallback.md`, "Rechunking").
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use oci_blocks_core::Digest;
+use oci_blocks_core::entry::{self, Kind};
+use oci_blocks_core::names::{ANNOTATION_MAVEN_COORDINATES, ANNOTATION_PYTHON_DISTRIBUTION};
+
+use super::tree::{self, Tree};
+use crate::{Error, Result};
+
+/// Whether the block rules could take this path: a jar, or anything in a
+/// `site-packages` or `dist-packages` directory.
+pub(super) fn rule_could_take(path: &[u8]) -> bool {
+    let mut parts = path.split(|&b| b == b'/').peekable();
+    let mut in_site = false;
+    while let Some(p) = parts.next() {
+        if parts.peek().is_none() {
+            return in_site || p.ends_with(b".jar");
+        }
+        in_site |= p == b"site-packages" || p == b"dist-packages";
+    }
+    false
+}
+
+/// Why a file the rules could take stays in its layer, if it does: a block
+/// holds files owned by root, without links or extended attributes.
+pub(super) fn why_kept(tree: &Tree, path: &[u8], node: &tree::Node) -> Option<&'static str> {
+    if node.kind != Kind::File {
+        return Some("not a regular file");
+    }
+    if node.linked {
+        return Some("hard-linked");
+    }
+    if node.owner != (0, 0) {
+        return Some("not owned by root");
+    }
+    if node.xattrs {
+        return Some("has extended attributes");
+    }
+    if !tree::parents_are_dirs(tree, path) {
+        return Some("below a non-directory");
+    }
+    None
+}
+
+/// The nodes at or below `root`, in order.
+pub(super) fn below<'t>(
+    tree: &'t Tree,
+    root: &'t [u8],
+) -> impl Iterator<Item = (&'t Vec<u8>, &'t tree::Node)> {
+    tree.range(root.to_vec()..)
+        .take_while(move |(p, _)| p.starts_with(root))
+        .filter(move |(p, _)| entry::is_at_or_below(p, root))
+}
+
+pub(super) fn text(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+/// The origin components are grouped by.
+pub(super) fn origin_of(
+    rule: &str,
+    annotations: &BTreeMap<String, String>,
+    paths: &[Vec<u8>],
+) -> String {
+    if let Some(c) = annotations.get(ANNOTATION_MAVEN_COORDINATES) {
+        return c.split(':').next().unwrap_or(c).to_string();
+    }
+    if let Some(d) = annotations.get(ANNOTATION_PYTHON_DISTRIBUTION) {
+        let name = d.split("==").next().unwrap_or(d);
+        // PEP 503 normalization: one project, however it is spelled.
+        let mut out = String::new();
+        for c in name.to_ascii_lowercase().chars() {
+            if matches!(c, '-' | '_' | '.') {
+                if !out.ends_with('-') {
+                    out.push('-');
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        return out;
+    }
+    let name = paths
+        .first()
+        .map(|p| text(p.rsplit(|&b| b == b'/').next().unwrap_or(p)))
+        .unwrap_or_else(|| rule.to_string());
+    // A jar without Maven coordinates: its name up to the version.
+    let stem = name.trim_end_matches(".jar");
+    match stem.find(['-', '_']) {
+        Some(i)
+            if stem[i + 1..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit()) =>
+        {
+            stem[..i].to_string()
+        }
+        _ => stem.to_string(),
+    }
+}
+
+/// The group of an origin among `groups` (`spec/fallback.md`, "Rechunking").
+pub fn group_of(ecosystem: &str, origin: &str, groups: usize) -> usize {
+    let d = Digest::sha256(format!("{ecosystem}:{origin}").as_bytes());
+    let hex = d.hex();
+    let n = u64::from_str_radix(&hex[..16], 16).unwrap_or(0);
+    (n % groups.max(1) as u64) as usize
+}
+
+/// Moves `rel` (a file or directory below `from`) to the same place below
+/// `to`.
+pub(super) fn move_into(from: &Path, to: &Path, rel: &[u8]) -> Result<()> {
+    let src = from.join(OsStr::from_bytes(rel));
+    let dest = to.join(OsStr::from_bytes(rel));
+    if let Some(p) = dest.parent() {
+        fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+    }
+    fs::rename(&src, &dest).map_err(|e| Error::io(&src, e))
+}
