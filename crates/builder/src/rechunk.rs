@@ -30,11 +30,12 @@
 
 pub mod dpkg;
 mod group;
+pub mod npm;
 mod source;
 pub mod tree;
 
 pub use group::group_of;
-use group::{below, move_into, origin_of, rule_could_take, text, why_kept};
+use group::{below, move_into, move_to, origin_of, rule_could_take, text, why_kept};
 use source::{as_oci, descriptor_of, groups_of_prior, image_error, manifests, read_json};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -47,8 +48,8 @@ use oci_blocks_core::Digest;
 use oci_blocks_core::entry::{self, Kind};
 use oci_blocks_core::layout::{OciDir, OciRef};
 use oci_blocks_core::names::{
-    ANNOTATION_DEBIAN_PACKAGE, ANNOTATION_TITLE, DOCKER_LAYER_TAR_GZIP, OCI_CONFIG, OCI_INDEX,
-    OCI_LAYER_TAR_GZIP, OCI_MANIFEST,
+    ANNOTATION_DEBIAN_PACKAGE, ANNOTATION_NPM_PACKAGE, ANNOTATION_TITLE, DOCKER_LAYER_TAR_GZIP,
+    OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR_GZIP, OCI_MANIFEST,
 };
 use oci_blocks_core::platform::Platform;
 use serde::Serialize;
@@ -129,6 +130,18 @@ pub struct RechunkReport {
     pub platforms: Vec<RechunkPlatform>,
     /// The build on the remainder.
     pub build: BuildReport,
+}
+
+/// A package of a package manager (dpkg, npm): its files become one block,
+/// each imported at its place.
+struct SystemPackage {
+    ecosystem: &'static str,
+    origin: String,
+    /// The directory the block's paths are relative to (empty: the root).
+    root: Vec<u8>,
+    /// Its files, relative to the image's root.
+    files: Vec<Vec<u8>>,
+    annotations: BTreeMap<String, String>,
 }
 
 /// One platform rechunked into the base layout: its remainder image, and
@@ -212,13 +225,16 @@ fn rechunk_platform(
     // Debian packages: the files each installed package lists, unchanged
     // since dpkg installed them, that no other rule takes.
     let db = dpkg::database_paths(&tree);
+    let manifests_npm = npm::manifests(&tree);
+    let meta = scratch.join("meta");
+    fs::create_dir_all(&meta).map_err(|e| Error::io(&meta, e))?;
+    let mut meta_files = db.clone();
+    meta_files.extend(manifests_npm.iter().cloned());
+    tree::extract(src, &image, &layers, &tree, &meta_files, &meta)?;
     let (packages, diverted) = if db.is_empty() {
         (Vec::new(), HashSet::new())
     } else {
-        let root = scratch.join("dpkg");
-        fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-        tree::extract(src, &image, &layers, &tree, &db, &root)?;
-        (dpkg::read(&root)?, dpkg::diversions(&root)?)
+        (dpkg::read(&meta)?, dpkg::diversions(&meta)?)
     };
     // dpkg lists /bin/bash where a merged /usr has usr/bin/bash: every
     // path is taken where it is in the tree.
@@ -268,10 +284,31 @@ fn rechunk_platform(
             }
         }
     }
+    // npm packages: every file of a node_modules/NAME directory with a
+    // package.json, but the packages nested in its own node_modules.
+    let npm_packages = npm::read(&meta, &manifests_npm)?;
+    let mut npm_files: Vec<(usize, Vec<u8>)> = Vec::new();
+    for (ni, p) in npm_packages.iter().enumerate() {
+        let nested = entry::join(&p.dir, b"node_modules");
+        for (f, node) in below(&tree, &p.dir) {
+            if node.kind == Kind::Dir
+                || entry::is_at_or_below(f, &nested)
+                || rule_could_take(f)
+                || listed.contains_key(f.as_slice())
+            {
+                continue;
+            }
+            match why_kept(&tree, f, node) {
+                Some(why) => *kept.entry(why.to_string()).or_default() += 1,
+                None => npm_files.push((ni, f.clone())),
+            }
+        }
+    }
     let all = scratch.join("all");
     fs::create_dir_all(&all).map_err(|e| Error::io(&all, e))?;
     let mut to_extract = wanted.clone();
     to_extract.extend(deb_files.iter().map(|(_, f)| f.clone()));
+    to_extract.extend(npm_files.iter().map(|(_, f)| f.clone()));
     tree::extract(src, &image, &layers, &tree, &to_extract, &all)?;
 
     // The builder's rules decide the blocks, on the extracted files alone.
@@ -362,23 +399,65 @@ fn rechunk_platform(
         }
         deb.entry(pi).or_default().push(f);
     }
-    let deb_components: Vec<(usize, Component)> = deb
+    // Debian and npm packages alike: a block of their files, each imported
+    // at its place, the block's paths relative to the package's root.
+    let mut systems: Vec<SystemPackage> = deb
         .into_iter()
         .map(|(pi, files)| {
             let p = &packages[pi];
-            let bytes = files
+            SystemPackage {
+                ecosystem: "debian",
+                origin: p.source.clone(),
+                root: Vec::new(),
+                files,
+                annotations: BTreeMap::from([
+                    (
+                        ANNOTATION_DEBIAN_PACKAGE.to_string(),
+                        format!("{}={}", p.name, p.version),
+                    ),
+                    (ANNOTATION_TITLE.to_string(), p.name.clone()),
+                ]),
+            }
+        })
+        .collect();
+    let mut npm_by: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+    for (ni, f) in npm_files {
+        npm_by.entry(ni).or_default().push(f);
+    }
+    systems.extend(npm_by.into_iter().map(|(ni, files)| {
+        let p = &npm_packages[ni];
+        SystemPackage {
+            ecosystem: "npm",
+            origin: p.name.clone(),
+            root: p.dir.clone(),
+            files,
+            annotations: BTreeMap::from([
+                (
+                    ANNOTATION_NPM_PACKAGE.to_string(),
+                    format!("{}@{}", p.name, p.version),
+                ),
+                (ANNOTATION_TITLE.to_string(), p.name.clone()),
+            ]),
+        }
+    }));
+    let deb_components: Vec<(usize, Component)> = systems
+        .iter()
+        .enumerate()
+        .map(|(si, p)| {
+            let bytes = p
+                .files
                 .iter()
                 .filter_map(|f| tree.get(f))
                 .map(|n| n.size)
                 .sum();
             let component = Component {
-                ecosystem: "debian".into(),
-                origin: p.source.clone(),
-                paths: files.iter().map(|f| text(f)).collect(),
+                ecosystem: p.ecosystem.into(),
+                origin: p.origin.clone(),
+                paths: p.files.iter().map(|f| text(f)).collect(),
                 bytes,
-                group: group_of("debian", &p.source, room),
+                group: group_of(p.ecosystem, &p.origin, room),
             };
-            (pi, component)
+            (si, component)
         })
         .collect();
 
@@ -430,25 +509,25 @@ fn rechunk_platform(
                 layer_group: Some(*g),
             });
         }
-        for (pi, c) in debs {
-            let p = &packages[*pi];
-            let dir = scratch.join(format!("debian-{pi}"));
+        for (si, _) in debs {
+            let p = &systems[*si];
+            let dir = scratch.join(format!("package-{si}"));
             fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            for f in &c.paths {
-                move_into(&all, &dir, f.as_bytes())?;
-                owned.push(f.as_bytes().to_vec());
+            for f in &p.files {
+                let inside = f[p.root.len()..]
+                    .strip_prefix(b"/")
+                    .unwrap_or(&f[p.root.len()..]);
+                move_to(
+                    &all.join(OsStr::from_bytes(f)),
+                    &dir.join(OsStr::from_bytes(inside)),
+                )?;
+                owned.push(f.clone());
             }
             adds.push(Add {
                 src: dir,
-                dest: "/".into(),
+                dest: format!("/{}", text(&p.root)),
                 imports_only: Some(label.clone()),
-                whole_block: Some(BTreeMap::from([
-                    (
-                        ANNOTATION_DEBIAN_PACKAGE.to_string(),
-                        format!("{}={}", p.name, p.version),
-                    ),
-                    (ANNOTATION_TITLE.to_string(), p.name.clone()),
-                ])),
+                whole_block: Some(p.annotations.clone()),
                 layer_group: Some(*g),
             });
         }
@@ -456,7 +535,7 @@ fn rechunk_platform(
     components.extend(deb_components.into_iter().map(|(_, c)| {
         (
             plan::BlockPlan {
-                rule: "debian".into(),
+                rule: "package".into(),
                 entries: Vec::new(),
                 imports: Vec::new(),
                 annotations: BTreeMap::new(),

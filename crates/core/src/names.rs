@@ -67,6 +67,9 @@ pub const ANNOTATION_PYTHON_DISTRIBUTION: &str = "io.oci-blocks.python.distribut
 /// Block descriptor annotation: `name=version` of a Debian package block
 /// (`rechunk`).
 pub const ANNOTATION_DEBIAN_PACKAGE: &str = "io.oci-blocks.debian.package";
+/// Block descriptor annotation: `name@version` of an npm package block
+/// (`rechunk`).
+pub const ANNOTATION_NPM_PACKAGE: &str = "io.oci-blocks.npm.package";
 /// Annotation on an `index.json` entry of an OCI layout: `true` when the layout
 /// omits blobs of the image on purpose (a sparse export without its base image's
 /// blobs, `spec/blocks.md`).

@@ -124,3 +124,11 @@ pub(super) fn move_into(from: &Path, to: &Path, rel: &[u8]) -> Result<()> {
     }
     fs::rename(&src, &dest).map_err(|e| Error::io(&src, e))
 }
+
+/// Moves the file `src` to `dest`, making the directories above `dest`.
+pub(super) fn move_to(src: &Path, dest: &Path) -> Result<()> {
+    if let Some(p) = dest.parent() {
+        fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+    }
+    fs::rename(src, dest).map_err(|e| Error::io(src, e))
+}

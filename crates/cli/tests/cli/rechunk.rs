@@ -1289,3 +1289,96 @@ fn corpus_updates_move_little_more_than_what_changed() -> Result<()> {
     );
     Ok(())
 }
+
+/// npm packages, scoped and nested, become one block each; the same package
+/// at another path of another image is the same block.
+#[test]
+fn npm_packages_become_blocks_wherever_they_are() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let pkg = |dir: &str, name: &str| -> Vec<(String, Vec<u8>)> {
+        vec![
+            (
+                format!("{dir}/package.json"),
+                format!("{{\"name\": \"{name}\", \"version\": \"1.0.0\"}}").into_bytes(),
+            ),
+            (
+                format!("{dir}/index.js"),
+                format!("module.exports = '{name}';\n").into_bytes(),
+            ),
+        ]
+    };
+    let image_at = |dir: &Path, app: &str| -> Result<()> {
+        let mut files = Vec::new();
+        files.extend(pkg(&format!("{app}/node_modules/left-pad"), "left-pad"));
+        files.extend(pkg(
+            &format!("{app}/node_modules/@scope/util"),
+            "@scope/util",
+        ));
+        files.extend(pkg(
+            &format!("{app}/node_modules/left-pad/node_modules/dep"),
+            "dep",
+        ));
+        files.push((
+            format!("{app}/server.js"),
+            b"require('left-pad');\n".to_vec(),
+        ));
+        let mut dirs: BTreeSet<String> = BTreeSet::new();
+        for (f, _) in &files {
+            let mut p = Path::new(f).parent();
+            while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+                dirs.insert(d.display().to_string());
+                p = d.parent();
+            }
+        }
+        let mut entries: Vec<E<'_>> = dirs.iter().map(|d| E::Dir(d, 0o755, (0, 0))).collect();
+        entries.extend(files.iter().map(|(f, c)| E::File(f, c, 0o644, (0, 0))));
+        typed_image(dir, "v1", &[layer(&entries)?], false)
+    };
+    let (one, two) = (t.join("one"), t.join("two"));
+    image_at(&one, "app")?;
+    image_at(&two, "srv/web")?;
+    let mut blocks = Vec::new();
+    for dir in [&one, &two] {
+        let out = dir.join("out");
+        let report: Value = serde_json::from_str(&ok(&[
+            "rechunk",
+            &format!("oci:{}:v1", dir.display()),
+            &format!("oci:{}:v1", out.display()),
+            "--no-cache",
+            "--json",
+        ])?)?;
+        let npm: Vec<&Value> = report["platforms"][0]["components"]
+            .as_array()
+            .context("components")?
+            .iter()
+            .filter(|c| c["ecosystem"] == "npm")
+            .collect();
+        let origins: BTreeSet<&str> = npm.iter().filter_map(|c| c["origin"].as_str()).collect();
+        ensure!(
+            origins == BTreeSet::from(["left-pad", "@scope/util", "dep"]),
+            "{origins:?}"
+        );
+        let left_pad = npm
+            .iter()
+            .find(|c| c["origin"] == "left-pad")
+            .context("left-pad")?;
+        ensure!(
+            left_pad["paths"].as_array().is_some_and(|p| p.len() == 2),
+            "left-pad's own two files, not its nested package: {left_pad}"
+        );
+        ok(&["validate", &format!("oci:{}:v1", out.display())])?;
+        let expected = dir.join("expected");
+        materialize(dir, "v1", &expected)?;
+        let root = dir.join("root");
+        materialize(&out, "v1", &root)?;
+        assert_same(
+            &tree(&expected)?,
+            &tree(&root)?,
+            "npm image against its rechunk",
+        )?;
+        blocks.push(blocks_of(&out, "v1")?);
+    }
+    ensure!(blocks[0] == blocks[1] && blocks[0].len() == 3, "{blocks:?}");
+    Ok(())
+}
