@@ -28,6 +28,7 @@
 //!   fallback the legacy manifest whose group layers are those imports
 //!   materialized.
 
+pub mod apk;
 pub mod dpkg;
 mod group;
 pub mod npm;
@@ -48,8 +49,8 @@ use oci_blocks_core::Digest;
 use oci_blocks_core::entry::{self, Kind};
 use oci_blocks_core::layout::{OciDir, OciRef};
 use oci_blocks_core::names::{
-    ANNOTATION_DEBIAN_PACKAGE, ANNOTATION_NPM_PACKAGE, ANNOTATION_TITLE, DOCKER_LAYER_TAR_GZIP,
-    OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR_GZIP, OCI_MANIFEST,
+    ANNOTATION_ALPINE_PACKAGE, ANNOTATION_DEBIAN_PACKAGE, ANNOTATION_NPM_PACKAGE, ANNOTATION_TITLE,
+    DOCKER_LAYER_TAR_GZIP, OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR_GZIP, OCI_MANIFEST,
 };
 use oci_blocks_core::platform::Platform;
 use serde::Serialize;
@@ -228,8 +229,10 @@ fn rechunk_platform(
     let manifests_npm = npm::manifests(&tree);
     let meta = scratch.join("meta");
     fs::create_dir_all(&meta).map_err(|e| Error::io(&meta, e))?;
+    let apk_db = apk::database_paths(&tree);
     let mut meta_files = db.clone();
     meta_files.extend(manifests_npm.iter().cloned());
+    meta_files.extend(apk_db.iter().cloned());
     tree::extract(src, &image, &layers, &tree, &meta_files, &meta)?;
     let (packages, diverted) = if db.is_empty() {
         (Vec::new(), HashSet::new())
@@ -284,6 +287,39 @@ fn rechunk_platform(
             }
         }
     }
+    // Alpine packages: the files apk's database gives each, with a
+    // checksum, that no other rule takes.
+    let apk_packages = if apk_db.is_empty() {
+        Vec::new()
+    } else {
+        apk::read(&meta)?
+    };
+    let mut apk_count: HashMap<&[u8], usize> = HashMap::new();
+    for p in &apk_packages {
+        for (f, _) in &p.files {
+            *apk_count.entry(f.as_slice()).or_default() += 1;
+        }
+    }
+    let mut apk_files: Vec<(usize, Vec<u8>)> = Vec::new();
+    for (ai, p) in apk_packages.iter().enumerate() {
+        for (f, sum) in &p.files {
+            let Some(node) = tree.get(f) else { continue };
+            if node.kind == Kind::Dir || rule_could_take(f) || listed.contains_key(f.as_slice()) {
+                continue;
+            }
+            let why = if apk_count.get(f.as_slice()).is_some_and(|n| *n > 1) {
+                Some("listed by two Alpine packages")
+            } else if sum.is_none() {
+                Some("an Alpine file without a checksum")
+            } else {
+                why_kept(&tree, f, node)
+            };
+            match why {
+                Some(why) => *kept.entry(why.to_string()).or_default() += 1,
+                None => apk_files.push((ai, f.clone())),
+            }
+        }
+    }
     // npm packages: every file of a node_modules/NAME directory with a
     // package.json, but the packages nested in its own node_modules.
     let npm_packages = npm::read(&meta, &manifests_npm)?;
@@ -295,6 +331,7 @@ fn rechunk_platform(
                 || entry::is_at_or_below(f, &nested)
                 || rule_could_take(f)
                 || listed.contains_key(f.as_slice())
+                || apk_count.contains_key(f.as_slice())
             {
                 continue;
             }
@@ -309,6 +346,7 @@ fn rechunk_platform(
     let mut to_extract = wanted.clone();
     to_extract.extend(deb_files.iter().map(|(_, f)| f.clone()));
     to_extract.extend(npm_files.iter().map(|(_, f)| f.clone()));
+    to_extract.extend(apk_files.iter().map(|(_, f)| f.clone()));
     tree::extract(src, &image, &layers, &tree, &to_extract, &all)?;
 
     // The builder's rules decide the blocks, on the extracted files alone.
@@ -420,6 +458,38 @@ fn rechunk_platform(
             }
         })
         .collect();
+    let mut apk_by: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+    for (ai, f) in apk_files {
+        let path = all.join(OsStr::from_bytes(&f));
+        let recorded = apk_packages[ai]
+            .files
+            .iter()
+            .find(|(p, _)| *p == f)
+            .and_then(|(_, sum)| sum.as_deref());
+        if recorded != Some(apk::checksum_of(&path)?.as_str()) {
+            *kept
+                .entry("changed since apk installed it".into())
+                .or_default() += 1;
+            continue;
+        }
+        apk_by.entry(ai).or_default().push(f);
+    }
+    systems.extend(apk_by.into_iter().map(|(ai, files)| {
+        let p = &apk_packages[ai];
+        SystemPackage {
+            ecosystem: "alpine",
+            origin: p.origin.clone(),
+            root: Vec::new(),
+            files,
+            annotations: BTreeMap::from([
+                (
+                    ANNOTATION_ALPINE_PACKAGE.to_string(),
+                    format!("{}={}", p.name, p.version),
+                ),
+                (ANNOTATION_TITLE.to_string(), p.name.clone()),
+            ]),
+        }
+    }));
     let mut npm_by: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
     for (ni, f) in npm_files {
         npm_by.entry(ni).or_default().push(f);

@@ -70,6 +70,9 @@ pub const ANNOTATION_DEBIAN_PACKAGE: &str = "io.oci-blocks.debian.package";
 /// Block descriptor annotation: `name@version` of an npm package block
 /// (`rechunk`).
 pub const ANNOTATION_NPM_PACKAGE: &str = "io.oci-blocks.npm.package";
+/// Block descriptor annotation: `name=version` of an Alpine package block
+/// (`rechunk`).
+pub const ANNOTATION_ALPINE_PACKAGE: &str = "io.oci-blocks.alpine.package";
 /// Annotation on an `index.json` entry of an OCI layout: `true` when the layout
 /// omits blobs of the image on purpose (a sparse export without its base image's
 /// blobs, `spec/blocks.md`).

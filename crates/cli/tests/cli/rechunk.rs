@@ -1382,3 +1382,96 @@ fn npm_packages_become_blocks_wherever_they_are() -> Result<()> {
     ensure!(blocks[0] == blocks[1] && blocks[0].len() == 3, "{blocks:?}");
     Ok(())
 }
+
+/// Alpine packages from apk's database: a file as installed is in its
+/// package's block, one changed since (its checksum no longer matches) or
+/// without a checksum stays in its layer.
+#[test]
+fn alpine_packages_become_blocks_unless_changed() -> Result<()> {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let q1 = |data: &[u8]| {
+        format!(
+            "Q1{}",
+            base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(data))
+        )
+    };
+    let (lib, tool, conf) = (
+        &b"\x7fELF libfoo"[..],
+        &b"#!/bin/sh\necho tool\n"[..],
+        &b"edited=yes\n"[..],
+    );
+    let db = format!(
+        "C:Q1x\nP:libfoo\nV:1.2-r0\nA:x86_64\no:foo\nF:usr/lib\nR:libfoo.so.1\na:0:0:755\nZ:{}\n\n\
+         C:Q1y\nP:tool\nV:3.0-r1\nA:x86_64\nF:usr/bin\nR:tool\nZ:{}\nF:etc\nR:tool.conf\nZ:{}\nR:tool.d\n\n",
+        q1(lib),
+        q1(tool),
+        q1(b"edited=no\n"),
+    );
+    let base = layer(&[
+        E::Dir("etc", 0o755, (0, 0)),
+        E::Dir("lib", 0o755, (0, 0)),
+        E::Dir("lib/apk", 0o755, (0, 0)),
+        E::Dir("lib/apk/db", 0o755, (0, 0)),
+        E::File("lib/apk/db/installed", db.as_bytes(), 0o644, (0, 0)),
+        E::Dir("usr", 0o755, (0, 0)),
+        E::Dir("usr/lib", 0o755, (0, 0)),
+        E::Dir("usr/bin", 0o755, (0, 0)),
+        E::File("usr/lib/libfoo.so.1", lib, 0o755, (0, 0)),
+        E::File("usr/bin/tool", tool, 0o755, (0, 0)),
+        E::File("etc/tool.conf", conf, 0o644, (0, 0)),
+        E::File("etc/tool.d", b"no checksum", 0o644, (0, 0)),
+    ])?;
+    let t = tempfile::tempdir()?;
+    let src = t.path().join("src");
+    typed_image(&src, "v1", &[base], false)?;
+    let out = t.path().join("out");
+    let report: Value = serde_json::from_str(&ok(&[
+        "rechunk",
+        &format!("oci:{}:v1", src.display()),
+        &format!("oci:{}:v1", out.display()),
+        "--no-cache",
+        "--json",
+    ])?)?;
+    let platform = &report["platforms"][0];
+    let alpine: BTreeSet<(String, String)> = platform["components"]
+        .as_array()
+        .context("components")?
+        .iter()
+        .filter(|c| c["ecosystem"] == "alpine")
+        .map(|c| {
+            (
+                c["origin"].as_str().unwrap_or_default().to_string(),
+                c["paths"].to_string(),
+            )
+        })
+        .collect();
+    ensure!(
+        alpine
+            == BTreeSet::from([
+                ("foo".to_string(), r#"["usr/lib/libfoo.so.1"]"#.to_string()),
+                ("tool".to_string(), r#"["usr/bin/tool"]"#.to_string()),
+            ]),
+        "{alpine:?}"
+    );
+    ensure!(
+        platform["kept"]["changed since apk installed it"] == 1
+            && platform["kept"]["an Alpine file without a checksum"] == 1,
+        "{}",
+        platform["kept"]
+    );
+    let blocks = blobs_of(&out, "v1")?;
+    ensure!(
+        blocks.values().any(|w| w == "block libfoo") && blocks.values().any(|w| w == "block tool")
+    );
+    ok(&["validate", &format!("oci:{}:v1", out.display())])?;
+    let expected = t.path().join("expected");
+    materialize(&src, "v1", &expected)?;
+    let root = t.path().join("root");
+    materialize(&out, "v1", &root)?;
+    assert_same(
+        &tree(&expected)?,
+        &tree(&root)?,
+        "Alpine image against its rechunk",
+    )
+}
