@@ -510,7 +510,7 @@ fn rechunk_platform(
             ]),
         }
     }));
-    let deb_components: Vec<(usize, Component)> = systems
+    let package_components: Vec<(usize, Component)> = systems
         .iter()
         .enumerate()
         .map(|(si, p)| {
@@ -533,14 +533,14 @@ fn rechunk_platform(
 
     // Each group's components in trees of their own, one imports-only add
     // per tree, the adds of a group in one layer.
-    // Per group: the jar and Python components, and the Debian packages
-    // (with their index in `packages`).
+    // Per group: the jar and Python components, and the packages of
+    // package managers (with their index in `systems`).
     type Members = (Vec<Component>, Vec<(usize, Component)>);
     let mut by_group: BTreeMap<usize, Members> = BTreeMap::new();
     for (_, c) in &components {
         by_group.entry(c.group).or_default().0.push(c.clone());
     }
-    for (pi, c) in &deb_components {
+    for (pi, c) in &package_components {
         by_group
             .entry(c.group)
             .or_default()
@@ -549,10 +549,10 @@ fn rechunk_platform(
     }
     let mut adds = Vec::new();
     let mut owned: Vec<Vec<u8>> = Vec::new();
-    for (g, (members, debs)) in &by_group {
+    for (g, (members, managed)) in &by_group {
         let mut origins: Vec<&str> = members
             .iter()
-            .chain(debs.iter().map(|(_, c)| c))
+            .chain(managed.iter().map(|(_, c)| c))
             .map(|c| c.origin.as_str())
             .collect();
         origins.sort_unstable();
@@ -579,7 +579,7 @@ fn rechunk_platform(
                 layer_group: Some(*g),
             });
         }
-        for (si, _) in debs {
+        for (si, _) in managed {
             let p = &systems[*si];
             let dir = scratch.join(format!("package-{si}"));
             fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -602,7 +602,7 @@ fn rechunk_platform(
             });
         }
     }
-    components.extend(deb_components.into_iter().map(|(_, c)| {
+    components.extend(package_components.into_iter().map(|(_, c)| {
         (
             plan::BlockPlan {
                 rule: "package".into(),
