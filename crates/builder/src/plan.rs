@@ -112,11 +112,7 @@ fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
     p
 }
 
-fn parent(path: &[u8]) -> &[u8] {
-    path.iter()
-        .rposition(|&b| b == b'/')
-        .map_or(&[][..], |i| &path[..i])
-}
+use oci_blocks_core::entry::parent;
 
 fn utf8(path: &[u8], entries: &[Entry], i: usize) -> Result<String> {
     String::from_utf8(path.to_vec()).map_err(|_| Error::Unsupported {

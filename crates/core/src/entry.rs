@@ -44,18 +44,29 @@ impl CleanName {
 
     /// The final component (empty for the root).
     pub fn file_name(&self) -> &[u8] {
-        match self.path.iter().rposition(|&b| b == b'/') {
-            Some(i) => &self.path[i + 1..],
-            None => &self.path,
-        }
+        file_name(&self.path)
     }
 
     /// Everything before the final component (empty at the root).
     pub fn parent(&self) -> &[u8] {
-        match self.path.iter().rposition(|&b| b == b'/') {
-            Some(i) => &self.path[..i],
-            None => &[],
-        }
+        parent(&self.path)
+    }
+}
+
+/// The final component of a cleaned path.
+pub fn file_name(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[i + 1..],
+        None => path,
+    }
+}
+
+/// Everything before the final component of a cleaned path (empty for a
+/// path of one component).
+pub fn parent(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[..i],
+        None => &[],
     }
 }
 

@@ -7,7 +7,6 @@ use oci_blocks_core::layout::{OciDir, OciRef};
 use oci_blocks_core::manifest::{Index, Manifest};
 use oci_blocks_core::names::OCI_INDEX;
 use oci_blocks_core::oci_spec;
-use oci_blocks_core::platform::Platform;
 use oci_blocks_core::validate::check_image;
 use serde_json::Value;
 
@@ -69,15 +68,7 @@ pub(super) fn load_base(
     let mut legacy_entry = None;
     if root.media_type().to_string() == OCI_INDEX {
         let index = Index::from_bytes(bytes)?;
-        let wanted = match platform {
-            Some(p) => Platform::parse(p).map_err(|_| {
-                Error::option(
-                    format!("--platform {p}"),
-                    "expected OS/ARCH or OS/ARCH/VARIANT",
-                )
-            })?,
-            None => Platform::host(),
-        };
+        let wanted = super::spec::wanted_platform(platform)?;
         let raw: Value = serde_json::from_slice(index.raw()).map_err(|e| Error::InvalidBase {
             reference: reference.to_string(),
             report: e.to_string(),

@@ -167,13 +167,23 @@ pub(super) fn check_options(spec: &BuildSpec) -> Result<()> {
     Ok(())
 }
 
-/// `OS/ARCH[/VARIANT]` into its parts (core's [`Platform`] spelling).
-pub fn parse_platform(text: &str) -> Result<(String, String, Option<String>)> {
-    let p = Platform::parse(text).map_err(|_| {
+/// `--platform OS/ARCH[/VARIANT]`, with the error that names the option.
+pub fn platform_arg(text: &str) -> Result<Platform> {
+    Platform::parse(text).map_err(|_| {
         Error::option(
             format!("--platform {text}"),
             "expected OS/ARCH or OS/ARCH/VARIANT",
         )
-    })?;
+    })
+}
+
+/// The platform to take from an index: the one asked for, else the host's.
+pub(crate) fn wanted_platform(platform: Option<&str>) -> Result<Platform> {
+    platform.map_or_else(|| Ok(Platform::host()), platform_arg)
+}
+
+/// `OS/ARCH[/VARIANT]` into its parts (core's [`Platform`] spelling).
+pub fn parse_platform(text: &str) -> Result<(String, String, Option<String>)> {
+    let p = platform_arg(text)?;
     Ok((p.os, p.architecture, p.variant))
 }

@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::Path;
 
-use oci_blocks_core::entry::Kind;
+use oci_blocks_core::entry::{Kind, file_name as name, parent};
 
 use super::tree::Tree;
 use crate::{Error, Result};
@@ -24,16 +24,6 @@ pub struct Package {
     pub version: String,
     /// Its directory, relative to the root.
     pub dir: Vec<u8>,
-}
-
-fn parent(path: &[u8]) -> &[u8] {
-    path.iter()
-        .rposition(|&b| b == b'/')
-        .map_or(&b""[..], |i| &path[..i])
-}
-
-fn name(path: &[u8]) -> &[u8] {
-    path.rsplit(|&b| b == b'/').next().unwrap_or(path)
 }
 
 /// Whether `dir` is a package directory of a `node_modules`.

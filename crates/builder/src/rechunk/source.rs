@@ -15,6 +15,7 @@ use oci_blocks_core::platform::Platform;
 use serde_json::{Value, json};
 
 use super::RechunkSpec;
+use crate::build::{platform_arg, wanted_platform};
 use crate::{Error, Result};
 
 pub(super) fn image_error(image: &str, reason: impl Into<String>) -> Error {
@@ -101,12 +102,7 @@ pub(super) fn manifests(spec: &RechunkSpec, dir: &OciDir) -> Result<Vec<(Option<
         }
     } else {
         for text in &spec.platforms {
-            let wanted = Platform::parse(text).map_err(|_| {
-                Error::option(
-                    format!("--platform {text}"),
-                    "expected OS/ARCH or OS/ARCH/VARIANT",
-                )
-            })?;
+            let wanted = platform_arg(text)?;
             let choice = oci_blocks_core::platform::choose(&entries, &wanted).ok_or_else(|| {
                 Error::option(
                     format!("--platform {text}"),
@@ -143,11 +139,7 @@ pub(super) fn groups_of_prior(prior: &OciRef, platform: Option<&str>) -> Result<
     let mut size = root.size();
     let mut doc = read_json(&dir, &digest, size, &image)?;
     if doc.get("manifests").is_some() {
-        let wanted = match platform {
-            Some(p) => Platform::parse(p)
-                .map_err(|_| Error::option(format!("--platform {p}"), "expected OS/ARCH"))?,
-            None => Platform::host(),
-        };
+        let wanted = wanted_platform(platform)?;
         let entries = doc["manifests"].as_array().cloned().unwrap_or_default();
         let Some(choice) = oci_blocks_core::platform::choose(&entries, &wanted) else {
             return Ok(None);

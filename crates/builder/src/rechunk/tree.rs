@@ -19,7 +19,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use oci_blocks_core::Digest;
 use oci_blocks_core::digest::HashingWriter;
-use oci_blocks_core::entry::{self, Kind, Role};
+use oci_blocks_core::entry::{self, Kind, Role, parent};
 use oci_blocks_core::expand::open_layer;
 use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::limits::Limits;
@@ -68,12 +68,6 @@ pub struct Node {
 
 /// The final tree: every path (cleaned, relative to the root) and its node.
 pub type Tree = BTreeMap<Vec<u8>, Node>;
-
-fn parent(path: &[u8]) -> &[u8] {
-    path.iter()
-        .rposition(|&b| b == b'/')
-        .map_or(&b""[..], |i| &path[..i])
-}
 
 fn remove_below(tree: &mut Tree, dir: &[u8], lower_than: usize, with_dir: bool) {
     let mut prefix = dir.to_vec();
