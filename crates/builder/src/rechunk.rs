@@ -31,6 +31,7 @@
 pub mod apk;
 pub mod dpkg;
 mod group;
+mod managed;
 pub mod npm;
 mod source;
 pub mod tree;
@@ -39,7 +40,7 @@ pub use group::group_of;
 use group::{below, move_into, move_to, origin_of, rule_could_take, text, why_kept};
 use source::{as_oci, descriptor_of, groups_of_prior, image_error, manifests, read_json};
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -49,8 +50,8 @@ use oci_blocks_core::Digest;
 use oci_blocks_core::entry::{self, Kind};
 use oci_blocks_core::layout::{OciDir, OciRef};
 use oci_blocks_core::names::{
-    ANNOTATION_ALPINE_PACKAGE, ANNOTATION_DEBIAN_PACKAGE, ANNOTATION_NPM_PACKAGE, ANNOTATION_TITLE,
-    DOCKER_LAYER_TAR_GZIP, OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR_GZIP, OCI_MANIFEST,
+    ANNOTATION_NPM_PACKAGE, ANNOTATION_TITLE, DOCKER_LAYER_TAR_GZIP, OCI_CONFIG, OCI_INDEX,
+    OCI_LAYER_TAR_GZIP, OCI_MANIFEST,
 };
 use oci_blocks_core::platform::Platform;
 use serde::Serialize;
@@ -234,92 +235,21 @@ fn rechunk_platform(
     meta_files.extend(manifests_npm.iter().cloned());
     meta_files.extend(apk_db.iter().cloned());
     tree::extract(src, &image, &layers, &tree, &meta_files, &meta)?;
-    let (packages, diverted) = if db.is_empty() {
-        (Vec::new(), HashSet::new())
-    } else {
-        (dpkg::read(&meta)?, dpkg::diversions(&meta)?)
-    };
-    // dpkg lists /bin/bash where a merged /usr has usr/bin/bash: every
-    // path is taken where it is in the tree.
-    let mut packages = packages;
-    for p in &mut packages {
-        for f in &mut p.files {
-            *f = tree::through_usr_link(&tree, f);
-        }
-        p.md5sums = std::mem::take(&mut p.md5sums)
-            .into_iter()
-            .map(|(f, sum)| (tree::through_usr_link(&tree, &f), sum))
-            .collect();
-        p.conffiles = std::mem::take(&mut p.conffiles)
-            .into_iter()
-            .map(|f| tree::through_usr_link(&tree, &f))
-            .collect();
+    // Debian and Alpine packages: the files each installed package lists,
+    // that no other rule takes.
+    let mut managers = Vec::new();
+    if !db.is_empty() {
+        managers.push(managed::debian(
+            &tree,
+            dpkg::read(&meta)?,
+            dpkg::diversions(&meta)?,
+        ));
     }
-    let diverted: HashSet<Vec<u8>> = diverted
-        .into_iter()
-        .map(|f| tree::through_usr_link(&tree, &f))
-        .collect();
-    let mut listed: HashMap<&[u8], usize> = HashMap::new();
-    for p in &packages {
-        for f in &p.files {
-            *listed.entry(f.as_slice()).or_default() += 1;
-        }
+    if !apk_db.is_empty() {
+        managers.push(managed::alpine(apk::read(&meta)?));
     }
-    let mut deb_files: Vec<(usize, Vec<u8>)> = Vec::new();
-    for (pi, p) in packages.iter().enumerate() {
-        for f in &p.files {
-            let Some(node) = tree.get(f) else { continue };
-            if node.kind == Kind::Dir || rule_could_take(f) {
-                continue;
-            }
-            let why = if p.conffiles.contains(f) {
-                Some("a Debian conffile")
-            } else if listed.get(f.as_slice()).is_some_and(|n| *n > 1) || diverted.contains(f) {
-                Some("listed by two Debian packages, or diverted")
-            } else if !p.md5sums.contains_key(f) {
-                Some("a Debian file without an MD5 sum")
-            } else {
-                why_kept(&tree, f, node)
-            };
-            match why {
-                Some(why) => *kept.entry(why.to_string()).or_default() += 1,
-                None => deb_files.push((pi, f.clone())),
-            }
-        }
-    }
-    // Alpine packages: the files apk's database gives each, with a
-    // checksum, that no other rule takes.
-    let apk_packages = if apk_db.is_empty() {
-        Vec::new()
-    } else {
-        apk::read(&meta)?
-    };
-    let mut apk_count: HashMap<&[u8], usize> = HashMap::new();
-    for p in &apk_packages {
-        for (f, _) in &p.files {
-            *apk_count.entry(f.as_slice()).or_default() += 1;
-        }
-    }
-    let mut apk_files: Vec<(usize, Vec<u8>)> = Vec::new();
-    for (ai, p) in apk_packages.iter().enumerate() {
-        for (f, sum) in &p.files {
-            let Some(node) = tree.get(f) else { continue };
-            if node.kind == Kind::Dir || rule_could_take(f) || listed.contains_key(f.as_slice()) {
-                continue;
-            }
-            let why = if apk_count.get(f.as_slice()).is_some_and(|n| *n > 1) {
-                Some("listed by two Alpine packages")
-            } else if sum.is_none() {
-                Some("an Alpine file without a checksum")
-            } else {
-                why_kept(&tree, f, node)
-            };
-            match why {
-                Some(why) => *kept.entry(why.to_string()).or_default() += 1,
-                None => apk_files.push((ai, f.clone())),
-            }
-        }
-    }
+    let managed_files = managed::candidates(&tree, &managers, &mut kept);
+    let listed = managed::listed(&managers);
     // npm packages: every file of a node_modules/NAME directory with a
     // package.json, but the packages nested in its own node_modules.
     let npm_packages = npm::read(&meta, &manifests_npm)?;
@@ -330,8 +260,7 @@ fn rechunk_platform(
             if node.kind == Kind::Dir
                 || entry::is_at_or_below(f, &nested)
                 || rule_could_take(f)
-                || listed.contains_key(f.as_slice())
-                || apk_count.contains_key(f.as_slice())
+                || listed.contains(f.as_slice())
             {
                 continue;
             }
@@ -344,9 +273,8 @@ fn rechunk_platform(
     let all = scratch.join("all");
     fs::create_dir_all(&all).map_err(|e| Error::io(&all, e))?;
     let mut to_extract = wanted.clone();
-    to_extract.extend(deb_files.iter().map(|(_, f)| f.clone()));
+    to_extract.extend(managed_files.iter().map(|(_, _, f)| f.clone()));
     to_extract.extend(npm_files.iter().map(|(_, f)| f.clone()));
-    to_extract.extend(apk_files.iter().map(|(_, f)| f.clone()));
     tree::extract(src, &image, &layers, &tree, &to_extract, &all)?;
 
     // The builder's rules decide the blocks, on the extracted files alone.
@@ -422,74 +350,33 @@ fn rechunk_platform(
         .iter()
         .flat_map(|(_, c)| c.paths.iter().map(|p| p.as_bytes().to_vec()))
         .collect();
-    let mut deb: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
-    for (pi, f) in deb_files {
-        if taken.iter().any(|root| entry::is_at_or_below(&f, root)) {
-            continue;
-        }
-        let path = all.join(OsStr::from_bytes(&f));
-        let expected = packages[pi].md5sums.get(&f);
-        if expected != Some(&dpkg::md5_of(&path)?) {
-            *kept
-                .entry("changed since dpkg installed it".into())
-                .or_default() += 1;
-            continue;
-        }
-        deb.entry(pi).or_default().push(f);
-    }
-    // Debian and npm packages alike: a block of their files, each imported
-    // at its place, the block's paths relative to the package's root.
-    let mut systems: Vec<SystemPackage> = deb
+    let managed_files = managed_files
         .into_iter()
-        .map(|(pi, files)| {
-            let p = &packages[pi];
-            SystemPackage {
-                ecosystem: "debian",
-                origin: p.source.clone(),
-                root: Vec::new(),
-                files,
-                annotations: BTreeMap::from([
-                    (
-                        ANNOTATION_DEBIAN_PACKAGE.to_string(),
-                        format!("{}={}", p.name, p.version),
-                    ),
-                    (ANNOTATION_TITLE.to_string(), p.name.clone()),
-                ]),
-            }
-        })
+        .filter(|(_, _, f)| !taken.iter().any(|root| entry::is_at_or_below(f, root)))
         .collect();
-    let mut apk_by: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
-    for (ai, f) in apk_files {
-        let path = all.join(OsStr::from_bytes(&f));
-        let recorded = apk_packages[ai]
-            .files
-            .iter()
-            .find(|(p, _)| *p == f)
-            .and_then(|(_, sum)| sum.as_deref());
-        if recorded != Some(apk::checksum_of(&path)?.as_str()) {
-            *kept
-                .entry("changed since apk installed it".into())
-                .or_default() += 1;
-            continue;
-        }
-        apk_by.entry(ai).or_default().push(f);
-    }
-    systems.extend(apk_by.into_iter().map(|(ai, files)| {
-        let p = &apk_packages[ai];
-        SystemPackage {
-            ecosystem: "alpine",
-            origin: p.origin.clone(),
-            root: Vec::new(),
-            files,
-            annotations: BTreeMap::from([
-                (
-                    ANNOTATION_ALPINE_PACKAGE.to_string(),
-                    format!("{}={}", p.name, p.version),
-                ),
-                (ANNOTATION_TITLE.to_string(), p.name.clone()),
-            ]),
-        }
-    }));
+    // Debian, Alpine and npm packages alike: a block of their files, each
+    // imported at its place, the block's paths relative to the package's
+    // root.
+    let mut systems: Vec<SystemPackage> =
+        managed::verified(&managers, managed_files, &all, &mut kept)?
+            .into_iter()
+            .map(|((mi, pi), files)| {
+                let (m, p) = (&managers[mi], &managers[mi].packages[pi]);
+                SystemPackage {
+                    ecosystem: m.ecosystem,
+                    origin: p.origin.clone(),
+                    root: Vec::new(),
+                    files,
+                    annotations: BTreeMap::from([
+                        (
+                            m.annotation.to_string(),
+                            format!("{}={}", p.name, p.version),
+                        ),
+                        (ANNOTATION_TITLE.to_string(), p.name.clone()),
+                    ]),
+                }
+            })
+            .collect();
     let mut npm_by: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
     for (ni, f) in npm_files {
         npm_by.entry(ni).or_default().push(f);
