@@ -49,33 +49,36 @@ pub struct Args {
     transport: Transport,
 }
 
-pub fn run(args: Args) -> Result<ExitCode> {
-    let options = args.transport.options()?;
-    let src = ImageRef::parse(&args.src)?;
-    let dest = ImageRef::parse(&args.dest)?;
-    let (_fetched, src_ref) = match src {
+/// The layout of `image`: itself for an `oci:` reference, else what `fetch`
+/// brings into a temporary layout (kept alive by the returned directory).
+fn layout_of(
+    image: &str,
+    fetch: impl FnOnce(&str) -> Result<(tempfile::TempDir, String)>,
+) -> Result<(Option<tempfile::TempDir>, OciRef)> {
+    Ok(match ImageRef::parse(image)? {
         ImageRef::Layout(r) => (None, r),
         ImageRef::Registry(_) => {
-            let (tmp, tag) = fetch_with(&args.src, &options)?;
+            let (tmp, tag) = fetch(image)?;
             let r = OciRef {
                 path: tmp.path().to_path_buf(),
                 tag: Some(tag),
             };
             (Some(tmp), r)
         }
-    };
-    let (_prior_fetched, prior) = match args.prior.as_deref().map(ImageRef::parse).transpose()? {
-        None => (None, None),
-        Some(ImageRef::Layout(r)) => (None, Some(r)),
-        Some(ImageRef::Registry(_)) => {
-            let text = args.prior.as_deref().unwrap_or_default();
-            let (tmp, tag) = fetch_documents(text, &options)?;
-            let r = OciRef {
-                path: tmp.path().to_path_buf(),
-                tag: Some(tag),
-            };
-            (Some(tmp), Some(r))
+    })
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let options = args.transport.options()?;
+    let dest = ImageRef::parse(&args.dest)?;
+    let (_fetched, src_ref) = layout_of(&args.src, |image| fetch_with(image, &options))?;
+    // Of a prior, only the documents are read.
+    let (_prior_fetched, prior) = match args.prior.as_deref() {
+        Some(image) => {
+            let (tmp, r) = layout_of(image, |image| fetch_documents(image, &options))?;
+            (tmp, Some(r))
         }
+        None => (None, None),
     };
     let staged = match &dest {
         ImageRef::Layout(_) => None,
