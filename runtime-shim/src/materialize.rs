@@ -268,6 +268,7 @@ impl ImportSource for StoreImports<'_> {
                 import.digest(),
                 block.index.content_bytes(),
                 bytes,
+                items.len() as u64,
             )
             .map_err(|e| Error::invalid(subject, format!("{e} [{}]", Rule::LimitExceeded)))?;
 

@@ -64,6 +64,10 @@ pub struct LimitArgs {
     /// refused early).
     #[arg(long, value_name = "N", default_value_t = Limits::default().import_ratio)]
     pub max_import_ratio: u64,
+    /// Entries (files, directories, links) the imports of one image may
+    /// materialize in all.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().import_entries)]
+    pub max_import_entries: u64,
     /// Import entries in one layer.
     #[arg(long, value_name = "N", default_value_t = Limits::default().imports_per_layer)]
     pub max_imports_per_layer: u64,
@@ -79,6 +83,7 @@ impl LimitArgs {
         Limits {
             import_bytes: self.max_import_bytes,
             import_ratio: self.max_import_ratio,
+            import_entries: self.max_import_entries,
             imports_per_layer: self.max_imports_per_layer,
             expansion_ratio: self.max_expansion,
             ..Limits::default()

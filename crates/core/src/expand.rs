@@ -174,7 +174,13 @@ pub fn expand(
         let (items, bytes) = block::plan(&index, import.source_in_block().as_bytes())
             .map_err(|e| malformed(&esubject, format!("{e} [{}]", e.rule())))?;
         budget
-            .add(limits, import.digest(), index.content_bytes(), bytes)
+            .add(
+                limits,
+                import.digest(),
+                index.content_bytes(),
+                bytes,
+                items.len() as u64,
+            )
             .map_err(|e| {
                 malformed(
                     &esubject,
@@ -259,20 +265,24 @@ fn header_of<'b>(
 pub struct ImportBudget {
     /// Bytes materialized.
     pub materialized: u64,
+    /// Entries materialized.
+    pub entries: u64,
     /// Content bytes of the distinct blocks imported.
     pub content: u64,
     blocks: std::collections::HashSet<Digest>,
 }
 
 impl ImportBudget {
-    /// Counts an import of `bytes` from block `digest` (whose files hold
-    /// `content` bytes), failing when it takes the image past its bounds.
+    /// Counts an import of `bytes` in `entries` entries from block `digest`
+    /// (whose files hold `content` bytes), failing when it takes the image
+    /// past its bounds.
     pub fn add(
         &mut self,
         limits: &Limits,
         digest: &Digest,
         content: u64,
         bytes: u64,
+        entries: u64,
     ) -> std::result::Result<(), crate::limits::Exceeded> {
         let content = if self.blocks.contains(digest) {
             self.content
@@ -281,6 +291,9 @@ impl ImportBudget {
         };
         let total = self.materialized + bytes;
         limits.check_import_bytes(total, content)?;
+        let entries = self.entries.saturating_add(entries);
+        limits.check_import_entries(entries)?;
+        self.entries = entries;
         self.blocks.insert(digest.clone());
         self.content = content;
         self.materialized = total;

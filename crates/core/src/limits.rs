@@ -31,6 +31,10 @@ pub struct Limits {
     /// Bytes every image may materialize beyond the ratio, for small blocks
     /// imported at many paths.
     pub import_floor: u64,
+    /// Entries (files, directories, links) the imports of one image may
+    /// materialize in all (`--max-import-entries`): a block of many empty
+    /// files imported many times costs inodes, not bytes.
+    pub import_entries: u64,
     /// Import entries in one layer (`--max-imports-per-layer`).
     pub imports_per_layer: u64,
     /// How many times its compressed size a layer or block may expand to,
@@ -46,6 +50,7 @@ impl Default for Limits {
             import_bytes: 64 * GIB,
             import_ratio: 4,
             import_floor: 64 << 20,
+            import_entries: 1 << 22,
             imports_per_layer: 65_536,
             expansion_ratio: 256,
             expansion_floor: GIB,
@@ -147,6 +152,19 @@ impl Limits {
         })
     }
 
+    /// Fails when an image's imports would materialize `total` entries.
+    pub fn check_import_entries(&self, total: u64) -> Result<(), Exceeded> {
+        if total <= self.import_entries {
+            return Ok(());
+        }
+        Err(Exceeded {
+            what: "the image's imports would materialize".into(),
+            amount: format!("{total} entries"),
+            limit: format!("{} entries per image", self.import_entries),
+            flag: "--max-import-entries",
+        })
+    }
+
     /// Fails when a layer holds more import entries than allowed.
     pub fn check_imports_per_layer(&self, what: &str, imports: u64) -> Result<(), Exceeded> {
         if imports <= self.imports_per_layer {
@@ -197,8 +215,9 @@ impl fmt::Display for Limits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "imports materialize at most {} per image, and {}x the imported blocks plus {}; at most {} imports per layer; layers and blocks expand at most {}x, or {}",
+            "imports materialize at most {} and {} entries per image, and {}x the imported blocks plus {}; at most {} imports per layer; layers and blocks expand at most {}x, or {}",
             human(self.import_bytes),
+            self.import_entries,
             self.import_ratio,
             human(self.import_floor),
             self.imports_per_layer,
@@ -316,6 +335,11 @@ mod tests {
             .expect_err("over the bound");
         assert_eq!(e.flag, "--max-import-bytes");
         assert!(l.check_imports_per_layer("layer 1", 65_537).is_err());
+        assert!(l.check_import_entries(1 << 22).is_ok());
+        let e = l
+            .check_import_entries((1 << 22) + 1)
+            .expect_err("over the bound");
+        assert_eq!(e.flag, "--max-import-entries");
         assert_eq!(human(97), "97 B");
         assert_eq!(parse_bytes("64GiB"), Ok(64 * GIB));
         assert_eq!(parse_bytes("512M"), Ok(512 << 20));

@@ -255,6 +255,30 @@ entries = [{ path = "app/.import.secret", content = "/evil{HOST}/secret from {bl
         let r = h.unpack(case, &img, extra)?;
         fails_naming(case, &r, &["block.path-prefix"])?;
     }
+    // A valid block, whose link has nothing below it: the SOURCE names no
+    // entry of the block, which is all an import can name, so the host file
+    // the link would lead to is neither copied nor linked.
+    let img = h.image(
+        "through-valid",
+        r#"
+[[blocks]]
+name = "b"
+entries = [
+  { path = "lib.jar", content = "jar" },
+  { path = "evil", type = "symlink", target = "/" },
+]
+[[layers]]
+media_type = "import"
+entries = [{ path = "app/.import.secret", content = "/evil{HOST}/secret from {block:b}" }]
+"#,
+    )?;
+    for (case, extra) in [
+        ("through-valid-copy", &[][..]),
+        ("through-valid-hardlink", HARDLINK),
+    ] {
+        let r = h.unpack(case, &img, extra)?;
+        fails_naming(case, &r, &["import.source-missing", "app/.import.secret"])?;
+    }
     Ok(())
 }
 
@@ -540,6 +564,44 @@ entries = [{}]
     )?;
     ensure!(ok, "{out}");
     ensure!(fs::metadata(root.join("app/copy999"))?.len() == 1 << 20);
+    Ok(())
+}
+
+/// A block of many empty files imported many times costs inodes, not bytes,
+/// so the byte bounds never see it: the entry bound stops it at the import
+/// that would pass it, naming its flag.
+#[test]
+fn imports_of_many_empty_files_stop_at_the_entry_bound() -> Result<()> {
+    let h = Host::new()?;
+    let mut files = vec![r#"{ path = "d/", type = "dir" }"#.to_string()];
+    files.extend((0..500).map(|i| format!(r#"{{ path = "d/f{i}" }}"#)));
+    let imports: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{ path = "app/.import.d{i}", content = "/d from {{block:b}}" }}"#))
+        .collect();
+    let img = h.image(
+        "entries",
+        &format!(
+            "[[blocks]]\nname = \"b\"\nentries = [{}]\n[[layers]]\nmedia_type = \"import\"\nentries = [{}]\n",
+            files.join(", "),
+            imports.join(", ")
+        ),
+    )?;
+    // Each import materializes 501 entries: the 20th would take the image
+    // to 10,020.
+    let r = h.unpack("entries", &img, &["--max-import-entries", "10000"])?;
+    fails_naming(
+        "entries",
+        &r,
+        &[
+            "limit.exceeded",
+            "--max-import-entries",
+            "10000 entries per image",
+            "app/.import.d19",
+        ],
+    )?;
+    let (ok, root, out) = h.unpack("entries-default", &img, &[])?;
+    ensure!(ok, "{out}");
+    ensure!(root.join("app/d39/f499").is_file(), "{out}");
     Ok(())
 }
 

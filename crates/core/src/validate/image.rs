@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::document::{DocumentKind, validate_document, variant_of};
 use super::rules::{Report, Rule, Violation};
-use super::scan::{BlobProblem, FoundImport, TarScan, scan_blob_within};
+use super::scan::{BlobProblem, FoundImport, TarScan, scan_blob_within, scan_block_within};
 use crate::digest::Digest;
 use crate::expand::{ImportBudget, LayoutBlocks, expand, first_difference, open_layer};
 use crate::layout::OciDir;
@@ -701,6 +701,9 @@ impl Walker<'_> {
             }
             info.layers.push(self.blob_info(&ld, l));
         }
+        if kind == DocumentKind::BlocksManifest {
+            self.check_import_bounds(&subject, &layer_list);
+        }
         self.layers_of.insert(digest.clone(), layer_list);
         self.docs.insert(digest.clone(), value.clone());
         self.out.info.manifests.push(info);
@@ -739,7 +742,11 @@ impl Walker<'_> {
             return Ok(());
         }
         let media_type = d.media_type().to_string();
-        let scan = scan_blob_within(self.dir, digest, d.size(), &media_type, &self.limits)?;
+        let scan = if as_block {
+            scan_block_within(self.dir, digest, d.size(), &media_type, &self.limits)?
+        } else {
+            scan_blob_within(self.dir, digest, d.size(), &media_type, &self.limits)?
+        };
         let report = &mut self.out.report;
         if let Some(p) = &scan.blob_problem {
             report.push(blob_violation(p, subject, digest, self.sparse));
@@ -785,6 +792,58 @@ impl Walker<'_> {
         }
         self.scans.insert(digest.clone(), scan);
         Ok(())
+    }
+
+    /// The bounds an unpacker applies to what the imports of one image
+    /// materialize (`spec/imports.md`, "Size bounds"), planned from the
+    /// blocks' indexes in layer order, so that `validate` refuses what
+    /// `unpack` would.
+    fn check_import_bounds(&mut self, subject: &str, layers: &[(Digest, u64)]) {
+        let mut budget = ImportBudget::default();
+        for (i, (digest, _)) in layers.iter().enumerate() {
+            let Some(scan) = self.scans.get(digest) else {
+                continue;
+            };
+            let lsubject = format!("{subject} layer {i} ({})", digest.short());
+            let count = scan.imports.len() as u64;
+            if let Err(e) = self
+                .limits
+                .check_imports_per_layer(&format!("layer {i}"), count)
+            {
+                self.out.report.push(Violation::new(
+                    Rule::LimitExceeded,
+                    &lsubject,
+                    e.to_string(),
+                ));
+                return;
+            }
+            for found in &scan.imports {
+                let block = found.import.digest();
+                let Some(index) = self.scans.get(block).and_then(|b| b.index.as_ref()) else {
+                    continue;
+                };
+                // A source the block lacks is reported by its own rule.
+                let Ok((items, bytes)) =
+                    crate::block::plan(index, found.import.source_in_block().as_bytes())
+                else {
+                    continue;
+                };
+                let added = budget.add(
+                    &self.limits,
+                    block,
+                    index.content_bytes(),
+                    bytes,
+                    items.len() as u64,
+                );
+                if let Err(e) = added {
+                    self.out.report.push(
+                        Violation::new(Rule::LimitExceeded, &lsubject, e.to_string())
+                            .at_entry(&found.entry),
+                    );
+                    return;
+                }
+            }
+        }
     }
 
     fn check_layer(

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::io::{self, Read};
 
-use crate::block::{BlockProblem, BlockShape};
+use crate::block::{BlockIndex, BlockProblem, BlockShape, EntryMeta};
 use crate::digest::{Algorithm, Digest, DigestReader, verification_error};
 use crate::entry::{self, Kind, Role};
 use crate::import::{ImportEntry, ImportError};
@@ -93,6 +93,10 @@ pub struct TarScan {
     /// What the archive breaks of the rules for blocks ([`BlockShape`]);
     /// reported only when it is a block.
     pub block_problems: Vec<BlockProblem>,
+    /// The entries as a block index, when the blob was scanned as a block
+    /// ([`scan_block_within`]) and is a readable one: what its imports
+    /// would materialize is planned from it.
+    pub index: Option<BlockIndex>,
 }
 
 impl TarScan {
@@ -116,6 +120,29 @@ pub fn scan_blob_within(
     size: u64,
     media_type: &str,
     limits: &Limits,
+) -> Result<TarScan> {
+    scan_within(dir, digest, size, media_type, limits, false)
+}
+
+/// [`scan_blob_within`] of a block: the scan also holds its
+/// [`TarScan::index`].
+pub fn scan_block_within(
+    dir: &OciDir,
+    digest: &Digest,
+    size: u64,
+    media_type: &str,
+    limits: &Limits,
+) -> Result<TarScan> {
+    scan_within(dir, digest, size, media_type, limits, true)
+}
+
+fn scan_within(
+    dir: &OciDir,
+    digest: &Digest,
+    size: u64,
+    media_type: &str,
+    limits: &Limits,
+    as_block: bool,
 ) -> Result<TarScan> {
     let mut scan = TarScan::default();
     let Some(compression) = tar_compression(media_type) else {
@@ -148,7 +175,11 @@ pub fn scan_blob_within(
         let bounded = Bounded::expansion(decoded, limits, &what, size);
         let mut uncompressed = DigestReader::new(bounded, Algorithm::Sha256);
         let bound = |end: u64| limits.check_expansion(&what, size, end).err();
-        let walked = walk(&mut uncompressed, &mut scan, &bound);
+        let mut index = as_block.then(Vec::new);
+        let walked = walk(&mut uncompressed, &mut scan, &bound, index.as_mut());
+        if let Some(entries) = index.filter(|_| walked.is_ok() && scan.block_problems.is_empty()) {
+            scan.index = Some(BlockIndex::new(entries));
+        }
         let drained = walked.and_then(|()| io::copy(&mut uncompressed, &mut io::sink()).map(drop));
         drained.and_then(|()| uncompressed.finish())
     };
@@ -198,6 +229,7 @@ fn walk(
     stream: impl Read,
     scan: &mut TarScan,
     bound: &dyn Fn(u64) -> Option<Exceeded>,
+    mut index: Option<&mut Vec<EntryMeta>>,
 ) -> io::Result<()> {
     let mut archive = tar::Archive::new(stream);
     let mut seen_imports: HashSet<Vec<u8>> = HashSet::new();
@@ -223,6 +255,9 @@ fn walk(
                 continue;
             }
         };
+        if let Some(index) = index.as_deref_mut() {
+            index.push(EntryMeta::of(&mut entry, kind)?);
+        }
         if name.is_unclean() {
             scan.unclean_paths.push(shown.clone());
         }
