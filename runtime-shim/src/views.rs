@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use oci_blocks_core::Digest;
 use oci_blocks_core::block::{BlockIndex, EntryMeta};
-use oci_blocks_core::expand::{BlockContent, ImportBudget, expanded_diff_id};
+use oci_blocks_core::expand::{
+    BlockContent, ImportBudget, expand, expanded_diff_id, first_difference, open_layer,
+};
 use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::limits::Limits;
 use oci_blocks_core::manifest::{Manifest, diff_ids, without_diff_ids};
@@ -177,14 +179,54 @@ pub(crate) fn check(
             }
         };
         if materialized.as_str() != legacy_ids[i] {
+            let at = first_path(layout, layer, legacy_layer, imports, limits, &lsub)
+                .map(|at| format!("; they first differ {at}"))
+                .unwrap_or_default();
             return Err(differ(
                 &lsub,
                 format!(
-                    "its materialization hashes to {materialized}, but the {lsubject} gives {} for this layer",
+                    "its materialization hashes to {materialized}, but the {lsubject} gives {} for this layer{at}",
                     legacy_ids[i]
                 ),
             ));
         }
     }
     Ok(())
+}
+
+/// Where the materialization of the stub `layer` and the legacy layer first
+/// differ, when the layout holds the legacy layer (a pull that took only the
+/// blocks manifest does not): read on the failure path alone, so that a
+/// reviewer sees which path a client of the legacy manifest gets otherwise.
+fn first_path(
+    layout: &OciDir,
+    layer: &Descriptor,
+    legacy_layer: &Descriptor,
+    imports: &mut StoreImports<'_>,
+    limits: &Limits,
+    lsub: &str,
+) -> Option<String> {
+    use std::io::Seek;
+    let legacy_digest = Digest::try_from(legacy_layer.digest()).ok()?;
+    if !layout.has_blob(&legacy_digest) {
+        return None;
+    }
+    let ld = Digest::try_from(layer.digest()).ok()?;
+    let mut spool = tempfile::tempfile().ok()?;
+    {
+        let mut blob = layout.open_blob(&ld, Some(layer.size())).ok()?;
+        let stream = open_layer(&mut blob, layer.media_type().as_ref()).ok()?;
+        let mut source = FromStore {
+            imports,
+            subject: lsub.to_string(),
+        };
+        let mut budget = ImportBudget::default();
+        expand(stream, &mut source, &mut spool, lsub, limits, &mut budget).ok()?;
+    }
+    spool.rewind().ok()?;
+    let mut legacy = layout
+        .open_blob(&legacy_digest, Some(legacy_layer.size()))
+        .ok()?;
+    let legacy_stream = open_layer(&mut legacy, legacy_layer.media_type().as_ref()).ok()?;
+    first_difference(spool, legacy_stream).ok().flatten()
 }

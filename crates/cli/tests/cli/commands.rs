@@ -417,3 +417,39 @@ fn repository_names_follow_the_registrys_grammar() -> Result<()> {
     }
     Ok(())
 }
+
+/// Two views that differ are named where they first differ: `validate` and
+/// `unpack` both say which layer and which path, so a reviewer can see what
+/// a scanner of the legacy manifest would miss.
+#[test]
+fn views_that_differ_are_named_by_layer_and_path() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let name = "invalid-fallback-views-differ.toml";
+    let path = repo().join("spec/examples/images").join(name);
+    let spec = ImageSpec::from_toml(&fs::read_to_string(&path)?, name)?;
+    let out_dir = tmp.path().join("img");
+    fixture::build(&spec, &out_dir, "v1")?;
+    let reference = format!("oci:{}:v1", out_dir.display());
+    let validated = run(&["validate", &reference])?;
+    let root = tmp.path().join("rootfs");
+    let store = tmp.path().join("store");
+    let unpacked = run(&[
+        "unpack",
+        "--store",
+        &store.display().to_string(),
+        &reference,
+        &root.display().to_string(),
+    ])?;
+    for (what, out) in [("validate", &validated), ("unpack", &unpacked)] {
+        ensure!(!out.status.success(), "{what} succeeded: {}", text(out));
+        let said = text(out);
+        for needle in ["fallback.views-differ", "layer 0", "app/lib/guava.jar"] {
+            ensure!(
+                said.contains(needle),
+                "{what} does not name {needle:?}: {said}"
+            );
+        }
+    }
+    ensure!(!root.exists(), "a failed unpack left its root filesystem");
+    Ok(())
+}
