@@ -93,6 +93,12 @@ struct UnpackArgs {
     /// Keep each vector's work directory and output log under DIR.
     #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
+    /// The unpacker shares its regular files read-only with a store (as
+    /// `oci-blocks unpack --link hardlink --read-only` does): compare their
+    /// modes without the write bits. Every other bit, setuid included, is
+    /// still compared.
+    #[arg(long)]
+    read_only_files: bool,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -162,6 +168,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 timeout: Duration::from_secs(a.timeout),
                 only: a.only,
                 keep: a.keep,
+                read_only_files: a.read_only_files,
             };
             let results = unpack::run(&options)?;
             finish("unpack", &a.command, results, &a.output)

@@ -162,6 +162,13 @@ impl Tree {
         Ok(tree)
     }
 
+    /// Clears the write bits of every regular file's mode.
+    pub fn without_file_write_bits(&mut self) {
+        for node in self.nodes.values_mut().filter(|n| n.kind == "file") {
+            node.mode = node.mode.map(|m| m & !0o222);
+        }
+    }
+
     /// Reads the tree below `root`, following no symbolic link.
     pub fn read(root: &Path) -> Result<Tree> {
         let mut tree = Tree::default();

@@ -98,7 +98,9 @@ pub struct LayerSpec {
 pub struct EntrySpec {
     /// The path, as written in the header.
     pub path: String,
-    /// `file` (default), `dir`, `symlink`, `hardlink` or `fifo`.
+    /// `file` (default), `dir`, `symlink`, `hardlink`, `fifo`, `gnu-sparse`
+    /// (an old-GNU sparse header, typeflag `S`, with no sparse map) or
+    /// `typeflag:C` (any other one-byte type `C`, no content).
     #[serde(rename = "type", default = "file")]
     pub kind: String,
     /// File content; `{block:NAME}` becomes that block's digest.
@@ -711,7 +713,11 @@ fn tar_of(entries: &[EntrySpec], names: &Names) -> Result<Vec<u8>> {
             "symlink" => (tar::EntryType::Symlink, 0o777),
             "hardlink" => (tar::EntryType::Link, 0o644),
             "fifo" => (tar::EntryType::Fifo, 0o644),
-            other => bail!("entry {}: unknown type {other:?}", e.path),
+            "gnu-sparse" => (tar::EntryType::GNUSparse, 0o644),
+            other => match other.strip_prefix("typeflag:").map(str::as_bytes) {
+                Some(&[flag]) => (tar::EntryType::new(flag), 0o644),
+                _ => bail!("entry {}: unknown type {other:?}", e.path),
+            },
         };
         let content = if kind == tar::EntryType::Regular {
             substitute(&e.content, names)
@@ -722,13 +728,24 @@ fn tar_of(entries: &[EntrySpec], names: &Names) -> Result<Vec<u8>> {
             Vec::new()
         };
         let path = substitute(&e.path, names)?;
-        let mut header = tar::Header::new_ustar();
+        // An old-GNU sparse header with no data blocks (all hole).
+        let mut header = if kind == tar::EntryType::GNUSparse {
+            tar::Header::new_gnu()
+        } else {
+            tar::Header::new_ustar()
+        };
         header.set_entry_type(kind);
         header.set_mode(e.mode.unwrap_or(default_mode));
         header.set_uid(0);
         header.set_gid(0);
         header.set_mtime(1);
         header.set_size(content.len() as u64);
+        if let Some(gnu) = header
+            .as_gnu_mut()
+            .filter(|_| kind == tar::EntryType::GNUSparse)
+        {
+            gnu.set_real_size(0);
+        }
         let mut pax: BTreeMap<String, String> = BTreeMap::new();
         if set_name(&mut header.as_old_mut().name, &path) {
             pax.insert("path".into(), path.clone());

@@ -11,6 +11,8 @@ use anyhow::{Result, ensure};
 
 /// The command templates, exactly as `conformance/README.md` gives them.
 const OCI_BLOCKS: &str = "oci-blocks unpack --store {tmp}/store oci:{layout}:{ref} {rootfs}";
+const OCI_BLOCKS_HARDLINK: &str =
+    "oci-blocks unpack --link hardlink --read-only --store {tmp}/store oci:{layout}:{ref} {rootfs}";
 const UMOCI: &str = "skopeo copy --quiet oci:{layout}:{ref} oci:{tmp}/image:{ref} && \
                      umoci unpack --rootless --image {tmp}/image:{ref} {tmp}/bundle && \
                      mv {tmp}/bundle/rootfs {rootfs}";
@@ -60,6 +62,33 @@ fn oci_blocks_unpack_passes_every_vector_and_writes_every_report() -> Result<()>
     ensure!(
         !page.contains("<script") && !page.contains("href="),
         "self-contained"
+    );
+    Ok(())
+}
+
+/// With hard links into the block store, every vector passes too: the
+/// store's shared inodes are never re-owned or re-moded through a link, and
+/// nothing of the host is linked in. The store's files are read-only by
+/// design, so file modes are compared without their write bits.
+#[test]
+fn oci_blocks_unpack_with_hard_links_passes_every_vector() -> Result<()> {
+    workspace_binary("oci-blocks", "oci-blocks")?;
+    let out = suite()
+        .args([
+            "unpack",
+            "--json",
+            "--read-only-files",
+            "--command",
+            OCI_BLOCKS_HARDLINK,
+            "--expect",
+        ])
+        .arg(crate_dir().join("expected/oci-blocks-unpack.toml"))
+        .output()?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let report = json_report(&out)?;
+    ensure!(
+        report["summary"]["total"]["passed"] == vector_count()?,
+        "every vector passed: {report:#}"
     );
     Ok(())
 }

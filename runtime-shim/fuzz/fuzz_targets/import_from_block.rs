@@ -2,12 +2,17 @@
 //! layer of any bytes, and a stub layer that imports from the block (its
 //! root, and one path the first input bytes name) must unpack or fail
 //! cleanly, never panic, and never create, change or remove anything
-//! outside the root filesystem, in the image layout or in the block store
-//! beyond the block's own entry.
+//! outside the root filesystem or in the image layout. The host sentinel is
+//! the root's sibling, so `../sentinel` from the block or the lower layer
+//! names it. A second unpack of the same image, in the same link mode, must
+//! leave every file of the block store as the first left it: owner, mode,
+//! size and time (with `--link hardlink` the root shares those inodes, so a
+//! chown or chmod through a link would show here).
 //!
 //! The first input byte chooses where the rest is split into the block and
 //! the lower layer; the second and third choose the imported path's length
-//! and where it starts in the block's bytes.
+//! and where it starts in the block's bytes; the fourth's low bit chooses
+//! copies or hard links into the store.
 #![no_main]
 
 use std::fs;
@@ -21,7 +26,9 @@ use oci_blocks_core::oci_spec::image::{Descriptor, MediaType};
 use oci_blocks_shim::{LinkMode, UnpackOptions, unpack};
 use serde_json::json;
 
-fn listing(dir: &Path) -> Vec<(String, u64, u32)> {
+/// Path, size, mode, owner, group and modification time of everything below
+/// `dir`.
+fn listing(dir: &Path) -> Vec<(String, u64, u32, u32, u32, i64)> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -32,7 +39,14 @@ fn listing(dir: &Path) -> Vec<(String, u64, u32)> {
                 stack.push(e.path());
             }
         }
-        out.push((p.display().to_string(), m.len(), m.mode()));
+        out.push((
+            p.display().to_string(),
+            m.len(),
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.mtime(),
+        ));
     }
     out.sort();
     out
@@ -78,7 +92,7 @@ fn write_image(dir: &OciDir, block: &[u8], layers: [Vec<u8>; 2]) -> Option<()> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let [split, len, start, rest @ ..] = data else {
+    let [split, len, start, mode, rest @ ..] = data else {
         return;
     };
     let at = rest.len() * usize::from(*split) / 255;
@@ -107,19 +121,27 @@ fuzz_target!(|data: &[u8]| {
     let store = outer.path().join("store");
     let before = (listing(&sentinel), listing(&layout));
     let rootfs = outer.path().join("rootfs");
+    let hardlink = mode & 1 == 1;
     let options = UnpackOptions {
         store: store.clone(),
-        link: LinkMode::Copy,
-        read_only: false,
+        link: if hardlink { LinkMode::Hardlink } else { LinkMode::Copy },
+        read_only: hardlink,
         platform: None,
         limits: oci_blocks_core::limits::Limits::default(),
     };
-    let _ = unpack(&dir, Some("latest"), &rootfs, &options);
+    let first = unpack(&dir, Some("latest"), &rootfs, &options).is_ok();
     assert_eq!(
         before,
         (listing(&sentinel), listing(&layout)),
         "something outside the root changed"
     );
+    if first {
+        let blocks = store.join("blocks");
+        let stored = listing(&blocks);
+        let again = outer.path().join("rootfs-again");
+        let _ = unpack(&dir, Some("latest"), &again, &options);
+        assert_eq!(stored, listing(&blocks), "a second unpack changed the store's files");
+    }
     assert_eq!(
         fs::read_to_string(sentinel.join("keep")).ok().as_deref(),
         Some("untouched")
