@@ -10,7 +10,7 @@ Usage: python3 benches/rechunk.py [ROUNDS]   (as root: debootstrap, umoci)
 Needs debootstrap, umoci, apt-get and Debian's mirror once; the inputs are
 kept under target/bench-rechunk.
 """
-import os, shutil, statistics, subprocess, sys
+import json, os, shutil, statistics, subprocess, sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import ROOT, sh, timed  # noqa: E402
@@ -54,13 +54,13 @@ def image():
     bundle = f"{tmp}/bundle"
     umoci("unpack", "--image", f"{tmp}/layout:app", bundle)
     sh(["cp", "-a", f"{base}/.", f"{bundle}/rootfs"])
-    umoci("repack", "--image", f"{tmp}/layout:app", bundle)
+    umoci("repack", "--refresh-bundle", "--image", f"{tmp}/layout:app", bundle)
     for deb in sorted(os.listdir(debs)):
         sh(["dpkg-deb", "-x", f"{debs}/{deb}", f"{bundle}/rootfs"])
-    umoci("repack", "--image", f"{tmp}/layout:app", bundle)
+    umoci("repack", "--refresh-bundle", "--image", f"{tmp}/layout:app", bundle)
     os.makedirs(f"{bundle}/rootfs/app/lib", exist_ok=True)
     sh(["cp", "-a", f"{jars}/v1/lib/.", f"{bundle}/rootfs/app/lib"])
-    umoci("repack", "--image", f"{tmp}/layout:app", bundle)
+    umoci("repack", "--refresh-bundle", "--image", f"{tmp}/layout:app", bundle)
     os.rename(f"{tmp}/layout", layout)
     shutil.rmtree(tmp)
     return layout
@@ -74,6 +74,7 @@ def main():
     size = int(subprocess.run(["du", "-sb", f"{layout}/blobs"], capture_output=True,
                               text=True, check=True).stdout.split()[0])
     jars = len(os.listdir(f"{ROOT}/target/corpus/large-java/v1/lib"))
+    layers = len(json.loads(open(f"{layout}/blobs/sha256/" + json.load(open(f"{layout}/index.json"))["manifests"][0]["digest"].split(":")[1]).read())["layers"])
     ours, theirs = [], []
     for _ in range(ROUNDS):
         out = f"{WORK}/out"
@@ -89,7 +90,7 @@ def main():
         umoci("rm", "--image", f"{layout}:repacked")
     o = statistics.median(t for t, _ in ours)
     t = statistics.median(t for t, _ in theirs)
-    print(f"image: {size / 1e6:.0f} MB of blobs, 3 layers, {jars} jars; {ROUNDS} rounds, medians")
+    print(f"image: {size / 1e6:.0f} MB of blobs, {layers} layers, {jars} jars; {ROUNDS} rounds, medians")
     print(f"| oci-blocks rechunk | {o:.1f} s | peak RSS {max(r for _, r in ours):.0f} MiB |")
     print(f"| umoci unpack + repack | {t:.1f} s | peak RSS {max(r for _, r in theirs):.0f} MiB |")
     print(f"| speed-up | {t / o:.2f}x | |")
