@@ -295,7 +295,9 @@ fn write_layers(
                 .map(|(c, _)| (c.digest.clone(), (OCI_LAYER_TAR.to_string(), c.size))),
         )
         .collect();
-    let mut materialized = LayoutBlocks::new(out, declared);
+    // Stub layers whose materialization the legacy manifest needs: their
+    // place in it, digest and size; written in parallel after the loop.
+    let mut pending: Vec<(usize, Digest, u64)> = Vec::new();
     let mut history = Vec::new();
     let mut merged = Vec::new();
     for group in &groups {
@@ -326,13 +328,11 @@ fn write_layers(
         descriptors.push(descriptor(media_type, &digest, size));
         diff_ids.push(Value::String(diff_id.to_string()));
         if let Some((legacy_layers, legacy_ids)) = &mut legacy {
-            let (ld, ls, lid) = if imports == 0 {
-                (digest.clone(), size, diff_id.clone())
-            } else {
-                materialize(out, cache, &digest, size, &mut materialized)?
-            };
-            legacy_layers.push(descriptor(OCI_LAYER_TAR_GZIP, &ld, ls));
-            legacy_ids.push(Value::String(lid.to_string()));
+            if imports > 0 {
+                pending.push((legacy_layers.len(), digest.clone(), size));
+            }
+            legacy_layers.push(descriptor(OCI_LAYER_TAR_GZIP, &digest, size));
+            legacy_ids.push(Value::String(diff_id.to_string()));
         }
         history.push(json!({
             "created": image::created(epoch),
@@ -352,6 +352,29 @@ fn write_layers(
             imports,
         });
     }
+    if let Some((legacy_layers, legacy_ids)) = &mut legacy {
+        // Each materialization is one gzip stream: the groups' layers are
+        // compressed side by side, one per core.
+        let cache_ref = &*cache;
+        let written: Vec<(bool, Digest, u64, Digest)> = pending
+            .par_iter()
+            .map(|(_, stub, size)| materialize(out, cache_ref, stub, *size, &declared))
+            .collect::<Result<_>>()?;
+        for ((at, stub, _), (fresh, ld, ls, lid)) in pending.iter().zip(written) {
+            if fresh {
+                cache.put_layer(
+                    Cache::layer_key(stub),
+                    CachedLayer {
+                        digest: ld.clone(),
+                        size: ls,
+                        diff_id: lid.clone(),
+                    },
+                );
+            }
+            legacy_layers[*at] = descriptor(OCI_LAYER_TAR_GZIP, &ld, ls);
+            legacy_ids[*at] = Value::String(lid.to_string());
+        }
+    }
     if descriptors.len() > 125 && spec.max_layers.is_none() {
         tracing::warn!(
             "the image has {} layers; overlayfs stacks about 125 to 127: --max-layers merges adjacent added layers",
@@ -369,28 +392,22 @@ fn write_layers(
 }
 
 /// The materialization of stub layer `stub` for the legacy manifest, from the
-/// cache (keyed by the stub's digest, which names every block) or written.
+/// cache (keyed by the stub's digest, which names every block) or written
+/// (then the first value is true, for the caller to cache).
 fn materialize(
     out: &OciDir,
-    cache: &mut Cache,
+    cache: &Cache,
     stub: &Digest,
     size: u64,
-    blocks: &mut LayoutBlocks<'_>,
-) -> Result<(Digest, u64, Digest)> {
+    declared: &HashMap<Digest, (String, u64)>,
+) -> Result<(bool, Digest, u64, Digest)> {
     let key = Cache::layer_key(stub);
     if let Some(hit) = cache.get_layer(&key).filter(|c| out.has_blob(&c.digest)) {
-        return Ok((hit.digest.clone(), hit.size, hit.diff_id.clone()));
+        return Ok((false, hit.digest.clone(), hit.size, hit.diff_id.clone()));
     }
-    let (digest, size, diff_id) = layer::write_materialized(out, stub, size, blocks)?;
-    cache.put_layer(
-        key,
-        CachedLayer {
-            digest: digest.clone(),
-            size,
-            diff_id: diff_id.clone(),
-        },
-    );
-    Ok((digest, size, diff_id))
+    let mut blocks = LayoutBlocks::new(out, declared.clone());
+    let (digest, size, diff_id) = layer::write_materialized(out, stub, size, &mut blocks)?;
+    Ok((true, digest, size, diff_id))
 }
 
 /// The manifest's block descriptors: the base's, then ours in first-use

@@ -54,6 +54,7 @@ use oci_blocks_core::names::{
     OCI_LAYER_TAR_GZIP, OCI_MANIFEST,
 };
 use oci_blocks_core::platform::Platform;
+use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -212,7 +213,8 @@ fn rechunk_platform(
     let mut config = read_json(src, &config_digest, config_size, &image)?;
 
     // The final tree, and the files a block could own.
-    let tree = tree::final_tree(src, &image, &layers)?;
+    let keep = |p: &[u8]| dpkg::is_database(p) || apk::is_database(p) || npm::is_manifest(p);
+    let (tree, kept_files) = tree::final_tree(src, &image, &layers, &keep)?;
     let mut kept: BTreeMap<String, usize> = BTreeMap::new();
     let mut wanted: Vec<Vec<u8>> = Vec::new();
     for (path, node) in &tree {
@@ -234,7 +236,8 @@ fn rechunk_platform(
     let mut meta_files = db.clone();
     meta_files.extend(manifests_npm.iter().cloned());
     meta_files.extend(apk_db.iter().cloned());
-    tree::extract(src, &image, &layers, &tree, &meta_files, &meta)?;
+    tree::write_kept(&tree, &kept_files, &meta_files, &meta)?;
+    drop(kept_files);
     // Debian and Alpine packages: the files each installed package lists,
     // that no other rule takes.
     let mut managers = Vec::new();
@@ -525,29 +528,40 @@ fn rechunk_platform(
             ),
         ));
     }
+    // Each layer is its own gzip stream: they are rewritten side by side.
+    let written: Vec<(Value, Option<Digest>)> = layers
+        .par_iter()
+        .enumerate()
+        .map(|(i, layer)| {
+            if drops[i].is_empty() {
+                let mut blob = src.open_blob(&layer.digest, Some(layer.size))?;
+                base.write_blob_verified(&mut blob, &layer.digest, Some(layer.size))?;
+                // Docker's gzip layer is the OCI one by another name, as when
+                // skopeo converts an image to OCI.
+                let media_type = if layer.media_type == DOCKER_LAYER_TAR_GZIP {
+                    OCI_LAYER_TAR_GZIP
+                } else {
+                    layer.media_type.as_str()
+                };
+                let d = json!({
+                    "mediaType": media_type, "digest": layer.digest.to_string(), "size": layer.size,
+                });
+                return Ok((d, None));
+            }
+            let (digest, size, diff_id) = tree::rewrite(src, &image, layer, &drops[i], base)?;
+            let d = json!({
+                "mediaType": OCI_LAYER_TAR_GZIP, "digest": digest.to_string(), "size": size,
+            });
+            Ok((d, Some(diff_id)))
+        })
+        .collect::<Result<_>>()?;
     let mut rewritten = 0;
-    for (i, layer) in layers.iter().enumerate() {
-        if drops[i].is_empty() {
-            let mut blob = src.open_blob(&layer.digest, Some(layer.size))?;
-            base.write_blob_verified(&mut blob, &layer.digest, Some(layer.size))?;
-            // Docker's gzip layer is the OCI one by another name, as when
-            // skopeo converts an image to OCI.
-            let media_type = if layer.media_type == DOCKER_LAYER_TAR_GZIP {
-                OCI_LAYER_TAR_GZIP
-            } else {
-                layer.media_type.as_str()
-            };
-            new_layers.push(json!({
-                "mediaType": media_type, "digest": layer.digest.to_string(), "size": layer.size,
-            }));
-            continue;
+    for (i, (d, diff_id)) in written.into_iter().enumerate() {
+        new_layers.push(d);
+        if let Some(diff_id) = diff_id {
+            rewritten += 1;
+            diff_ids[i] = json!(diff_id.to_string());
         }
-        let (digest, size, diff_id) = tree::rewrite(src, &image, layer, &drops[i], base)?;
-        rewritten += 1;
-        new_layers.push(json!({
-            "mediaType": OCI_LAYER_TAR_GZIP, "digest": digest.to_string(), "size": size,
-        }));
-        diff_ids[i] = json!(diff_id.to_string());
     }
     config["rootfs"] = json!({"type": "layers", "diff_ids": diff_ids});
     let config_bytes =
@@ -601,31 +615,46 @@ pub fn rechunk(spec: &RechunkSpec) -> Result<RechunkReport> {
         None => src,
     };
     let spec = &spec;
-    if let Some(report) = crate::build::invalid(&src, spec.src.tag.as_deref())? {
+    let base = OciDir::create(scratch.path().join("remainder"))?;
+    // The source is validated whole on one core while the other reads its
+    // layers for the final trees, which bound their own work; nothing is
+    // written outside the scratch directory until validation has passed,
+    // and its verdict comes first.
+    let (validation, rechunked) = std::thread::scope(|s| {
+        let validation = s.spawn(|| crate::build::invalid(&src, spec.src.tag.as_deref()));
+        let rechunked = (|| -> Result<_> {
+            let chosen = manifests(spec, &src)?;
+            let mut works = Vec::new();
+            for (i, (platform, manifest)) in chosen.iter().enumerate() {
+                let dir = scratch.path().join(format!("platform-{i}"));
+                let prior_groups = match &spec.prior {
+                    Some(prior) => groups_of_prior(prior, platform.as_deref())?,
+                    None => None,
+                };
+                works.push(rechunk_platform(
+                    spec,
+                    &src,
+                    platform.as_deref(),
+                    manifest,
+                    &base,
+                    &dir,
+                    prior_groups,
+                )?);
+            }
+            Ok((chosen, works))
+        })();
+        let validation = validation
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (validation, rechunked)
+    });
+    if let Some(report) = validation? {
         return Err(image_error(
             &spec.origin,
             format!("not a valid image:\n{report}"),
         ));
     }
-    let chosen = manifests(spec, &src)?;
-    let base = OciDir::create(scratch.path().join("remainder"))?;
-    let mut works = Vec::new();
-    for (i, (platform, manifest)) in chosen.iter().enumerate() {
-        let dir = scratch.path().join(format!("platform-{i}"));
-        let prior_groups = match &spec.prior {
-            Some(prior) => groups_of_prior(prior, platform.as_deref())?,
-            None => None,
-        };
-        works.push(rechunk_platform(
-            spec,
-            &src,
-            platform.as_deref(),
-            manifest,
-            &base,
-            &dir,
-            prior_groups,
-        )?);
-    }
+    let (chosen, works) = rechunked?;
     // The remainder image is the base of the build.
     let top = if works.len() == 1 && chosen[0].0.is_none() {
         let (d, s) = &works[0].manifest;

@@ -32,6 +32,11 @@ pub struct Package {
     pub files: Vec<(Vec<u8>, Option<String>)>,
 }
 
+/// Whether `path` is the database [`database_paths`] names.
+pub fn is_database(path: &[u8]) -> bool {
+    path == INSTALLED.as_bytes()
+}
+
 /// The database file to read, when the tree has one.
 pub fn database_paths(tree: &Tree) -> Vec<Vec<u8>> {
     match tree.get(INSTALLED.as_bytes()) {

@@ -41,6 +41,18 @@ pub struct Package {
     pub conffiles: HashSet<Vec<u8>>,
 }
 
+/// Whether `path` could be one of [`database_paths`].
+pub fn is_database(path: &[u8]) -> bool {
+    if path == STATUS.as_bytes() || path == DIVERSIONS.as_bytes() {
+        return true;
+    }
+    path.strip_prefix(INFO.as_bytes())
+        .and_then(|rest| rest.strip_prefix(b"/"))
+        .is_some_and(|name| {
+            !name.contains(&b'/') && (name.ends_with(b".list") || name.ends_with(b".md5sums"))
+        })
+}
+
 /// The database files of `tree` to read: the status, the diversions, and
 /// every `.list` and `.md5sums` of `info/`.
 pub fn database_paths(tree: &Tree) -> Vec<Vec<u8>> {

@@ -35,6 +35,11 @@ fn is_package_dir(dir: &[u8]) -> bool {
     name(up).starts_with(b"@") && name(parent(up)) == b"node_modules"
 }
 
+/// Whether `path` could be one of [`manifests`].
+pub fn is_manifest(path: &[u8]) -> bool {
+    name(path) == b"package.json" && is_package_dir(parent(path))
+}
+
 /// The `package.json` files of package directories in `tree`.
 pub fn manifests(tree: &Tree) -> Vec<Vec<u8>> {
     tree.iter()

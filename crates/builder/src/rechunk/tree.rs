@@ -23,6 +23,7 @@ use oci_blocks_core::entry::{self, Kind, Role, parent};
 use oci_blocks_core::expand::open_layer;
 use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::limits::Limits;
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -135,9 +136,29 @@ fn for_each_entry(
     Ok(())
 }
 
-/// The final tree of `layers`, applied bottom to top.
-pub fn final_tree(dir: &OciDir, image: &str, layers: &[Layer]) -> Result<Tree> {
+/// A regular file larger than this is never kept by [`final_tree`].
+pub const MAX_KEPT_FILE: u64 = 64 << 20;
+/// Bytes of kept files [`final_tree`] holds in memory; more is refused,
+/// naming the limit.
+pub const MAX_KEPT: u64 = 512 << 20;
+
+/// The content of the regular files [`final_tree`] kept, by the entry that
+/// wrote each (layer, ordinal).
+pub type Kept = HashMap<(usize, usize), Vec<u8>>;
+
+/// The final tree of `layers`, applied bottom to top, and the content of
+/// every regular file entry of at most [`MAX_KEPT_FILE`] bytes whose cleaned
+/// path `keep` accepts (the package databases, read in the same pass so
+/// that no layer is read again for them).
+pub fn final_tree(
+    dir: &OciDir,
+    image: &str,
+    layers: &[Layer],
+    keep: &dyn Fn(&[u8]) -> bool,
+) -> Result<(Tree, Kept)> {
     let mut tree = Tree::new();
+    let mut kept = Kept::new();
+    let mut kept_bytes: u64 = 0;
     for (i, layer) in layers.iter().enumerate() {
         let mut whiteouts: Vec<Vec<u8>> = Vec::new();
         let mut opaque: Vec<Vec<u8>> = Vec::new();
@@ -198,6 +219,24 @@ pub fn final_tree(dir: &OciDir, image: &str, layers: &[Layer]) -> Result<Tree> {
                             None
                         },
                     };
+                    if kind == Kind::File && e.size() <= MAX_KEPT_FILE && keep(&name.path) {
+                        kept_bytes = kept_bytes.saturating_add(e.size());
+                        if kept_bytes > MAX_KEPT {
+                            return Err(layer_error(
+                                image,
+                                layer,
+                                format!(
+                                    "entry {}: the package databases hold more than {}",
+                                    name.display(),
+                                    oci_blocks_core::limits::human(MAX_KEPT)
+                                ),
+                            ));
+                        }
+                        let mut content = Vec::with_capacity(e.size() as usize);
+                        e.read_to_end(&mut content)
+                            .map_err(|err| layer_error(image, layer, err))?;
+                        kept.insert((i, ordinal), content);
+                    }
                     inserts.push((name.path, node, target));
                 }
             }
@@ -219,7 +258,9 @@ pub fn final_tree(dir: &OciDir, image: &str, layers: &[Layer]) -> Result<Tree> {
             if let Some(t) = target.and_then(|t| tree.get_mut(&t)) {
                 t.linked = true;
             }
-            tree.insert(path, node);
+            if let Some(old) = tree.insert(path, node) {
+                kept.remove(&(old.layer, old.ordinal));
+            }
             if tree.len() > MAX_ENTRIES {
                 return Err(layer_error(
                     image,
@@ -229,7 +270,37 @@ pub fn final_tree(dir: &OciDir, image: &str, layers: &[Layer]) -> Result<Tree> {
             }
         }
     }
-    Ok(tree)
+    // What whiteouts and later entries hid is not needed.
+    let live: HashSet<(usize, usize)> = tree.values().map(|n| (n.layer, n.ordinal)).collect();
+    kept.retain(|k, _| live.contains(k));
+    Ok((tree, kept))
+}
+
+/// Writes the kept files among `paths` below `root`, as [`extract`] would.
+pub fn write_kept(tree: &Tree, kept: &Kept, paths: &[Vec<u8>], root: &Path) -> Result<()> {
+    for rel in paths {
+        let Some(node) = tree.get(rel) else {
+            continue;
+        };
+        let Some(content) = kept.get(&(node.layer, node.ordinal)) else {
+            if node.size > MAX_KEPT_FILE {
+                return Err(Error::Image {
+                    image: String::from_utf8_lossy(rel).into_owned(),
+                    reason: format!(
+                        "a package database larger than {}",
+                        oci_blocks_core::limits::human(MAX_KEPT_FILE)
+                    ),
+                });
+            }
+            continue;
+        };
+        let path = scratch_path(root, rel);
+        if let Some(p) = path.parent() {
+            fs::create_dir_all(p).map_err(|err| Error::io(p, err))?;
+        }
+        fs::write(&path, content).map_err(|err| Error::io(&path, err))?;
+    }
+    Ok(())
 }
 
 /// `path` with a first component that is a merged-/usr link (`bin ->
@@ -291,10 +362,15 @@ pub fn extract(
             by_entry.insert((n.layer, n.ordinal), path);
         }
     }
-    for (i, layer) in layers.iter().enumerate() {
-        if !by_entry.keys().any(|(l, _)| *l == i) {
-            continue;
-        }
+    // Layers are read side by side: each writes its own paths, and only
+    // directories, which `create_dir_all` makes whoever comes first, are
+    // shared.
+    let used: Vec<(usize, &Layer)> = layers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| by_entry.keys().any(|(l, _)| l == i))
+        .collect();
+    used.par_iter().try_for_each(|&(i, layer)| {
         for_each_entry(dir, image, layer, |ordinal, e| {
             let Some(rel) = by_entry.get(&(i, ordinal)) else {
                 return Ok(());
@@ -311,8 +387,8 @@ pub fn extract(
             file.set_modified(UNIX_EPOCH + Duration::from_secs(node.mtime))
                 .map_err(|err| Error::io(&path, err))?;
             Ok(())
-        })?;
-    }
+        })
+    })?;
     // Directories take their modes from the tree, last, so that a
     // read-only one does not stop the files below it.
     let mut dirs: Vec<&[u8]> = wanted.iter().map(|p| parent(p)).collect();
