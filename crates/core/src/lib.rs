@@ -34,6 +34,7 @@ pub mod digest;
 pub mod entry;
 mod error;
 pub mod expand;
+pub mod gzip;
 pub mod import;
 pub mod layout;
 pub mod limits;

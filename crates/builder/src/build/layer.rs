@@ -11,6 +11,7 @@ use oci_blocks_core::Digest;
 use oci_blocks_core::canonical::CanonicalTar;
 use oci_blocks_core::digest::HashingWriter;
 use oci_blocks_core::expand::{ImportBudget, LayoutBlocks, expand};
+use oci_blocks_core::gzip::ParallelGz;
 use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::limits::Limits;
 
@@ -189,9 +190,8 @@ pub(super) fn write_layer(
 ) -> Result<(Digest, u64, Digest)> {
     sort_items(items);
     let blob = out.blob_writer()?;
-    let gz = flate2::GzBuilder::new()
-        .operating_system(255)
-        .write(blob, flate2::Compression::new(6));
+    let gz =
+        ParallelGz::new(blob, flate2::Compression::new(6)).map_err(|e| Error::io(out.root(), e))?;
     let mut tar = CanonicalTar::new(HashingWriter::new(gz), epoch);
     write_items(&mut tar, items, epoch)?;
     let (diff_id, gz) = tar.finish().map_err(|e| Error::io(out.root(), e))?.finish();
@@ -210,9 +210,8 @@ pub(super) fn write_materialized(
 ) -> Result<(Digest, u64, Digest)> {
     let mut blob = out.open_blob(stub, Some(size))?;
     let mut decoded = flate2::read::MultiGzDecoder::new(&mut blob);
-    let gz = flate2::GzBuilder::new()
-        .operating_system(255)
-        .write(out.blob_writer()?, flate2::Compression::new(6));
+    let gz = ParallelGz::new(out.blob_writer()?, flate2::Compression::new(6))
+        .map_err(|e| Error::io(out.root(), e))?;
     let mut hashing = HashingWriter::new(gz);
     expand(
         &mut decoded,

@@ -21,6 +21,7 @@ use oci_blocks_core::Digest;
 use oci_blocks_core::digest::HashingWriter;
 use oci_blocks_core::entry::{self, Kind, Role, parent};
 use oci_blocks_core::expand::open_layer;
+use oci_blocks_core::gzip::ParallelGz;
 use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::limits::Limits;
 use rayon::prelude::*;
@@ -420,11 +421,9 @@ pub fn rewrite(
     drop: &HashSet<usize>,
     out: &OciDir,
 ) -> Result<(Digest, u64, Digest)> {
-    let gz = flate2::GzBuilder::new()
-        .operating_system(255)
-        .write(out.blob_writer()?, flate2::Compression::new(6));
-    let mut tar = tar::Builder::new(HashingWriter::new(gz));
     let io_err = |err: io::Error| layer_error(image, layer, err);
+    let gz = ParallelGz::new(out.blob_writer()?, flate2::Compression::new(6)).map_err(io_err)?;
+    let mut tar = tar::Builder::new(HashingWriter::new(gz));
     for_each_entry(dir, image, layer, |ordinal, e| {
         if drop.contains(&ordinal) {
             return Ok(());
