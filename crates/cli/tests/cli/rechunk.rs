@@ -807,6 +807,71 @@ fn a_prior_keeps_the_groups_and_their_layers() -> Result<()> {
     Ok(())
 }
 
+/// What the main class of `hello_jar` prints.
+const HELLO: &str = "hello from a block";
+
+/// A jar whose class `Hello` prints `message` from `main`: the class file
+/// written out (version 52, one method, no branches, so no stack map is
+/// needed), as a test must not depend on a compiler.
+fn hello_jar(message: &str) -> Result<Vec<u8>> {
+    fn utf8(out: &mut Vec<u8>, s: &str) {
+        out.push(1);
+        out.extend((s.len() as u16).to_be_bytes());
+        out.extend(s.as_bytes());
+    }
+    fn refs(out: &mut Vec<u8>, tag: u8, a: u16, b: Option<u16>) {
+        out.push(tag);
+        out.extend(a.to_be_bytes());
+        if let Some(b) = b {
+            out.extend(b.to_be_bytes());
+        }
+    }
+    let mut pool = Vec::new();
+    utf8(&mut pool, "Hello"); // 1
+    refs(&mut pool, 7, 1, None); // 2: class Hello
+    utf8(&mut pool, "java/lang/Object"); // 3
+    refs(&mut pool, 7, 3, None); // 4
+    utf8(&mut pool, "java/lang/System"); // 5
+    refs(&mut pool, 7, 5, None); // 6
+    utf8(&mut pool, "out"); // 7
+    utf8(&mut pool, "Ljava/io/PrintStream;"); // 8
+    refs(&mut pool, 12, 7, Some(8)); // 9
+    refs(&mut pool, 9, 6, Some(9)); // 10: System.out
+    utf8(&mut pool, "java/io/PrintStream"); // 11
+    refs(&mut pool, 7, 11, None); // 12
+    utf8(&mut pool, "println"); // 13
+    utf8(&mut pool, "(Ljava/lang/String;)V"); // 14
+    refs(&mut pool, 12, 13, Some(14)); // 15
+    refs(&mut pool, 10, 12, Some(15)); // 16: PrintStream.println
+    utf8(&mut pool, message); // 17
+    refs(&mut pool, 8, 17, None); // 18
+    utf8(&mut pool, "main"); // 19
+    utf8(&mut pool, "([Ljava/lang/String;)V"); // 20
+    utf8(&mut pool, "Code"); // 21
+    let code = [0xb2, 0, 10, 0x12, 18, 0xb6, 0, 16, 0xb1];
+    let mut class = vec![0xca, 0xfe, 0xba, 0xbe, 0, 0, 0, 52];
+    class.extend(22u16.to_be_bytes());
+    class.extend(pool);
+    for v in [0x21u16, 2, 4, 0, 0, 1, 0x09, 19, 20, 1, 21] {
+        class.extend(v.to_be_bytes());
+    }
+    class.extend((12 + code.len() as u32).to_be_bytes());
+    class.extend([0, 2, 0, 1]); // max_stack, max_locals
+    class.extend((code.len() as u32).to_be_bytes());
+    class.extend(code);
+    class.extend([0, 0, 0, 0, 0, 0]); // no exceptions, no attributes; none for the class
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    w.start_file("META-INF/MANIFEST.MF", options)?;
+    std::io::Write::write_all(
+        &mut w,
+        b"Manifest-Version: 1.0\r\nMain-Class: Hello\r\n\r\n",
+    )?;
+    w.start_file("Hello.class", options)?;
+    std::io::Write::write_all(&mut w, &class)?;
+    Ok(w.finish()?.into_inner())
+}
+
 /// A Debian bookworm minbase from debootstrap, as a base image layer made
 /// with umoci, then an application step (jars, Python distributions, a
 /// deleted file, a file of another owner) made the same way.
@@ -863,6 +928,7 @@ fn debian_image(t: &Path, include: Option<&str>) -> Result<std::path::PathBuf> {
         fs::copy(e.path(), root.join("app/lib").join(e.file_name()))?;
     }
     fs::write(root.join("app/lib/owned-1.0.jar"), jar("owned")?)?;
+    fs::write(root.join("app/lib/hello-1.0.jar"), hello_jar(HELLO)?)?;
     std::os::unix::fs::chown(root.join("app/lib/owned-1.0.jar"), Some(1000), Some(1000))?;
     let site = root.join("usr/lib/python3/dist-packages");
     fs::create_dir_all(&site)?;
@@ -1140,17 +1206,36 @@ fn a_rechunked_python_image_runs_under_runc() -> Result<()> {
                 .any(|what| what.starts_with("block python3")),
         "greeting and python3 are blocks: {blocks:?}"
     );
+    let stdout = push_pull_and_run(
+        t,
+        &out,
+        "py",
+        json!([
+            "python3",
+            "-c",
+            // python3-minimal has no shutil, which greeting's resources need.
+            "import greeting, tinyutil; print(tinyutil.shout('runc ' + greeting.__version__))"
+        ]),
+    )?;
+    ensure!(stdout.trim() == "RUNC 1.2.0!", "runc printed {stdout:?}");
+    Ok(())
+}
+
+/// The rechunked image `v1` of `out`, pushed to this project's registry as
+/// `NAME:v1`, pulled into a bundle and run with Debian's runc as `args`:
+/// what the process printed.
+fn push_pull_and_run(t: &Path, out: &Path, name: &str, args: Value) -> Result<String> {
     let host = crate::transfer::our_registry(&t.join("registry"))?;
     ok(&[
         "copy",
         &format!("oci:{}:v1", out.display()),
-        &format!("docker://{host}/py:v1"),
+        &format!("docker://{host}/{name}:v1"),
         "--dest-tls-verify=false",
     ])?;
     let bundle = t.join("pulled-bundle");
     ok(&[
         "pull",
-        &format!("docker://{host}/py:v1"),
+        &format!("docker://{host}/{name}:v1"),
         "--tls-verify=false",
         "--store",
         &t.join("store").display().to_string(),
@@ -1159,15 +1244,10 @@ fn a_rechunked_python_image_runs_under_runc() -> Result<()> {
     ])?;
     let config_path = bundle.join("config.json");
     let mut config: Value = serde_json::from_slice(&fs::read(&config_path)?)?;
-    config["process"]["args"] = json!([
-        "python3",
-        "-c",
-        // python3-minimal has no shutil, which greeting's resources need.
-        "import greeting, tinyutil; print(tinyutil.shout('runc ' + greeting.__version__))"
-    ]);
+    config["process"]["args"] = args;
     config["process"]["terminal"] = json!(false);
     fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
-    let id = format!("oci-blocks-rechunk-{}", std::process::id());
+    let id = format!("oci-blocks-rechunk-{name}-{}", std::process::id());
     let run = Command::new("runc")
         .args(["run", "--bundle"])
         .arg(&bundle)
@@ -1176,13 +1256,53 @@ fn a_rechunked_python_image_runs_under_runc() -> Result<()> {
     let _ = Command::new("runc")
         .args(["delete", "--force", &id])
         .output();
-    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     ensure!(
-        run.status.success() && stdout.trim() == "RUNC 1.2.0!",
+        run.status.success(),
         "runc: {}{}",
         stdout,
         String::from_utf8_lossy(&run.stderr)
     );
+    Ok(stdout)
+}
+
+/// The whole way for Java: a Debian base with Debian's JRE, the
+/// application's jars in a step of their own; rechunked, the JRE's files
+/// and the application's jar are blocks, and after a push, a blocks-aware
+/// pull into a bundle and runc, the application's main class prints.
+#[test]
+#[ignore = "needs debootstrap, umoci, runc, root and Debian's mirror; .ci/run runs it"]
+fn a_rechunked_java_image_runs_under_runc() -> Result<()> {
+    need(&["debootstrap", "umoci", "runc"])?;
+    ensure!(
+        rustix::process::geteuid().is_root(),
+        "debootstrap and runc need root"
+    );
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let layout = debian_image(t, Some("openjdk-17-jre-headless"))?;
+    let out = t.join("out");
+    ok(&[
+        "rechunk",
+        &format!("oci:{}:app", layout.display()),
+        &format!("oci:{}:v1", out.display()),
+        "--no-cache",
+    ])?;
+    let blocks = blobs_of(&out, "v1")?;
+    ensure!(
+        blocks.values().any(|what| what.starts_with("block hello"))
+            && blocks
+                .values()
+                .any(|what| what.starts_with("block openjdk-17-jre-headless")),
+        "the application's jar and the JRE are blocks: {blocks:?}"
+    );
+    let stdout = push_pull_and_run(
+        t,
+        &out,
+        "java",
+        json!(["java", "-cp", "/app/lib/hello-1.0.jar", "Hello"]),
+    )?;
+    ensure!(stdout.trim() == HELLO, "runc printed {stdout:?}");
     Ok(())
 }
 
