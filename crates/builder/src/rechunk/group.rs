@@ -91,17 +91,18 @@ pub(super) fn origin_of(
         .first()
         .map(|p| text(p.rsplit(|&b| b == b'/').next().unwrap_or(p)))
         .unwrap_or_else(|| rule.to_string());
-    // A jar without Maven coordinates: its name up to the version.
+    // A jar without Maven coordinates: its name up to the first `-` or `_`
+    // followed by a digit, so that its versions share an origin.
     let stem = name.trim_end_matches(".jar");
-    match stem.find(['-', '_']) {
-        Some(i)
-            if stem[i + 1..]
+    let cut = stem.char_indices().find(|&(i, c)| {
+        matches!(c, '-' | '_')
+            && stem[i + 1..]
                 .chars()
                 .next()
-                .is_some_and(|c| c.is_ascii_digit()) =>
-        {
-            stem[..i].to_string()
-        }
+                .is_some_and(|d| d.is_ascii_digit())
+    });
+    match cut {
+        Some((i, _)) if i > 0 => stem[..i].to_string(),
         _ => stem.to_string(),
     }
 }
@@ -131,4 +132,33 @@ pub(super) fn move_to(src: &Path, dest: &Path) -> Result<()> {
         fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
     }
     fs::rename(src, dest).map_err(|e| Error::io(src, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(name: &str) -> String {
+        origin_of(
+            "jar",
+            &BTreeMap::new(),
+            &[format!("app/lib/{name}").into_bytes()],
+        )
+    }
+
+    #[test]
+    fn a_jar_without_coordinates_is_named_up_to_its_version() {
+        assert_eq!(origin("spark-core_2.12-3.5.5.jar"), "spark-core");
+        assert_eq!(origin("scala-library-2.12.18.jar"), "scala-library");
+        assert_eq!(origin("arpack_combined_all-0.1.jar"), "arpack_combined_all");
+        assert_eq!(origin("py4j-0.10.9.7.jar"), "py4j");
+        assert_eq!(origin("guava.jar"), "guava");
+        assert_eq!(origin("1-2.jar"), "1");
+        assert_eq!(origin("2.jar"), "2");
+        // Versions of one jar share their origin, so their group.
+        assert_eq!(
+            origin("json4s-jackson_2.12-3.7.0-M11.jar"),
+            origin("json4s-jackson_2.12-3.7.1.jar")
+        );
+    }
 }
