@@ -278,7 +278,7 @@ fn rechunk_platform(
     let mut to_extract = wanted.clone();
     to_extract.extend(managed_files.iter().map(|(_, _, f)| f.clone()));
     to_extract.extend(npm_files.iter().map(|(_, f)| f.clone()));
-    tree::extract(src, &image, &layers, &tree, &to_extract, &all)?;
+    let speculative = tree::extract(src, &image, &layers, &tree, &to_extract, &all, base)?;
 
     // The builder's rules decide the blocks, on the extracted files alone.
     let extracted: BTreeSet<&[u8]> = wanted.iter().map(Vec::as_slice).collect();
@@ -548,7 +548,12 @@ fn rechunk_platform(
                 });
                 return Ok((d, None));
             }
-            let (digest, size, diff_id) = tree::rewrite(src, &image, layer, &drops[i], base)?;
+            // The layer as the extraction already wrote it, when the blocks
+            // took every entry extracted from it.
+            let (digest, size, diff_id) = match &speculative[i] {
+                Some((taken, done)) if *taken == drops[i] => done.clone(),
+                _ => tree::rewrite(src, &image, layer, &drops[i], base)?,
+            };
             let d = json!({
                 "mediaType": OCI_LAYER_TAR_GZIP, "digest": digest.to_string(), "size": size,
             });

@@ -492,7 +492,19 @@ pub fn open_layer<'a>(
     blob: &'a mut crate::digest::VerifyingReader<File>,
     media_type: &str,
 ) -> Result<DigestReader<Box<dyn Read + 'a>>> {
-    let decoded: Box<dyn Read + 'a> = match tar_compression(media_type) {
+    Ok(DigestReader::new(
+        decompressed_layer(blob, media_type)?,
+        Algorithm::Sha256,
+    ))
+}
+
+/// Opens a layer of the layout decompressed, for a reader that has no use
+/// for its diff ID (one already checked): [`open_layer`] without the hash.
+pub fn decompressed_layer<'a>(
+    blob: &'a mut crate::digest::VerifyingReader<File>,
+    media_type: &str,
+) -> Result<Box<dyn Read + 'a>> {
+    Ok(match tar_compression(media_type) {
         Some(Compression::None) => Box::new(blob),
         Some(Compression::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(blob)),
         Some(Compression::Zstd) => Box::new(
@@ -500,8 +512,7 @@ pub fn open_layer<'a>(
                 .map_err(|e| malformed(media_type, format!("zstd: {e}")))?,
         ),
         None => return Err(malformed(media_type, "not a tar media type")),
-    };
-    Ok(DigestReader::new(decoded, Algorithm::Sha256))
+    })
 }
 
 /// The entries of an uncompressed tar as comparable records: path, type,

@@ -20,7 +20,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use oci_blocks_core::Digest;
 use oci_blocks_core::digest::HashingWriter;
 use oci_blocks_core::entry::{self, Kind, Role, parent};
-use oci_blocks_core::expand::open_layer;
+use oci_blocks_core::expand::decompressed_layer;
 use oci_blocks_core::gzip::ParallelGz;
 use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::limits::Limits;
@@ -110,7 +110,9 @@ fn for_each_entry(
         .expansion_floor
         .saturating_add(limits.expansion_ratio.saturating_mul(layer.size));
     let mut blob = dir.open_blob(&layer.digest, Some(layer.size))?;
-    let mut stream = open_layer(&mut blob, &layer.media_type)?;
+    // The source was validated whole, diff IDs included: this pass needs
+    // only the entries.
+    let mut stream = decompressed_layer(&mut blob, &layer.media_type)?;
     let reader: &mut dyn Read = &mut stream;
     let mut archive = tar::Archive::new(reader);
     let mut expanded: u64 = 0;
@@ -345,10 +347,23 @@ fn scratch_path(root: &Path, rel: &[u8]) -> std::path::PathBuf {
     root.join(OsStr::from_bytes(rel))
 }
 
+/// A layer written again without some of its entries: digest, size, diff ID.
+pub type Rewritten = (Digest, u64, Digest);
+
+/// A layer [`extract`] wrote without the entries it extracted (their
+/// ordinals).
+pub type Without = (HashSet<usize>, Rewritten);
+
 /// Writes the regular files `wanted` (paths of `tree`) below `root`, with
 /// their permission bits and modification times, reading each from the
 /// entry that put it in the final tree. `root` holds nothing else, and no
 /// symbolic link is ever made in it, so nothing is followed.
+///
+/// In the same pass, each layer that holds wanted entries is written into
+/// `out` without them ([`rewrite`]): when the blocks end up owning exactly
+/// those entries, which is the common case, no layer is read again for the
+/// remainder. Returns that rewrite for each layer (`None` where no entry
+/// was wanted), with the ordinals it left out.
 pub fn extract(
     dir: &OciDir,
     image: &str,
@@ -356,7 +371,8 @@ pub fn extract(
     tree: &Tree,
     wanted: &[Vec<u8>],
     root: &Path,
-) -> Result<()> {
+    out: &OciDir,
+) -> Result<Vec<Option<Without>>> {
     let mut by_entry: HashMap<(usize, usize), &[u8]> = HashMap::new();
     for path in wanted {
         if let Some(n) = tree.get(path) {
@@ -366,30 +382,39 @@ pub fn extract(
     // Layers are read side by side: each writes its own paths, and only
     // directories, which `create_dir_all` makes whoever comes first, are
     // shared.
-    let used: Vec<(usize, &Layer)> = layers
-        .iter()
+    let rewritten = layers
+        .par_iter()
         .enumerate()
-        .filter(|(i, _)| by_entry.keys().any(|(l, _)| l == i))
-        .collect();
-    used.par_iter().try_for_each(|&(i, layer)| {
-        for_each_entry(dir, image, layer, |ordinal, e| {
-            let Some(rel) = by_entry.get(&(i, ordinal)) else {
-                return Ok(());
-            };
-            let path = scratch_path(root, rel);
-            if let Some(p) = path.parent() {
-                fs::create_dir_all(p).map_err(|err| Error::io(p, err))?;
+        .map(|(i, layer)| {
+            let taken: HashSet<usize> = by_entry
+                .keys()
+                .filter(|(l, _)| *l == i)
+                .map(|(_, o)| *o)
+                .collect();
+            if taken.is_empty() {
+                return Ok(None);
             }
-            let mut file = fs::File::create_new(&path).map_err(|err| Error::io(&path, err))?;
-            io::copy(e, &mut file).map_err(|err| layer_error(image, layer, err))?;
-            let node = &tree[*rel];
-            file.set_permissions(fs::Permissions::from_mode(node.mode))
-                .map_err(|err| Error::io(&path, err))?;
-            file.set_modified(UNIX_EPOCH + Duration::from_secs(node.mtime))
-                .map_err(|err| Error::io(&path, err))?;
-            Ok(())
+            let mut writer = Remainder::new(image, layer, out)?;
+            for_each_entry(dir, image, layer, |ordinal, e| {
+                let Some(rel) = by_entry.get(&(i, ordinal)) else {
+                    return writer.append(e);
+                };
+                let path = scratch_path(root, rel);
+                if let Some(p) = path.parent() {
+                    fs::create_dir_all(p).map_err(|err| Error::io(p, err))?;
+                }
+                let mut file = fs::File::create_new(&path).map_err(|err| Error::io(&path, err))?;
+                io::copy(e, &mut file).map_err(|err| layer_error(image, layer, err))?;
+                let node = &tree[*rel];
+                file.set_permissions(fs::Permissions::from_mode(node.mode))
+                    .map_err(|err| Error::io(&path, err))?;
+                file.set_modified(UNIX_EPOCH + Duration::from_secs(node.mtime))
+                    .map_err(|err| Error::io(&path, err))?;
+                Ok(())
+            })?;
+            Ok(Some((taken, writer.finish()?)))
         })
-    })?;
+        .collect::<Result<Vec<_>>>()?;
     // Directories take their modes from the tree, last, so that a
     // read-only one does not stop the files below it.
     let mut dirs: Vec<&[u8]> = wanted.iter().map(|p| parent(p)).collect();
@@ -406,7 +431,7 @@ pub fn extract(
             d = parent(d);
         }
     }
-    Ok(())
+    Ok(rewritten)
 }
 
 /// Writes `layer` again without the entries at `drop` (their ordinals), each
@@ -420,14 +445,41 @@ pub fn rewrite(
     layer: &Layer,
     drop: &HashSet<usize>,
     out: &OciDir,
-) -> Result<(Digest, u64, Digest)> {
-    let io_err = |err: io::Error| layer_error(image, layer, err);
-    let gz = ParallelGz::new(out.blob_writer()?, flate2::Compression::new(6)).map_err(io_err)?;
-    let mut tar = tar::Builder::new(HashingWriter::new(gz));
+) -> Result<Rewritten> {
+    let mut writer = Remainder::new(image, layer, out)?;
     for_each_entry(dir, image, layer, |ordinal, e| {
         if drop.contains(&ordinal) {
             return Ok(());
         }
+        writer.append(e)
+    })?;
+    writer.finish()
+}
+
+/// A layer being written again, entry by entry ([`rewrite`]).
+struct Remainder<'a> {
+    image: &'a str,
+    layer: &'a Layer,
+    tar: tar::Builder<HashingWriter<ParallelGz<oci_blocks_core::layout::BlobWriter<'a>>>>,
+}
+
+impl<'a> Remainder<'a> {
+    fn new(image: &'a str, layer: &'a Layer, out: &'a OciDir) -> Result<Self> {
+        let gz = ParallelGz::new(out.blob_writer()?, flate2::Compression::new(6))
+            .map_err(|err| layer_error(image, layer, err))?;
+        Ok(Remainder {
+            image,
+            layer,
+            tar: tar::Builder::new(HashingWriter::new(gz)),
+        })
+    }
+
+    /// Appends `e` with its header, extended records and content as they
+    /// were, and its name cleaned.
+    fn append(&mut self, e: &mut tar::Entry<'_, &mut dyn Read>) -> Result<()> {
+        let (image, layer) = (self.image, self.layer);
+        let io_err = |err: io::Error| layer_error(image, layer, err);
+        let tar = &mut self.tar;
         // Names as every reader of the project cleans them (`./` kept for
         // the root): the same meaning, and no `..` for the writer to refuse.
         let mut path = entry::clean(&e.path_bytes()).path;
@@ -461,10 +513,15 @@ pub fn rewrite(
             None => tar.append_data(&mut header, path, e).map_err(io_err)?,
         }
         Ok(())
-    })?;
-    let hashing = tar.into_inner().map_err(io_err)?;
-    let (diff_id, gz) = hashing.finish();
-    let blob = gz.finish().map_err(io_err)?;
-    let (digest, size) = blob.commit()?;
-    Ok((digest, size, diff_id))
+    }
+
+    fn finish(self) -> Result<Rewritten> {
+        let (image, layer) = (self.image, self.layer);
+        let io_err = |err: io::Error| layer_error(image, layer, err);
+        let hashing = self.tar.into_inner().map_err(io_err)?;
+        let (diff_id, gz) = hashing.finish();
+        let blob = gz.finish().map_err(io_err)?;
+        let (digest, size) = blob.commit()?;
+        Ok((digest, size, diff_id))
+    }
 }

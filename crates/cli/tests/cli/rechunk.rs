@@ -647,6 +647,50 @@ fn an_image_with_docker_media_types_rechunks_as_the_oci_one() -> Result<()> {
     )
 }
 
+/// A file named like a jar that is not one is extracted with the real jar
+/// beside it, then left to the layer: the layer is written again with it,
+/// and both variants still unpack to the source's tree.
+#[test]
+fn a_false_jar_stays_in_its_layer() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let src = t.join("src");
+    let real = jar("real")?;
+    let app = layer(&[
+        E::Dir("app", 0o755, (0, 0)),
+        E::Dir("app/lib", 0o755, (0, 0)),
+        E::File("app/lib/real-1.0.jar", &real, 0o644, (0, 0)),
+        E::File("app/lib/false-1.0.jar", b"not a zip archive", 0o644, (0, 0)),
+    ])?;
+    typed_image(&src, "v1", &[app], false)?;
+    let out = t.join("out");
+    let said = ok(&[
+        "rechunk",
+        &format!("oci:{}:v1", src.display()),
+        &format!("oci:{}:v1", out.display()),
+        "--no-cache",
+    ])?;
+    ensure!(said.contains("not a readable jar"), "{said}");
+    let blocks = blobs_of(&out, "v1")?;
+    ensure!(
+        blocks.values().filter(|w| w.starts_with("block")).count() == 1,
+        "the real jar alone is a block: {blocks:?}"
+    );
+    let expected = t.join("expected");
+    materialize(&src, "v1", &expected)?;
+    for variant in ["blocks", "legacy"] {
+        let root = t.join(variant);
+        if variant == "legacy" {
+            let legacy = tag_legacy(&out, "v1")?;
+            materialize(&out, &legacy, &root)?;
+        } else {
+            materialize(&out, "v1", &root)?;
+        }
+        assert_same(&tree(&expected)?, &tree(&root)?, variant)?;
+    }
+    Ok(())
+}
+
 /// Hostile layers: jars written "through" symbolic links (one to a host
 /// directory, one inside the root) by a later layer, and a name that climbs
 /// out of the root. Rechunk writes nothing outside its output, and the result
