@@ -35,3 +35,18 @@ def prepare():
     sh(["bash", "benches/make-large-set.sh", f"{corpus}/large"])
     sh(["cargo", "build", "-q", "--release", "-p", "oci-blocks"])
     return corpus, os.path.join(ROOT, "target/release/oci-blocks")
+
+
+def debian_base():
+    """A Debian bookworm minbase from debootstrap, as Docker's Debian images
+    are (no device nodes, no package lists), kept under target/bench-rechunk
+    for every benchmark that builds on it; returns its path."""
+    import shutil
+    base = os.path.join(ROOT, "target/bench-rechunk/debian")
+    if not os.path.isdir(f"{base}/usr"):
+        sh(["debootstrap", "--variant=minbase", "bookworm", base, "http://deb.debian.org/debian"])
+        for d in ["dev", "var/lib/apt/lists", "var/cache/apt"]:
+            for e in os.listdir(f"{base}/{d}"):
+                p = f"{base}/{d}/{e}"
+                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
+    return base

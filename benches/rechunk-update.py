@@ -17,7 +17,7 @@ target/bench-rechunk-update and target/corpus/pyspark.
 import hashlib, json, os, shutil, subprocess, sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import ROOT, sh  # noqa: E402
+from common import ROOT, debian_base, sh  # noqa: E402
 
 WORK = os.path.join(ROOT, "target/bench-rechunk-update")
 JARS = os.path.join(ROOT, "target/corpus/pyspark")
@@ -90,13 +90,7 @@ def source():
     layout = f"{WORK}/src"
     if os.path.isdir(layout):
         return layout
-    base = os.path.join(ROOT, "target/bench-rechunk/debian")  # shared with rechunk.py
-    if not os.path.isdir(f"{base}/usr"):
-        sh(["debootstrap", "--variant=minbase", "bookworm", base, "http://deb.debian.org/debian"])
-        for d in ["dev", "var/lib/apt/lists", "var/cache/apt"]:
-            for e in os.listdir(f"{base}/{d}"):
-                p = f"{base}/{d}/{e}"
-                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
+    base = debian_base()
     tmp = f"{WORK}/build"
     shutil.rmtree(tmp, ignore_errors=True)
     sh(["umoci", "init", "--layout", f"{tmp}/layout"])

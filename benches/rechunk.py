@@ -13,7 +13,7 @@ kept under target/bench-rechunk.
 import json, os, shutil, statistics, subprocess, sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import ROOT, sh, timed  # noqa: E402
+from common import ROOT, debian_base, sh, timed  # noqa: E402
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 WORK = os.path.join(ROOT, "target/bench-rechunk")
@@ -33,13 +33,7 @@ def image():
     if os.path.isdir(layout):
         return layout
     os.makedirs(WORK, exist_ok=True)
-    base = f"{WORK}/debian"
-    if not os.path.isdir(f"{base}/usr"):
-        sh(["debootstrap", "--variant=minbase", "bookworm", base, "http://deb.debian.org/debian"])
-        for d in ["dev", "var/lib/apt/lists", "var/cache/apt"]:
-            for e in os.listdir(f"{base}/{d}"):
-                p = f"{base}/{d}/{e}"
-                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
+    base = debian_base()
     debs = f"{WORK}/debs"
     if not os.path.isdir(debs):
         os.makedirs(debs)

@@ -1048,7 +1048,7 @@ fn a_real_debian_image_rechunks_with_identical_trees() -> Result<()> {
     ensure!(
         platform["layers"] == 2
             && platform["rewritten"] == 2
-            && of("jar") == 4
+            && of("jar") == 5
             && of("python") == 4
             && of("debian") > 50
             && bash["paths"]
@@ -1220,21 +1220,15 @@ fn a_debian_base_that_gains_a_package_moves_that_package() -> Result<()> {
     Ok(())
 }
 
-/// The whole way to a running container: a Debian image with python3,
-/// rechunked, pushed to this project's registry, pulled into a bundle, run
-/// by Debian's runc; the program imports two distributions that now live in
-/// blocks.
-#[test]
-#[ignore = "needs debootstrap, umoci, runc, root and Debian's mirror; .ci/run runs it"]
-fn a_rechunked_python_image_runs_under_runc() -> Result<()> {
+/// [`debian_image`] with `package` installed, rechunked into `t/out` as
+/// `v1`, for the runs under runc (which need root, as debootstrap does).
+fn rechunked_debian(t: &Path, package: &str) -> Result<std::path::PathBuf> {
     need(&["debootstrap", "umoci", "runc"])?;
     ensure!(
         rustix::process::geteuid().is_root(),
         "debootstrap and runc need root"
     );
-    let tmp = tempfile::tempdir()?;
-    let t = tmp.path();
-    let layout = debian_image(t, Some("python3-minimal"))?;
+    let layout = debian_image(t, Some(package))?;
     let out = t.join("out");
     ok(&[
         "rechunk",
@@ -1242,6 +1236,19 @@ fn a_rechunked_python_image_runs_under_runc() -> Result<()> {
         &format!("oci:{}:v1", out.display()),
         "--no-cache",
     ])?;
+    Ok(out)
+}
+
+/// The whole way to a running container: a Debian image with python3,
+/// rechunked, pushed to this project's registry, pulled into a bundle, run
+/// by Debian's runc; the program imports two distributions that now live in
+/// blocks.
+#[test]
+#[ignore = "needs debootstrap, umoci, runc, root and Debian's mirror; .ci/run runs it"]
+fn a_rechunked_python_image_runs_under_runc() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let out = rechunked_debian(t, "python3-minimal")?;
     let blocks = blobs_of(&out, "v1")?;
     ensure!(
         blocks.values().any(|what| what == "block greeting")
@@ -1317,21 +1324,9 @@ fn push_pull_and_run(t: &Path, out: &Path, name: &str, args: Value) -> Result<St
 #[test]
 #[ignore = "needs debootstrap, umoci, runc, root and Debian's mirror; .ci/run runs it"]
 fn a_rechunked_java_image_runs_under_runc() -> Result<()> {
-    need(&["debootstrap", "umoci", "runc"])?;
-    ensure!(
-        rustix::process::geteuid().is_root(),
-        "debootstrap and runc need root"
-    );
     let tmp = tempfile::tempdir()?;
     let t = tmp.path();
-    let layout = debian_image(t, Some("openjdk-17-jre-headless"))?;
-    let out = t.join("out");
-    ok(&[
-        "rechunk",
-        &format!("oci:{}:app", layout.display()),
-        &format!("oci:{}:v1", out.display()),
-        "--no-cache",
-    ])?;
+    let out = rechunked_debian(t, "openjdk-17-jre-headless")?;
     let blocks = blobs_of(&out, "v1")?;
     ensure!(
         blocks.values().any(|what| what.starts_with("block hello"))
