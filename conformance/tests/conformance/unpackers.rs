@@ -108,6 +108,8 @@ fn umoci_ends_as_recorded_and_refuses_every_import_vector() -> Result<()> {
     let blocks_aware = [
         "malicious/lower-symlink-below-import",
         "malicious/lower-dangling-symlink-below-import",
+        "malicious/lower-symlink-at-import",
+        "malicious/block-hardlink-mode",
         "fallback/views-differ",
         "fallback/unbound",
     ];
