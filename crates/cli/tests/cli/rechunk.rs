@@ -241,6 +241,41 @@ fn tag_legacy(dir: &Path, tag: &str) -> Result<String> {
     Ok(name)
 }
 
+/// The source `src:src_tag` and both variants of its rechunk `out:tag`,
+/// each unpacked below `t`: both variants must hold the source's tree.
+/// Returns the source's tree and the roots of the blocks and legacy
+/// variants.
+fn variants_unpack_as_the_source(
+    t: &Path,
+    src: &Path,
+    src_tag: &str,
+    out: &Path,
+    tag: &str,
+) -> Result<(
+    std::collections::BTreeMap<String, Node>,
+    [std::path::PathBuf; 2],
+)> {
+    let expected = t.join("expected");
+    materialize(src, src_tag, &expected)?;
+    let want = tree(&expected)?;
+    let blocks_root = t.join("blocks-root");
+    materialize(out, tag, &blocks_root)?;
+    let legacy = tag_legacy(out, tag)?;
+    let legacy_root = t.join("legacy-root");
+    materialize(out, &legacy, &legacy_root)?;
+    assert_same(
+        &want,
+        &tree(&blocks_root)?,
+        "blocks variant against the source",
+    )?;
+    assert_same(
+        &want,
+        &tree(&legacy_root)?,
+        "legacy variant against the source",
+    )?;
+    Ok((want, [blocks_root, legacy_root]))
+}
+
 fn blocks_of(dir: &Path, tag: &str) -> Result<BTreeSet<String>> {
     Ok(blobs_of(dir, tag)?
         .into_iter()
@@ -338,29 +373,12 @@ fn a_dockerfile_style_image_rechunks_into_both_variants_with_the_same_tree() -> 
     );
 
     // The trees: the source, the blocks variant, the legacy variant.
-    let expected = t.join("expected");
-    materialize(&src, "v1", &expected)?;
-    let blocks_root = t.join("blocks-root");
-    materialize(&out, "v1", &blocks_root)?;
-    let legacy = tag_legacy(&out, "v1")?;
-    let legacy_root = t.join("legacy-root");
-    materialize(&out, &legacy, &legacy_root)?;
-    let want = tree(&expected)?;
+    let (want, roots) = variants_unpack_as_the_source(t, &src, "v1", &out, "v1")?;
     ensure!(want.contains_key("opt/keep/b") && !want.contains_key("opt/keep/a"));
     ensure!(!want.contains_key("opt/old") && !want.contains_key("app/lib/deleted-1.0.jar"));
-    assert_same(
-        &want,
-        &tree(&blocks_root)?,
-        "blocks variant against the source",
-    )?;
-    assert_same(
-        &want,
-        &tree(&legacy_root)?,
-        "legacy variant against the source",
-    )?;
     if rustix::process::geteuid().is_root() {
         use std::os::unix::fs::MetadataExt;
-        for root in [&blocks_root, &legacy_root] {
+        for root in &roots {
             let owned = fs::metadata(root.join("app/lib/owned-1.0.jar"))?;
             let mail = fs::metadata(root.join("var/mail"))?;
             ensure!(owned.uid() == 1000 && mail.gid() == 8, "owners are kept");
@@ -676,18 +694,7 @@ fn a_false_jar_stays_in_its_layer() -> Result<()> {
         blocks.values().filter(|w| w.starts_with("block")).count() == 1,
         "the real jar alone is a block: {blocks:?}"
     );
-    let expected = t.join("expected");
-    materialize(&src, "v1", &expected)?;
-    for variant in ["blocks", "legacy"] {
-        let root = t.join(variant);
-        if variant == "legacy" {
-            let legacy = tag_legacy(&out, "v1")?;
-            materialize(&out, &legacy, &root)?;
-        } else {
-            materialize(&out, "v1", &root)?;
-        }
-        assert_same(&tree(&expected)?, &tree(&root)?, variant)?;
-    }
+    variants_unpack_as_the_source(t, &src, "v1", &out, "v1")?;
     Ok(())
 }
 
