@@ -190,8 +190,7 @@ pub(super) fn write_layer(
 ) -> Result<(Digest, u64, Digest)> {
     sort_items(items);
     let blob = out.blob_writer()?;
-    let gz =
-        ParallelGz::new(blob, flate2::Compression::new(6)).map_err(|e| Error::io(out.root(), e))?;
+    let gz = ParallelGz::for_layers(blob).map_err(|e| Error::io(out.root(), e))?;
     let mut tar = CanonicalTar::new(HashingWriter::new(gz), epoch);
     write_items(&mut tar, items, epoch)?;
     let (diff_id, gz) = tar.finish().map_err(|e| Error::io(out.root(), e))?.finish();
@@ -210,8 +209,7 @@ pub(super) fn write_materialized(
 ) -> Result<(Digest, u64, Digest)> {
     let mut blob = out.open_blob(stub, Some(size))?;
     let mut decoded = flate2::read::MultiGzDecoder::new(&mut blob);
-    let gz = ParallelGz::new(out.blob_writer()?, flate2::Compression::new(6))
-        .map_err(|e| Error::io(out.root(), e))?;
+    let gz = ParallelGz::for_layers(out.blob_writer()?).map_err(|e| Error::io(out.root(), e))?;
     let mut hashing = HashingWriter::new(gz);
     expand(
         &mut decoded,

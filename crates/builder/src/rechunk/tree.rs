@@ -465,7 +465,7 @@ struct Remainder<'a> {
 
 impl<'a> Remainder<'a> {
     fn new(image: &'a str, layer: &'a Layer, out: &'a OciDir) -> Result<Self> {
-        let gz = ParallelGz::new(out.blob_writer()?, flate2::Compression::new(6))
+        let gz = ParallelGz::for_layers(out.blob_writer()?)
             .map_err(|err| layer_error(image, layer, err))?;
         Ok(Remainder {
             image,
