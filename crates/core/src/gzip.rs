@@ -27,7 +27,7 @@ const WINDOW: usize = 32 << 10;
 
 /// A gzip writer that compresses its input in parallel chunks.
 pub struct ParallelGz<W: Write> {
-    inner: Option<W>,
+    inner: W,
     level: Compression,
     /// The level for chunks that look compressed already.
     compressed_level: Compression,
@@ -44,7 +44,7 @@ impl<W: Write> ParallelGz<W> {
         // ID1 ID2, deflate, no flags, no mtime, no extra flags, OS unknown.
         inner.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255])?;
         Ok(ParallelGz {
-            inner: Some(inner),
+            inner,
             level,
             compressed_level: level,
             pending: Vec::with_capacity(WINDOW + CHUNK * BATCH),
@@ -69,12 +69,6 @@ impl<W: Write> ParallelGz<W> {
     pub fn compressed_level(mut self, level: Compression) -> Self {
         self.compressed_level = level;
         self
-    }
-
-    fn inner(&mut self) -> io::Result<&mut W> {
-        self.inner
-            .as_mut()
-            .ok_or_else(|| io::Error::other("the gzip stream is finished"))
     }
 
     /// Compresses the whole chunks pending (and, with `last`, the rest,
@@ -109,9 +103,8 @@ impl<W: Write> ParallelGz<W> {
                 deflate_chunk(level, window, chunk, last && i + 1 == count)
             })
             .collect();
-        let inner = self.inner()?;
         for out in outputs {
-            inner.write_all(&out?)?;
+            self.inner.write_all(&out?)?;
         }
         let used = dict + whole * CHUNK;
         let keep_from = used.saturating_sub(WINDOW);
@@ -125,10 +118,7 @@ impl<W: Write> ParallelGz<W> {
     pub fn finish(mut self) -> io::Result<W> {
         self.flush_chunks(true)?;
         let (crc, size) = (self.crc.sum(), self.crc.amount());
-        let mut inner = self
-            .inner
-            .take()
-            .ok_or_else(|| io::Error::other("the gzip stream is finished"))?;
+        let mut inner = self.inner;
         inner.write_all(&crc.to_le_bytes())?;
         inner.write_all(&size.to_le_bytes())?;
         Ok(inner)
@@ -196,7 +186,6 @@ fn deflate_chunk(
 
 impl<W: Write> Write for ParallelGz<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner()?;
         self.crc.update(buf);
         self.pending.extend_from_slice(buf);
         if self.pending.len() - self.dict >= CHUNK * BATCH {
@@ -206,7 +195,7 @@ impl<W: Write> Write for ParallelGz<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner()?.flush()
+        self.inner.flush()
     }
 }
 
