@@ -107,6 +107,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A delta patch cannot be applied, or did not rebuild its block
+    /// (`spec/deltas.md`).
+    #[error("{what}: {reason}")]
+    Patch {
+        /// The patch and the block it rebuilds (`patch D for block T`).
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An import entry is invalid.
     #[error(transparent)]
     Import(#[from] ImportError),

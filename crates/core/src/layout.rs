@@ -111,10 +111,16 @@ impl OciDir {
     /// A writer whose bytes become a sha256 blob when [`BlobWriter::commit`] is
     /// called; dropped without commit, it leaves nothing behind.
     pub fn blob_writer(&self) -> Result<BlobWriter<'_>> {
+        self.blob_writer_for(Algorithm::Sha256)
+    }
+
+    /// [`OciDir::blob_writer`] hashing with `algorithm`, for content that must
+    /// have a given digest ([`BlobWriter::commit_verified`]).
+    pub fn blob_writer_for(&self, algorithm: Algorithm) -> Result<BlobWriter<'_>> {
         Ok(BlobWriter {
             dir: self,
             file: io::BufWriter::with_capacity(256 * 1024, self.temp_file()?),
-            hasher: Hasher::new(Algorithm::Sha256),
+            hasher: Hasher::new(algorithm),
             size: 0,
         })
     }
@@ -303,12 +309,62 @@ impl OciDir {
         self.write_index(&index)
     }
 
-    /// The descriptors `tag` names, or every descriptor of `index.json` when
-    /// `tag` is `None`.
+    /// Records an artifact whose `subject` is in the layout (a referrer) as
+    /// an untagged `index.json` entry carrying its `artifactType`, as OCI
+    /// layouts hold referrers; an entry for the same digest is replaced.
+    pub fn add_referrer(&self, descriptor: Descriptor) -> Result<()> {
+        let mut index = self.index()?;
+        let mut manifests: Vec<Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|d| d.digest() != descriptor.digest() || tag_of(d).is_some())
+            .cloned()
+            .collect();
+        manifests.push(descriptor);
+        index.set_manifests(manifests);
+        self.write_index(&index)
+    }
+
+    /// The untagged artifacts of `index.json` with `artifact_type` whose
+    /// manifest names `subject` as its subject.
+    pub fn referrers(&self, subject: &Digest, artifact_type: &str) -> Result<Vec<Descriptor>> {
+        let mut out = Vec::new();
+        for d in self.index()?.manifests() {
+            if tag_of(d).is_some()
+                || d.artifact_type().as_ref().map(|t| t.to_string()).as_deref()
+                    != Some(artifact_type)
+            {
+                continue;
+            }
+            let Ok(digest) = Digest::try_from(d.digest()) else {
+                continue;
+            };
+            let Ok(bytes) = self.read_json_blob(&digest, Some(d.size())) else {
+                continue;
+            };
+            let named = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| Some(v.get("subject")?.get("digest")?.as_str()? == subject.as_str()))
+                .unwrap_or(false);
+            if named {
+                out.push(d.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The descriptors `tag` names, or, when `tag` is `None`, every
+    /// descriptor of `index.json` but the untagged artifacts that refer to
+    /// the images ([`OciDir::add_referrer`]).
     pub fn resolve(&self, tag: Option<&str>) -> Result<Vec<Descriptor>> {
         let index = self.index()?;
         let Some(tag) = tag else {
-            return Ok(index.manifests().clone());
+            return Ok(index
+                .manifests()
+                .iter()
+                .filter(|d| tag_of(d).is_some() || d.artifact_type().is_none())
+                .cloned()
+                .collect());
         };
         let found: Vec<Descriptor> = index
             .manifests()
@@ -363,6 +419,26 @@ impl BlobWriter<'_> {
             dir.commit(tmp, &target)?;
         }
         Ok((digest, size))
+    }
+
+    /// Commits the content only if it has digest `expected` and `size`
+    /// bytes; otherwise nothing is stored and the error names both.
+    pub fn commit_verified(self, expected: &Digest, size: u64) -> Result<()> {
+        if self.size != size {
+            return Err(Error::SizeMismatch {
+                digest: expected.clone(),
+                expected: size,
+                found: self.size,
+            });
+        }
+        let found = self.hasher.clone().finish();
+        if &found != expected {
+            return Err(Error::DigestMismatch {
+                expected: expected.clone(),
+                found,
+            });
+        }
+        self.commit().map(|_| ())
     }
 }
 

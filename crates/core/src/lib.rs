@@ -21,6 +21,8 @@
 //! - [`manifest`]: manifests and indexes that keep their exact bytes;
 //!   [`platform`]: platforms, and which index entry a client of one takes.
 //! - [`tarcheck`]: the archive checks every tar reader here makes.
+//! - [`delta`]: patches that rebuild a block from an earlier version of it,
+//!   and the delta artifact that lists them.
 //! - [`layout`]: an OCI image-layout store that verifies digests on write and read
 //!   and never exposes a half-written blob.
 //!
@@ -30,6 +32,7 @@
 
 pub mod block;
 pub mod canonical;
+pub mod delta;
 pub mod digest;
 pub mod entry;
 mod error;

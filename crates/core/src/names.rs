@@ -50,6 +50,27 @@ pub const IMPORT_LAYER_MEDIA_TYPES: &[&str] = &[
 /// Artifact type of the GC anchor manifest (`spec/fallback.md`).
 pub const ANCHOR_ARTIFACT_TYPE: &str = "application/vnd.oci-blocks.anchor.v1";
 
+/// Artifact type of a delta artifact: patches that rebuild blocks of its
+/// subject from blocks of an earlier image (`spec/deltas.md`).
+pub const DELTA_ARTIFACT_TYPE: &str = "application/vnd.oci-blocks.delta.v1";
+/// Media type of one patch of a delta artifact: a zstd frame made with the
+/// base block as its reference prefix (`spec/deltas.md`).
+pub const DELTA_PATCH: &str = "application/vnd.oci-blocks.delta.patch.v1+zstd";
+/// Patch annotation: the digest of the block the patch is applied to.
+pub const ANNOTATION_DELTA_BASE: &str = "io.oci-blocks.delta.base.digest";
+/// Patch annotation: the size of that block, in decimal.
+pub const ANNOTATION_DELTA_BASE_SIZE: &str = "io.oci-blocks.delta.base.size";
+/// Patch annotation: the digest of the block the patch rebuilds.
+pub const ANNOTATION_DELTA_TARGET: &str = "io.oci-blocks.delta.target.digest";
+/// Patch annotation: the size of that block, in decimal.
+pub const ANNOTATION_DELTA_TARGET_SIZE: &str = "io.oci-blocks.delta.target.size";
+/// Annotation of a delta artifact: the digest of the manifest whose blocks
+/// are the patches' bases.
+pub const ANNOTATION_DELTA_FROM: &str = "io.oci-blocks.delta.from";
+/// Annotation of an offline bundle's `index.json`: the digest of the image
+/// whose blobs the bundle leaves out (`spec/deltas.md`, "Offline bundles").
+pub const ANNOTATION_BUNDLE_SINCE: &str = "io.oci-blocks.bundle.since";
+
 /// Annotation on an index entry naming which variant of the image it is.
 pub const ANNOTATION_VARIANT: &str = "io.oci-blocks.variant";
 /// Value of [`ANNOTATION_VARIANT`] on the blocks manifest.
@@ -132,5 +153,125 @@ pub fn tar_compression(media_type: &str) -> Option<Compression> {
         }
         OCI_LAYER_TAR_ZSTD | IMPORT_LAYER_TAR_ZSTD => Some(Compression::Zstd),
         _ => None,
+    }
+}
+
+/// A Python project name in PEP 503's normal form (lowercase, runs of `-`,
+/// `_` and `.` as one `-`): one project, however a distribution spells it.
+pub fn normalize_python_name(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.to_ascii_lowercase().chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !out.ends_with('-') {
+                out.push('-');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A file name without its version: the name up to the first `-` or `_`
+/// that a digit follows, without a `.jar` suffix (`spec/fallback.md`,
+/// "Rechunking"), so that the versions of one component share it.
+pub fn name_without_version(name: &str) -> &str {
+    let stem = name.strip_suffix(".jar").unwrap_or(name);
+    let cut = stem.char_indices().find(|&(i, c)| {
+        matches!(c, '-' | '_')
+            && stem[i + 1..]
+                .chars()
+                .next()
+                .is_some_and(|d| d.is_ascii_digit())
+    });
+    match cut {
+        Some((i, _)) if i > 0 => &stem[..i],
+        _ => stem,
+    }
+}
+
+/// The component a block holds, whatever its version, from its descriptor's
+/// annotations: `maven:GROUP:ARTIFACT`, `python:NAME`, `debian:NAME`,
+/// `npm:NAME`, `alpine:NAME`, else `title:` and the title without its
+/// version. Two blocks with one component are versions of one dependency
+/// (`spec/deltas.md`, "Choosing a base").
+pub fn component_of<'a>(annotation: impl Fn(&str) -> Option<&'a str>) -> Option<String> {
+    if let Some(c) = annotation(ANNOTATION_MAVEN_COORDINATES) {
+        let mut parts = c.split(':');
+        if let (Some(g), Some(a)) = (parts.next(), parts.next()) {
+            return Some(format!("maven:{g}:{a}"));
+        }
+    }
+    if let Some(d) = annotation(ANNOTATION_PYTHON_DISTRIBUTION) {
+        let name = d.split("==").next().unwrap_or(d);
+        return Some(format!("python:{}", normalize_python_name(name)));
+    }
+    for (key, ecosystem, separator) in [
+        (ANNOTATION_DEBIAN_PACKAGE, "debian", '='),
+        (ANNOTATION_ALPINE_PACKAGE, "alpine", '='),
+    ] {
+        if let Some(p) = annotation(key) {
+            return Some(format!(
+                "{ecosystem}:{}",
+                p.split(separator).next().unwrap_or(p)
+            ));
+        }
+    }
+    if let Some(p) = annotation(ANNOTATION_NPM_PACKAGE) {
+        // `@scope/name@version`: the version follows the last `@`.
+        let name = match p.rfind('@') {
+            Some(i) if i > 0 => &p[..i],
+            _ => p,
+        };
+        return Some(format!("npm:{name}"));
+    }
+    let title = annotation(ANNOTATION_TITLE)?;
+    let base = title.rsplit('/').next().unwrap_or(title);
+    Some(format!("title:{}", name_without_version(base)))
+}
+
+#[cfg(test)]
+mod component_tests {
+    use super::*;
+
+    fn of(pairs: &[(&str, &str)]) -> Option<String> {
+        component_of(|k| pairs.iter().find(|(a, _)| *a == k).map(|(_, v)| *v))
+    }
+
+    #[test]
+    fn versions_of_one_component_share_it_and_others_do_not() {
+        let maven = |v| of(&[(ANNOTATION_MAVEN_COORDINATES, v)]);
+        assert_eq!(
+            maven("org.apache.spark:spark-core_2.12:3.5.4"),
+            maven("org.apache.spark:spark-core_2.12:3.5.5")
+        );
+        assert_ne!(
+            maven("org.apache.spark:spark-core_2.12:3.5.4"),
+            maven("org.apache.spark:spark-sql_2.12:3.5.4")
+        );
+        let python = |v| of(&[(ANNOTATION_PYTHON_DISTRIBUTION, v)]);
+        assert_eq!(python("Zope.Interface==6.0"), python("zope-interface==6.1"));
+        assert_eq!(
+            of(&[(ANNOTATION_NPM_PACKAGE, "@types/node@20.1.0")]).as_deref(),
+            Some("npm:@types/node")
+        );
+        assert_eq!(
+            of(&[(ANNOTATION_DEBIAN_PACKAGE, "libc6=2.36-9")]).as_deref(),
+            Some("debian:libc6")
+        );
+        assert_eq!(
+            of(&[(ANNOTATION_TITLE, "guava-32.1.2-jre.jar")]),
+            of(&[(ANNOTATION_TITLE, "guava-33.0.0-jre.jar")])
+        );
+        assert_eq!(of(&[]), None);
+        // A malformed coordinate falls through to the title.
+        assert_eq!(
+            of(&[
+                (ANNOTATION_MAVEN_COORDINATES, "x"),
+                (ANNOTATION_TITLE, "x-1.jar")
+            ])
+            .as_deref(),
+            Some("title:x")
+        );
     }
 }

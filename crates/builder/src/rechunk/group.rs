@@ -75,36 +75,15 @@ pub(super) fn origin_of(
     if let Some(d) = annotations.get(ANNOTATION_PYTHON_DISTRIBUTION) {
         let name = d.split("==").next().unwrap_or(d);
         // PEP 503 normalization: one project, however it is spelled.
-        let mut out = String::new();
-        for c in name.to_ascii_lowercase().chars() {
-            if matches!(c, '-' | '_' | '.') {
-                if !out.ends_with('-') {
-                    out.push('-');
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        return out;
+        return oci_blocks_core::names::normalize_python_name(name);
     }
     let name = paths
         .first()
         .map(|p| text(p.rsplit(|&b| b == b'/').next().unwrap_or(p)))
         .unwrap_or_else(|| rule.to_string());
-    // A jar without Maven coordinates: its name up to the first `-` or `_`
-    // followed by a digit, so that its versions share an origin.
-    let stem = name.trim_end_matches(".jar");
-    let cut = stem.char_indices().find(|&(i, c)| {
-        matches!(c, '-' | '_')
-            && stem[i + 1..]
-                .chars()
-                .next()
-                .is_some_and(|d| d.is_ascii_digit())
-    });
-    match cut {
-        Some((i, _)) if i > 0 => stem[..i].to_string(),
-        _ => stem.to_string(),
-    }
+    // A jar without Maven coordinates: its name without the version, so
+    // that its versions share an origin.
+    oci_blocks_core::names::name_without_version(&name).to_string()
 }
 
 /// The group of an origin among `groups` (`spec/fallback.md`, "Rechunking").

@@ -36,6 +36,10 @@ pub const SCHEMAS: &[(&str, &str)] = &[
         "image-index.schema.json",
         include_str!("../../../../spec/schemas/image-index.schema.json"),
     ),
+    (
+        "delta-artifact.schema.json",
+        include_str!("../../../../spec/schemas/delta-artifact.schema.json"),
+    ),
 ];
 
 /// What kind of document a manifest or index is, as far as this extension cares.
@@ -48,6 +52,8 @@ pub enum DocumentKind {
     ImageManifest,
     /// The GC anchor of a fallback index.
     AnchorManifest,
+    /// A delta artifact (`spec/deltas.md`).
+    DeltaArtifact,
     /// Any other artifact manifest.
     ArtifactManifest,
     /// An index with `io.oci-blocks.variant` entries.
@@ -68,6 +74,7 @@ impl DocumentKind {
             DocumentKind::BlocksManifest => "blocks manifest",
             DocumentKind::ImageManifest => "image manifest",
             DocumentKind::AnchorManifest => "GC anchor manifest",
+            DocumentKind::DeltaArtifact => "delta artifact",
             DocumentKind::ArtifactManifest => "artifact manifest",
             DocumentKind::FallbackIndex => "fallback index",
             DocumentKind::ImageIndex => "image index",
@@ -81,6 +88,7 @@ struct Schemas {
     fallback_index: jsonschema::Validator,
     image_manifest: jsonschema::Validator,
     image_index: jsonschema::Validator,
+    delta_artifact: jsonschema::Validator,
 }
 
 struct Embedded;
@@ -124,6 +132,7 @@ fn schemas() -> &'static Schemas {
             fallback_index: build("fallback-index.schema.json"),
             image_manifest: build("image-manifest.schema.json"),
             image_index: build("image-index.schema.json"),
+            delta_artifact: build("delta-artifact.schema.json"),
         }
     })
 }
@@ -163,6 +172,8 @@ pub fn classify(value: &Value) -> Result<DocumentKind, String> {
             .and_then(Value::as_str);
         return Ok(if artifact == Some(ANCHOR_ARTIFACT_TYPE) {
             DocumentKind::AnchorManifest
+        } else if artifact == Some(DELTA_ARTIFACT_TYPE) {
+            DocumentKind::DeltaArtifact
         } else if obj.contains_key("blocks") || config_type == Some(BLOCKS_CONFIG) {
             DocumentKind::BlocksManifest
         } else if config_type == Some(OCI_CONFIG) {
@@ -221,6 +232,7 @@ pub fn validate_document(bytes: &[u8], subject: &str) -> (Option<DocumentKind>, 
         DocumentKind::BlocksManifest => &schemas.blocks_manifest,
         DocumentKind::ImageManifest | DocumentKind::ArtifactManifest => &schemas.image_manifest,
         DocumentKind::AnchorManifest => &schemas.anchor_manifest,
+        DocumentKind::DeltaArtifact => &schemas.delta_artifact,
         DocumentKind::FallbackIndex => &schemas.fallback_index,
         DocumentKind::ImageIndex => &schemas.image_index,
     };
@@ -254,8 +266,69 @@ pub fn validate_document(bytes: &[u8], subject: &str) -> (Option<DocumentKind>, 
     } else {
         check_manifest(&value, kind, subject, &mut report);
         check_blocks(&value, subject, &mut report);
+        if kind == DocumentKind::DeltaArtifact {
+            check_delta(&value, subject, &mut report);
+        }
     }
     (Some(kind), report)
+}
+
+/// The rules of a delta artifact the schema cannot state: a patch never
+/// rebuilds its own base, rebuilds a block no other patch of the artifact
+/// does, and is smaller than that block (`spec/deltas.md`).
+fn check_delta(value: &Value, subject: &str, report: &mut Report) {
+    let mut targets = std::collections::HashSet::new();
+    for (i, layer) in value
+        .get("layers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let annotation = |k: &str| layer.get("annotations")?.get(k)?.as_str();
+        let (Some(base), Some(target)) = (
+            annotation(ANNOTATION_DELTA_BASE),
+            annotation(ANNOTATION_DELTA_TARGET),
+        ) else {
+            continue;
+        };
+        let pointer = format!("/layers/{i}/annotations");
+        if base == target {
+            report.push(
+                Violation::new(
+                    Rule::DeltaSelfPatch,
+                    subject,
+                    format!("the patch's base and target are both {target}"),
+                )
+                .at_pointer(&pointer),
+            );
+        }
+        if !targets.insert(target) {
+            report.push(
+                Violation::new(
+                    Rule::DeltaTargetDuplicate,
+                    subject,
+                    format!("another patch of this artifact already rebuilds {target}"),
+                )
+                .at_pointer(&pointer),
+            );
+        }
+        let target_size =
+            annotation(ANNOTATION_DELTA_TARGET_SIZE).and_then(|s| s.parse::<u64>().ok());
+        let size = layer.get("size").and_then(Value::as_u64);
+        if let (Some(t), Some(s)) = (target_size, size)
+            && s >= t
+        {
+            report.push(
+                Violation::new(
+                    Rule::DeltaPatchLarger,
+                    subject,
+                    format!("the patch is {s} bytes, the block it rebuilds {t}: fetching the block costs less"),
+                )
+                .at_pointer(format!("/layers/{i}/size")),
+            );
+        }
+    }
 }
 
 fn descriptors(value: &Value) -> Vec<(String, &Value)> {

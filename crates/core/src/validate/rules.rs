@@ -80,6 +80,12 @@ rules! {
     FallbackLegacyUnbound = "fallback.legacy-unbound", Error, "fallback.md";
     /// The legacy manifest is not what its blocks manifest materializes to.
     FallbackViewsDiffer = "fallback.views-differ", Error, "fallback.md";
+    /// A delta patch rebuilds the block it applies to.
+    DeltaSelfPatch = "delta.self-patch", Error, "deltas.md";
+    /// Two patches of one delta artifact rebuild the same block.
+    DeltaTargetDuplicate = "delta.target-duplicate", Error, "deltas.md";
+    /// A patch is not smaller than the block it rebuilds.
+    DeltaPatchLarger = "delta.patch-larger", Error, "deltas.md";
     /// A referenced blob is not in the layout.
     BlobMissing = "blob.missing", Error, "blocks.md";
     /// A blob a sparse layout omits on purpose.
