@@ -4,6 +4,7 @@
 //! and the work done by the library crates.
 
 mod build;
+mod delta;
 mod inspect;
 mod output;
 mod rechunk;
@@ -33,6 +34,7 @@ enum Command {
     Copy(transfer::CopyArgs),
     Push(transfer::PushArgs),
     Pull(transfer::PullArgs),
+    Delta(Box<delta::Args>),
 }
 
 /// Exit status of a run whose input was judged invalid.
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Copy(args) => transfer::run_copy(args),
         Command::Push(args) => transfer::run_push(args),
         Command::Pull(args) => transfer::run_pull(args),
+        Command::Delta(args) => delta::run(*args),
     };
     match result {
         Ok(code) => code,

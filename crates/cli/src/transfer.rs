@@ -146,6 +146,15 @@ pub struct PullArgs {
     /// Blobs transferred at once.
     #[arg(long, default_value_t = 6)]
     jobs: usize,
+    /// Fetch every missing block whole, even where a delta artifact has a
+    /// patch against a block the store holds.
+    #[arg(long)]
+    no_delta: bool,
+    /// Blocks larger than this many bytes are fetched whole (applying a
+    /// patch holds its base in memory).
+    #[arg(long, default_value_t = oci_blocks_client::copy::DEFAULT_DELTA_MAX_SIZE,
+          value_name = "BYTES")]
+    delta_max_size: u64,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -305,7 +314,7 @@ fn registry_options(
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -366,6 +375,15 @@ fn print_report(what: &str, report: &CopyReport) -> Result<()> {
         report.blobs_reused,
         bytes(report.bytes_reused),
     );
+    if report.blobs_patched > 0 || report.deltas_failed > 0 {
+        outln!(
+            "  {} blocks rebuilt from patches ({} moved, {} saved), {} deltas failed and were fetched whole",
+            report.blobs_patched,
+            bytes(report.bytes_patched),
+            bytes(report.bytes_saved),
+            report.deltas_failed,
+        );
+    }
     Ok(())
 }
 
@@ -450,6 +468,8 @@ pub fn run_pull(args: PullArgs) -> Result<ExitCode> {
         src: args.source.options()?,
         have,
         selection: Selection::Platform(platform.clone()),
+        deltas: !args.no_delta,
+        delta_max_size: args.delta_max_size,
         ..CopyOptions::default()
     };
     let bar = Bar::new(args.json);

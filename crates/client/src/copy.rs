@@ -10,12 +10,13 @@
 //! and the top document last, so a blocks-aware registry always finds what a
 //! manifest names.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_blocks_core::Digest;
+use oci_blocks_core::delta::Patch;
 use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::names::{MAX_INDEX_DEPTH, OCI_INDEX, OCI_MANIFEST};
 use serde::Serialize;
@@ -50,7 +51,17 @@ pub struct CopyOptions {
     pub have: HashSet<Digest>,
     /// Which index entries to copy.
     pub selection: Selection,
+    /// Into a layout: rebuild blocks from the patches of delta artifacts
+    /// whose bases the layout holds, instead of fetching them whole
+    /// (`spec/deltas.md`); any failure falls back to the whole block.
+    pub deltas: bool,
+    /// Blocks (and bases) larger than this are always fetched whole: applying
+    /// a patch holds its base in memory.
+    pub delta_max_size: u64,
 }
+
+/// The default of [`CopyOptions::delta_max_size`]: 512 MiB.
+pub const DEFAULT_DELTA_MAX_SIZE: u64 = 512 << 20;
 
 impl Default for CopyOptions {
     fn default() -> Self {
@@ -60,6 +71,8 @@ impl Default for CopyOptions {
             dest: RegistryOptions::default(),
             have: HashSet::new(),
             selection: Selection::All,
+            deltas: false,
+            delta_max_size: DEFAULT_DELTA_MAX_SIZE,
         }
     }
 }
@@ -91,6 +104,14 @@ pub struct CopyReport {
     pub bytes_reused: u64,
     /// Manifest bytes moved.
     pub manifest_bytes: u64,
+    /// Blocks rebuilt from a patch and a base the destination held.
+    pub blobs_patched: usize,
+    /// The patch bytes moved for them.
+    pub bytes_patched: u64,
+    /// Their blocks' bytes less the patch bytes: what the deltas saved.
+    pub bytes_saved: u64,
+    /// Blocks whose delta failed, fetched whole instead.
+    pub deltas_failed: usize,
     /// Bytes received from the source over the network (0 for a layout).
     pub network_bytes_received: u64,
     /// Bytes sent to the destination over the network (0 for a layout).
@@ -109,7 +130,7 @@ pub trait Progress: Send + Sync {
 pub struct Quiet;
 impl Progress for Quiet {}
 
-enum End {
+pub(crate) enum End {
     Layout { dir: OciDir, tag: Option<String> },
     Registry { reg: Arc<Registry>, r: RegistryRef },
 }
@@ -350,13 +371,19 @@ struct Counters {
     mounted: AtomicUsize,
     reused: AtomicUsize,
     bytes_reused: AtomicU64,
+    patched: AtomicUsize,
+    bytes_patched: AtomicU64,
+    bytes_saved: AtomicU64,
+    deltas_failed: AtomicUsize,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn transfer(
     src: &End,
     dest: &End,
     blob: &Blob,
     options: &CopyOptions,
+    patches: &HashMap<Digest, Patch>,
     counters: &Counters,
     progress: &dyn Progress,
 ) -> Result<()> {
@@ -380,6 +407,23 @@ async fn transfer(
             .fetch_add(blob.size, Ordering::Relaxed);
         progress.blob_done(d, blob.size, false);
         return Ok(());
+    }
+    if let (Some(patch), End::Layout { dir, .. }) = (patches.get(d), dest) {
+        match crate::delta::rebuild(src, dir, patch).await {
+            Ok(moved) => {
+                counters.patched.fetch_add(1, Ordering::Relaxed);
+                counters.bytes_patched.fetch_add(moved, Ordering::Relaxed);
+                counters
+                    .bytes_saved
+                    .fetch_add(blob.size.saturating_sub(moved), Ordering::Relaxed);
+                progress.blob_done(d, blob.size, true);
+                return Ok(());
+            }
+            Err(e) => {
+                counters.deltas_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("block {d}: its delta failed, fetching the whole block: {e}");
+            }
+        }
     }
     match (src, dest) {
         (End::Registry { reg: s, r: sr }, End::Registry { reg: t, r: tr })
@@ -520,9 +564,36 @@ pub async fn copy(
         mounted: AtomicUsize::new(0),
         reused: AtomicUsize::new(0),
         bytes_reused: AtomicU64::new(0),
+        patched: AtomicUsize::new(0),
+        bytes_patched: AtomicU64::new(0),
+        bytes_saved: AtomicU64::new(0),
+        deltas_failed: AtomicUsize::new(0),
+    };
+    let patches = match &dest {
+        End::Layout { dir, .. } if options.deltas => {
+            let wanted: HashMap<Digest, u64> = blobs
+                .iter()
+                .filter(|b| !options.have.contains(&b.digest) && !dir.has_blob(&b.digest))
+                .map(|b| (b.digest.clone(), b.size))
+                .collect();
+            let manifests: Vec<Digest> = docs
+                .iter()
+                .filter(|d| {
+                    serde_json::from_slice::<Value>(&d.bytes)
+                        .is_ok_and(|v| v.get("blocks").is_some_and(Value::is_array))
+                })
+                .map(|d| d.digest.clone())
+                .collect();
+            if wanted.is_empty() || manifests.is_empty() {
+                HashMap::new()
+            } else {
+                crate::delta::plan(&src, dir, &manifests, &wanted, options.delta_max_size).await
+            }
+        }
+        _ => HashMap::new(),
     };
     futures_util::stream::iter(blobs.iter())
-        .map(|b| transfer(&src, &dest, b, options, &counters, progress))
+        .map(|b| transfer(&src, &dest, b, options, &patches, &counters, progress))
         .buffer_unordered(options.jobs.max(1))
         .try_collect::<Vec<()>>()
         .await?;
@@ -590,8 +661,55 @@ pub async fn copy(
         blobs_mounted: counters.mounted.load(Ordering::Relaxed),
         blobs_reused: counters.reused.load(Ordering::Relaxed),
         bytes_reused: counters.bytes_reused.load(Ordering::Relaxed),
+        blobs_patched: counters.patched.load(Ordering::Relaxed),
+        bytes_patched: counters.bytes_patched.load(Ordering::Relaxed),
+        bytes_saved: counters.bytes_saved.load(Ordering::Relaxed),
+        deltas_failed: counters.deltas_failed.load(Ordering::Relaxed),
         manifest_bytes,
         network_bytes_received: network(&src, false),
         network_bytes_sent: network(&dest, true),
     })
+}
+
+/// Fetches the blobs `blobs` (digest, size) of the image `src` into the
+/// layout `into`, each verified, `jobs` at a time; those `into` has are
+/// skipped. For the commands that read a few blobs of an image (`delta`,
+/// `bundle`).
+pub async fn fetch_blobs(
+    src: &ImageRef,
+    options: &RegistryOptions,
+    blobs: &[(Digest, u64)],
+    into: &OciDir,
+    jobs: usize,
+) -> Result<()> {
+    let src = open(src, options, false).await?;
+    futures_util::stream::iter(blobs.iter())
+        .map(|(digest, size)| {
+            let src = &src;
+            async move {
+                if into.has_blob(digest) {
+                    return Ok(());
+                }
+                let blob = Blob {
+                    digest: digest.clone(),
+                    size: *size,
+                };
+                match src {
+                    End::Registry { reg, r } => {
+                        download_into_layout(reg, &r.repository, into, &blob).await
+                    }
+                    End::Layout { dir, .. } => {
+                        let path = dir.blob_path(digest);
+                        let file = std::fs::File::open(&path)
+                            .map_err(|e| Error::Io { path, source: e })?;
+                        into.write_blob_verified(file, digest, Some(*size))?;
+                        Ok(())
+                    }
+                }
+            }
+        })
+        .buffer_unordered(jobs.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
 }

@@ -8,11 +8,13 @@
 //! - [`registry`]: one registry over the distribution API (auth challenges,
 //!   retries, chunked and resumable uploads, mounts).
 //! - [`copy`]: the copy itself, concurrent and verified.
+//! - [`delta`]: delta artifacts found, pushed and applied (`spec/deltas.md`).
 //!
 //! This crate is async (tokio); callers that are not build a runtime.
 
 pub mod auth;
 pub mod copy;
+pub mod delta;
 mod error;
 pub mod reference;
 pub mod registry;

@@ -303,39 +303,16 @@ impl Registry {
                 None,
             )
             .await?;
-        let mut resp = check(resp, &Method::GET, &self.url(&path)).await?;
+        let resp = check(resp, &Method::GET, &self.url(&path)).await?;
         let media_type = resp
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        // A manifest larger than any component accepts is refused before it
-        // is read (by its Content-Length) or as soon as it passes the bound.
-        let what = format!("manifest {repository}:{reference}");
-        let too_large = |reason: String| Error::Limit {
-            what: what.clone(),
-            reason,
-            limit: format!("{MAX_MANIFEST_SIZE} bytes for a manifest or index"),
-        };
-        if let Some(declared) = resp.content_length().filter(|l| *l > MAX_MANIFEST_SIZE) {
-            return Err(too_large(format!(
-                "the registry announces {declared} bytes"
-            )));
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| http_error(&Method::GET, &path, e))?
-        {
-            if (bytes.len() + chunk.len()) as u64 > MAX_MANIFEST_SIZE {
-                return Err(too_large(format!(
-                    "the registry sent more than {MAX_MANIFEST_SIZE} bytes"
-                )));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = self
+            .read_document(resp, &path, &format!("manifest {repository}:{reference}"))
+            .await?;
         self.bytes_received
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let digest = match Digest::parse(reference) {
@@ -357,14 +334,95 @@ impl Registry {
         Ok((bytes, media_type, digest))
     }
 
-    /// Pushes a manifest's exact bytes under a tag or its digest.
+    /// Reads a manifest-sized body: a document larger than any component
+    /// accepts is refused before it is read (by its Content-Length) or as
+    /// soon as it passes the bound.
+    async fn read_document(&self, mut resp: Response, path: &str, what: &str) -> Result<Vec<u8>> {
+        let too_large = |reason: String| Error::Limit {
+            what: what.to_string(),
+            reason,
+            limit: format!("{MAX_MANIFEST_SIZE} bytes for a manifest or index"),
+        };
+        if let Some(declared) = resp.content_length().filter(|l| *l > MAX_MANIFEST_SIZE) {
+            return Err(too_large(format!(
+                "the registry announces {declared} bytes"
+            )));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| http_error(&Method::GET, path, e))?
+        {
+            if (bytes.len() + chunk.len()) as u64 > MAX_MANIFEST_SIZE {
+                return Err(too_large(format!(
+                    "the registry sent more than {MAX_MANIFEST_SIZE} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+
+    /// The referrers of `subject` with `artifact_type`, as the descriptors of
+    /// the index the referrers API answers; `None` when the registry does
+    /// not offer the API (a 404), so the caller uses the tag schema.
+    pub async fn referrers(
+        &self,
+        repository: &str,
+        subject: &Digest,
+        artifact_type: &str,
+    ) -> Result<Option<Vec<serde_json::Value>>> {
+        let path = format!("/v2/{repository}/referrers/{subject}?artifactType={artifact_type}");
+        let resp = self
+            .send(
+                Method::GET,
+                &path,
+                &scope(repository, Access::Pull),
+                &[(
+                    header::ACCEPT,
+                    oci_blocks_core::names::OCI_INDEX.to_string(),
+                )],
+                None,
+            )
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = check(resp, &Method::GET, &self.url(&path)).await?;
+        let bytes = self
+            .read_document(resp, &path, &format!("referrers of {repository}@{subject}"))
+            .await?;
+        self.bytes_received
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let index: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Document {
+                what: format!("referrers of {repository}@{subject}"),
+                reason: format!("not JSON: {e}"),
+            })?;
+        Ok(Some(
+            index
+                .get("manifests")
+                .and_then(serde_json::Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                // A registry that ignores the filter still answers correctly.
+                .filter(|d| d.get("artifactType").and_then(|t| t.as_str()) == Some(artifact_type))
+                .collect(),
+        ))
+    }
+
+    /// Pushes a manifest's exact bytes under a tag or its digest. Returns the
+    /// `OCI-Subject` header of the answer: a registry that sets it indexes
+    /// the manifest's subject for the referrers API.
     pub async fn put_manifest(
         &self,
         repository: &str,
         reference: &str,
         bytes: &[u8],
         media_type: &str,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let path = format!("/v2/{repository}/manifests/{reference}");
         let resp = self
             .send(
@@ -375,8 +433,12 @@ impl Registry {
                 Some(bytes::Bytes::copy_from_slice(bytes)),
             )
             .await?;
-        check(resp, &Method::PUT, &self.url(&path)).await?;
-        Ok(())
+        let resp = check(resp, &Method::PUT, &self.url(&path)).await?;
+        Ok(resp
+            .headers()
+            .get("oci-subject")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string))
     }
 
     /// Whether the repository has the blob.

@@ -52,7 +52,7 @@ fn our_registry_with(
 
 /// Runs oci-blocks, which must succeed, and parses its stdout (warnings, such as
 /// retries, go to stderr).
-fn json_ok(args: &[&str]) -> Result<Value> {
+pub(crate) fn json_ok(args: &[&str]) -> Result<Value> {
     let out = oci_blocks(args)?;
     ensure!(
         out.status.success(),

@@ -1,0 +1,420 @@
+//! `oci-blocks delta`, `pull` with deltas, `bundle` and `load`: a changed
+//! jar reaches a puller as a patch against the version its store holds,
+//! through this project's registry (referrers API), docker-registry (the
+//! tag schema) and an offline bundle, rebuilt byte for byte; bad patches fall
+//! back to whole blocks, bad bundles are refused and leave nothing behind.
+//! Bytes are counted by a proxy in front of the registry and by the bundle's
+//! file size, not by the client's own report.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::common::*;
+use crate::transfer::{json_ok, our_registry};
+use anyhow::{Context, Result, ensure};
+use oci_blocks_core::Digest;
+use serde_json::Value;
+
+/// Pseudo-random bytes (xorshift), which deflate cannot shrink much, as
+/// compiled classes behave in a jar.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A deflated jar of `classes` classes; those in `changed` get other bytes.
+fn jar(classes: usize, changed: &[usize], salt: u64) -> Result<Vec<u8>> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .last_modified_time(zip::DateTime::default());
+    for i in 0..classes {
+        w.start_file(format!("com/example/C{i}.class"), options)?;
+        let seed = if changed.contains(&i) {
+            1_000_000 + i as u64 + salt
+        } else {
+            i as u64
+        };
+        std::io::Write::write_all(&mut w, &noise(1500 + (i % 7) * 300, seed))?;
+    }
+    Ok(w.finish()?.into_inner())
+}
+
+/// Two versions of a dependency directory: `app` bumped with a few classes
+/// changed, `lib` unchanged, `extra` only in v2 (no base for it).
+fn versions(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (v1, v2) = (dir.join("v1/lib"), dir.join("v2/lib"));
+    fs::create_dir_all(&v1)?;
+    fs::create_dir_all(&v2)?;
+    fs::write(v1.join("app-1.0.jar"), jar(800, &[], 0)?)?;
+    fs::write(v2.join("app-1.1.jar"), jar(800, &[3, 250, 600, 799], 0)?)?;
+    let lib = jar(50, &[], 77)?;
+    fs::write(v1.join("lib-2.0.jar"), &lib)?;
+    fs::write(v2.join("lib-2.0.jar"), &lib)?;
+    fs::write(v2.join("extra-0.1.jar"), jar(40, &[0], 99)?)?;
+    Ok((v1, v2))
+}
+
+/// Builds both versions into `image` (tags v1, v2, with the fallback index).
+fn build_versions(dir: &Path, image: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (v1, v2) = versions(dir)?;
+    for (v, src) in [("v1", &v1), ("v2", &v2)] {
+        ok(&[
+            "build",
+            "--no-cache",
+            "--add",
+            &format!("{}:/app/lib", src.display()),
+            "--out",
+            &format!("oci:{}:{v}", image.display()),
+        ])?;
+    }
+    Ok((v1, v2))
+}
+
+/// A TCP proxy in front of `target` that counts the bytes it forwards to
+/// the client: the bytes a pull really received.
+pub(crate) fn counting_proxy(target: String) -> Result<(String, Arc<AtomicU64>)> {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    let counted = Arc::new(AtomicU64::new(0));
+    let total = counted.clone();
+    fn pump(mut from: TcpStream, mut to: TcpStream, count: Option<Arc<AtomicU64>>) {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            if let Some(c) = &count {
+                c.fetch_add(n as u64, Ordering::SeqCst);
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    }
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(&target) else {
+                continue;
+            };
+            let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                continue;
+            };
+            let total = total.clone();
+            std::thread::spawn(move || pump(client, server, None));
+            std::thread::spawn(move || pump(s2, c2, Some(total)));
+        }
+    });
+    Ok((addr, counted))
+}
+
+/// The blocks of the blocks manifest of `tag` in `layout`: digest to
+/// (size, title).
+fn blocks_of(layout: &Path, tag: &str) -> Result<BTreeMap<String, (u64, String)>> {
+    let dir = oci_blocks_core::layout::OciDir::open(layout)?;
+    let (_, m) = manifest_of(&dir, tag, "blocks")?;
+    Ok(m.blocks()
+        .iter()
+        .map(|b| {
+            (
+                b.digest().to_string(),
+                (
+                    b.size(),
+                    b.annotations()
+                        .as_ref()
+                        .and_then(|a| a.get("org.opencontainers.image.title").cloned())
+                        .unwrap_or_default(),
+                ),
+            )
+        })
+        .collect())
+}
+
+fn the_block(blocks: &BTreeMap<String, (u64, String)>, title: &str) -> Result<(String, u64)> {
+    blocks
+        .iter()
+        .find(|(_, (_, t))| t.starts_with(title))
+        .map(|(d, (s, _))| (d.clone(), *s))
+        .with_context(|| format!("no block titled {title}* in {blocks:?}"))
+}
+
+/// The bytes of `digest` in a layout.
+fn blob(layout: &Path, digest: &str) -> Result<Vec<u8>> {
+    let d = Digest::parse(digest)?;
+    Ok(fs::read(
+        layout
+            .join("blobs")
+            .join(d.algorithm().as_str())
+            .join(d.hex()),
+    )?)
+}
+
+/// Pushes v1 and v2 to `host`, makes the deltas there, pulls v1 into a store
+/// and then v2 through a counting proxy; checks the patch was used, the
+/// rebuilt block is v2's byte for byte, the tree is v2's, and the bytes
+/// received are the patch's and the new jar's, not the bumped jar's.
+fn delta_reaches_a_puller(
+    host: &str,
+    image: &Path,
+    v2: &Path,
+    tmp: &Path,
+    who: &str,
+) -> Result<()> {
+    for v in ["v1", "v2"] {
+        json_ok(&[
+            "push",
+            "--json",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:{v}", image.display()),
+            &format!("docker://{host}/app:{v}"),
+        ])?;
+    }
+    let made = json_ok(&[
+        "delta",
+        "--json",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--from",
+        &format!("docker://{host}/app:v1"),
+        &format!("docker://{host}/app:v2"),
+    ])?;
+    let blocks = blocks_of(image, "v2")?;
+    let (app, app_size) = the_block(&blocks, "app")?;
+    let (_, extra_size) = the_block(&blocks, "extra")?;
+    let patches = made["patches"].as_array().context("patches")?;
+    ensure!(
+        patches.len() == 1 && patches[0]["target"] == app.as_str(),
+        "{who}: one patch, for the bumped jar: {made:#}"
+    );
+    ensure!(
+        made["blocks_new"] == 2 && made["blocks_without_base"] == 1,
+        "{made:#}"
+    );
+    let patch_size = patches[0]["size"].as_u64().context("size")?;
+    ensure!(
+        patch_size * 20 < app_size,
+        "{who}: patch of {patch_size} bytes for {app_size}"
+    );
+
+    let store = tmp.join(format!("store-{who}"));
+    let pull = |image: &str, rootfs: &Path, extra: &[&str]| -> Result<Value> {
+        let mut args = vec![
+            "pull",
+            "--json",
+            "--tls-verify=false",
+            "--store",
+            store.to_str().context("utf-8")?,
+            "--unpack",
+            rootfs.to_str().context("utf-8")?,
+        ];
+        args.extend_from_slice(extra);
+        args.push(image);
+        json_ok(&args)
+    };
+    pull(
+        &format!("docker://{host}/app:v1"),
+        &tmp.join(format!("{who}-v1")),
+        &[],
+    )?;
+    let (proxy, received) = counting_proxy(host.to_string())?;
+    let rootfs = tmp.join(format!("{who}-v2"));
+    let report = pull(&format!("docker://{proxy}/app:v2"), &rootfs, &[])?;
+    ensure!(
+        report["blobs_patched"] == 1 && report["deltas_failed"] == 0,
+        "{who}: the bumped jar came as a patch: {report:#}"
+    );
+    let expected = expected_tree(&[(v2, "/app/lib")], &|_, b| b)?;
+    assert_same(
+        &expected,
+        &tree(&rootfs)?,
+        &format!("{who}: v2 pulled with deltas"),
+    )?;
+    let images = store.join("images");
+    ensure!(
+        blob(&images, &app)? == blob(image, &app)?,
+        "{who}: the rebuilt block is v2's byte for byte"
+    );
+    let moved = received.load(Ordering::SeqCst);
+    // The new jar, the patch, v2's manifests, config and stub layer, and the
+    // HTTP around them; the bumped jar alone is far more.
+    let bound = extra_size + patch_size + 64 * 1024;
+    ensure!(
+        moved <= bound && moved * 4 < app_size,
+        "{who}: pulling v2 received {moved} bytes; bound {bound}, the bumped jar is {app_size}: {report:#}"
+    );
+    // Without deltas, the same pull into a fresh store moves the whole jar.
+    let plain_store = tmp.join(format!("plain-store-{who}"));
+    json_ok(&[
+        "pull",
+        "--json",
+        "--tls-verify=false",
+        "--store",
+        plain_store.to_str().context("utf-8")?,
+        &format!("docker://{host}/app:v1"),
+    ])?;
+    let (proxy, received) = counting_proxy(host.to_string())?;
+    let plain = json_ok(&[
+        "pull",
+        "--json",
+        "--no-delta",
+        "--tls-verify=false",
+        "--store",
+        plain_store.to_str().context("utf-8")?,
+        &format!("docker://{proxy}/app:v2"),
+    ])?;
+    ensure!(plain["blobs_patched"] == 0, "{plain:#}");
+    ensure!(
+        received.load(Ordering::SeqCst) > app_size,
+        "--no-delta fetched the whole jar"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_bumped_jar_reaches_a_puller_as_a_patch_through_the_referrers_api() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let image = tmp.path().join("image");
+    let (_, v2) = build_versions(tmp.path(), &image)?;
+    let host = our_registry(&tmp.path().join("registry"))?;
+    delta_reaches_a_puller(&host, &image, &v2, tmp.path(), "oci-blocks-registry")
+}
+
+#[test]
+#[ignore = "needs docker-registry; .ci/run runs it"]
+fn a_bumped_jar_reaches_a_puller_through_docker_registry_and_the_tag_schema() -> Result<()> {
+    need(&["docker-registry", "curl"])?;
+    let tmp = tempfile::tempdir()?;
+    let image = tmp.path().join("image");
+    let (_, v2) = build_versions(tmp.path(), &image)?;
+    let registry = DockerRegistry::start(&tmp.path().join("distribution"))?;
+    let host = format!("127.0.0.1:{}", registry.port);
+    delta_reaches_a_puller(&host, &image, &v2, tmp.path(), "docker-registry")?;
+    // The artifact is listed under the tag schema's tag of v2's blocks
+    // manifest, since docker-registry 2.8 has no referrers API.
+    let dir = oci_blocks_core::layout::OciDir::open(&image)?;
+    let (subject, _) = manifest_of(&dir, "v2", "blocks")?;
+    let tags = run(std::process::Command::new("curl")
+        .args(["-sf", &format!("http://{host}/v2/app/tags/list")]))?;
+    let tag = format!("sha256-{}", subject.hex());
+    ensure!(tags.contains(&tag), "tag {tag} in {tags}");
+    Ok(())
+}
+
+#[test]
+fn bad_patches_fall_back_to_the_whole_block_and_say_so() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let image = tmp.path().join("image");
+    let (_, v2) = build_versions(tmp.path(), &image)?;
+    let layout = format!("oci:{}", image.display());
+    let made = json_ok(&[
+        "delta",
+        "--json",
+        "--from",
+        &format!("{layout}:v1"),
+        &format!("{layout}:v2"),
+    ])?;
+    let patch = made["patches"][0]["digest"]
+        .as_str()
+        .context("a patch")?
+        .to_string();
+    let target = made["patches"][0]["target"]
+        .as_str()
+        .context("target")?
+        .to_string();
+    let good = blob(&image, &patch)?;
+    let d = Digest::parse(&patch)?;
+    let patch_file = image.join("blobs/sha256").join(d.hex());
+    // Each way a patch can be bad: tampered (digest), not zstd, truncated.
+    let mut tampered = good.clone();
+    let at = tampered.len() / 2;
+    tampered[at] ^= 0xff;
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("tampered", tampered),
+        ("garbage", b"this is not a zstd frame".to_vec()),
+        ("truncated", good[..good.len() / 2].to_vec()),
+    ];
+    for (what, bytes) in cases {
+        fs::write(&patch_file, &bytes)?;
+        let store = tmp.path().join(format!("store-{what}"));
+        let rootfs = tmp.path().join(format!("rootfs-{what}"));
+        let s = store.to_str().context("utf-8")?;
+        ok(&["pull", "--store", s, &format!("{layout}:v1")])?;
+        let out = oci_blocks(&[
+            "pull",
+            "--json",
+            "--store",
+            s,
+            "--unpack",
+            rootfs.to_str().context("utf-8")?,
+            &format!("{layout}:v2"),
+        ])?;
+        ensure!(out.status.success(), "{what}: {}", text(&out));
+        let report: Value = serde_json::from_slice(&out.stdout)?;
+        ensure!(
+            report["blobs_patched"] == 0 && report["deltas_failed"] == 1,
+            "{what}: {report:#}"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            stderr.contains("delta failed") && stderr.contains(&target),
+            "{what}: the fallback is said, naming the block: {stderr}"
+        );
+        let expected = expected_tree(&[(&v2, "/app/lib")], &|_, b| b)?;
+        assert_same(&expected, &tree(&rootfs)?, what)?;
+        ensure!(blob(&store.join("images"), &target)? == blob(&image, &target)?);
+    }
+    // A store without the base pulls whole, without a failure to report.
+    fs::write(&patch_file, &good)?;
+    let store = tmp.path().join("store-fresh");
+    let report = json_ok(&[
+        "pull",
+        "--json",
+        "--store",
+        store.to_str().context("utf-8")?,
+        &format!("{layout}:v2"),
+    ])?;
+    ensure!(
+        report["blobs_patched"] == 0 && report["deltas_failed"] == 0,
+        "{report:#}"
+    );
+    Ok(())
+}
+
+#[test]
+fn delta_refuses_images_without_blocks_and_names_them() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let image = tmp.path().join("image");
+    build_versions(tmp.path(), &image)?;
+    let layout = format!("oci:{}", image.display());
+    // The legacy manifest alone is a plain image.
+    let dir = oci_blocks_core::layout::OciDir::open(&image)?;
+    let (legacy, _) = manifest_of(&dir, "v2", "legacy")?;
+    let bytes = dir.read_json_blob(&legacy, None)?;
+    dir.set_tag(
+        "plain",
+        serde_json::from_value(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": legacy.to_string(), "size": bytes.len(),
+        }))?,
+    )?;
+    let out = oci_blocks(&[
+        "delta",
+        "--from",
+        &format!("{layout}:v1"),
+        &format!("{layout}:plain"),
+    ])?;
+    ensure!(!out.status.success(), "{}", text(&out));
+    ensure!(text(&out).contains("no blocks manifest"), "{}", text(&out));
+    Ok(())
+}
