@@ -52,7 +52,7 @@ pub struct Making {
     /// one holds its base in memory.
     #[arg(long, default_value_t = oci_blocks_client::copy::DEFAULT_DELTA_MAX_SIZE,
           value_name = "BYTES")]
-    delta_max_size: u64,
+    pub delta_max_size: u64,
     /// Patches made at once (default: one per core).
     #[arg(long, value_name = "N")]
     patch_jobs: Option<usize>,
@@ -194,10 +194,19 @@ impl Image {
     /// Every blob and document the image references: (digest, size), the
     /// documents included.
     pub fn closure(&self) -> Result<BTreeMap<Digest, u64>> {
-        let mut out = BTreeMap::new();
+        let (mut docs, blobs) = self.graph()?;
+        docs.extend(blobs);
+        Ok(docs)
+    }
+
+    /// The image's documents (indexes and manifests) and its other blobs
+    /// (configs, layers, blocks; foreign layers left out), as (digest, size).
+    pub fn graph(&self) -> Result<(BTreeMap<Digest, u64>, BTreeMap<Digest, u64>)> {
+        let mut docs = BTreeMap::new();
+        let mut blobs = BTreeMap::new();
         let mut pending = vec![(self.top.clone(), self.top_size)];
         while let Some((d, size)) = pending.pop() {
-            if out.insert(d.clone(), size).is_some() {
+            if docs.insert(d.clone(), size).is_some() {
                 continue;
             }
             let (_, v) = self.doc(&d, Some(size))?;
@@ -215,11 +224,14 @@ impl Image {
                     continue;
                 }
                 if let (Some(t), Some(s)) = (b["digest"].as_str(), b["size"].as_u64()) {
-                    out.insert(Digest::parse(t)?, s);
+                    blobs.insert(Digest::parse(t)?, s);
                 }
             }
         }
-        Ok(out)
+        for d in docs.keys() {
+            blobs.remove(d);
+        }
+        Ok((docs, blobs))
     }
 
     /// A layout that holds `blobs` of this image: its own, or `scratch`

@@ -4,6 +4,7 @@
 //! and the work done by the library crates.
 
 mod build;
+mod bundle;
 mod delta;
 mod inspect;
 mod output;
@@ -35,6 +36,8 @@ enum Command {
     Push(transfer::PushArgs),
     Pull(transfer::PullArgs),
     Delta(Box<delta::Args>),
+    Bundle(Box<bundle::BundleArgs>),
+    Load(Box<bundle::LoadArgs>),
 }
 
 /// Exit status of a run whose input was judged invalid.
@@ -62,6 +65,8 @@ fn main() -> ExitCode {
         Command::Push(args) => transfer::run_push(args),
         Command::Pull(args) => transfer::run_pull(args),
         Command::Delta(args) => delta::run(*args),
+        Command::Bundle(args) => bundle::run_bundle(*args),
+        Command::Load(args) => bundle::run_load(*args),
     };
     match result {
         Ok(code) => code,

@@ -21,6 +21,7 @@
 //! - [`manifest`]: manifests and indexes that keep their exact bytes;
 //!   [`platform`]: platforms, and which index entry a client of one takes.
 //! - [`tarcheck`]: the archive checks every tar reader here makes.
+//! - [`bundle`]: offline bundles, an image layout as one verified tar file.
 //! - [`delta`]: patches that rebuild a block from an earlier version of it,
 //!   and the delta artifact that lists them.
 //! - [`layout`]: an OCI image-layout store that verifies digests on write and read
@@ -31,6 +32,7 @@
 //! `blocks`, and a re-serialized manifest would have another digest.
 
 pub mod block;
+pub mod bundle;
 pub mod canonical;
 pub mod delta;
 pub mod digest;

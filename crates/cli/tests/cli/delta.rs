@@ -418,3 +418,252 @@ fn delta_refuses_images_without_blocks_and_names_them() -> Result<()> {
     ensure!(text(&out).contains("no blocks manifest"), "{}", text(&out));
     Ok(())
 }
+
+/// Every blob file of a layout: digest to bytes.
+fn all_blobs(layout: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for alg in fs::read_dir(layout.join("blobs"))? {
+        let alg = alg?;
+        for f in fs::read_dir(alg.path())? {
+            let f = f?;
+            out.insert(
+                format!(
+                    "{}:{}",
+                    alg.file_name().to_string_lossy(),
+                    f.file_name().to_string_lossy()
+                ),
+                fs::read(f.path())?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The blobs of `tag` in `layout` (its whole graph), with their bytes.
+fn image_blobs(layout: &Path, tag: &str) -> Result<BTreeMap<String, Vec<u8>>> {
+    let all = all_blobs(layout)?;
+    let graph = blobs_of(layout, tag)?;
+    graph
+        .keys()
+        .map(|d| {
+            Ok((
+                d.clone(),
+                all.get(d)
+                    .cloned()
+                    .with_context(|| format!("{d} missing"))?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn a_bundle_since_v1_carries_the_patch_and_loads_to_v2_byte_for_byte() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let image = t.join("image");
+    let (_, v2) = build_versions(t, &image)?;
+    let layout = format!("oci:{}", image.display());
+    let file = t.join("update.tar");
+    let report = json_ok(&[
+        "bundle",
+        "--json",
+        &format!("{layout}:v2"),
+        "--since",
+        &format!("{layout}:v1"),
+        "--delta",
+        "-o",
+        file.to_str().context("utf-8")?,
+    ])?;
+    let size = fs::metadata(&file)?.len();
+    let blocks = blocks_of(&image, "v2")?;
+    let (app, app_size) = the_block(&blocks, "app")?;
+    ensure!(report["patches"].as_u64() >= Some(1), "{report:#}");
+    // The bundle does not carry the bumped jar's block.
+    let listing = run(std::process::Command::new("tar").arg("tf").arg(&file))?;
+    ensure!(
+        !listing.contains(Digest::parse(&app)?.hex()),
+        "the bundle carries the bumped block whole:\n{listing}"
+    );
+    ensure!(size == report["bytes"].as_u64().unwrap_or(0), "{report:#}");
+
+    // Loaded onto v1 into a new layout: v2's graph, byte for byte.
+    let dest = t.join("site");
+    json_ok(&[
+        "load",
+        "--json",
+        file.to_str().context("utf-8")?,
+        "--onto",
+        &format!("{layout}:v1"),
+        "--into",
+        &format!("oci:{}:v2", dest.display()),
+    ])?;
+    ensure!(
+        image_blobs(&dest, "v2")? == image_blobs(&image, "v2")?,
+        "the loaded image is v2's"
+    );
+    ensure!(all_blobs(&dest)?.contains_key(&app), "{app} rebuilt");
+    ok(&["validate", &format!("oci:{}:v2", dest.display())])?;
+    let rootfs = t.join("rootfs");
+    ok(&[
+        "unpack",
+        "--store",
+        t.join("store").to_str().context("utf-8")?,
+        &format!("oci:{}:v2", dest.display()),
+        rootfs.to_str().context("utf-8")?,
+    ])?;
+    let expected = expected_tree(&[(&v2, "/app/lib")], &|_, b| b)?;
+    assert_same(
+        &expected,
+        &tree(&rootfs)?,
+        "unpacked from the loaded bundle",
+    )?;
+    let _ = app_size;
+    Ok(())
+}
+
+/// Runs `load` expecting a refusal that names `needle`, and checks that the
+/// destination was not created.
+fn refused(file: &Path, onto: Option<&str>, dest: &Path, needle: &str) -> Result<()> {
+    let mut args = vec!["load".to_string(), file.display().to_string()];
+    if let Some(o) = onto {
+        args.extend(["--onto".to_string(), o.to_string()]);
+    }
+    args.extend(["--into".to_string(), format!("oci:{}:v2", dest.display())]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = oci_blocks(&args)?;
+    ensure!(!out.status.success(), "{args:?} succeeded: {}", text(&out));
+    ensure!(
+        text(&out).contains(needle),
+        "{args:?}: the error names {needle:?}: {}",
+        text(&out)
+    );
+    ensure!(!dest.exists(), "{args:?} left {} behind", dest.display());
+    Ok(())
+}
+
+#[test]
+fn truncated_tampered_or_misbased_bundles_are_refused_and_leave_nothing() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let image = t.join("image");
+    build_versions(t, &image)?;
+    let layout = format!("oci:{}", image.display());
+    let file = t.join("update.tar");
+    ok(&[
+        "bundle",
+        &format!("{layout}:v2"),
+        "--since",
+        &format!("{layout}:v1"),
+        "--delta",
+        "-o",
+        file.to_str().context("utf-8")?,
+    ])?;
+    let good = fs::read(&file)?;
+    let dest = t.join("site");
+    let v1 = format!("{layout}:v1");
+
+    // Cut short, in the middle and at the end.
+    for (i, at) in [good.len() / 2, good.len() - 1024].into_iter().enumerate() {
+        let cut = t.join(format!("cut-{i}.tar"));
+        fs::write(&cut, &good[..at])?;
+        refused(&cut, Some(&v1), &dest, "truncated")?;
+    }
+    // One byte of a blob changed: named by the blob's digest.
+    let listing = run(std::process::Command::new("tar").arg("tvf").arg(&file))?;
+    let largest = listing
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.get(2)?.parse::<u64>().ok()?, f.last()?.to_string()))
+        })
+        .max()
+        .context("entries")?;
+    let at = find(&good, format!("{}\0", largest.1).as_bytes()).context("the entry header")?;
+    let mut tampered = good.clone();
+    tampered[at - at % 512 + 512 + 100] ^= 0x01;
+    let bad = t.join("tampered.tar");
+    fs::write(&bad, &tampered)?;
+    refused(
+        &bad,
+        Some(&v1),
+        &dest,
+        largest.1.rsplit('/').next().unwrap_or_default(),
+    )?;
+    // Onto another image than the one it was made since, or onto none.
+    refused(
+        &file,
+        Some(&format!("{layout}:v2")),
+        &dest,
+        "was made since",
+    )?;
+    refused(&file, None, &dest, "--onto")?;
+    // Onto v1 with the patch's base missing: refused before writing.
+    let partial = t.join("partial");
+    ok(&["copy", &v1, &format!("oci:{}:v1", partial.display())])?;
+    let blocks = blocks_of(&partial, "v1")?;
+    let (base, _) = the_block(&blocks, "app")?;
+    let d = Digest::parse(&base)?;
+    fs::remove_file(partial.join("blobs/sha256").join(d.hex()))?;
+    refused(
+        &file,
+        Some(&format!("oci:{}:v1", partial.display())),
+        &dest,
+        &base,
+    )?;
+    Ok(())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[test]
+fn a_whole_bundle_loads_without_an_earlier_image() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let image = t.join("image");
+    build_versions(t, &image)?;
+    let file = t.join("whole.tar");
+    ok(&[
+        "bundle",
+        &format!("oci:{}:v2", image.display()),
+        "-o",
+        file.to_str().context("utf-8")?,
+    ])?;
+    let dest = t.join("site");
+    ok(&[
+        "load",
+        file.to_str().context("utf-8")?,
+        "--into",
+        &format!("oci:{}", dest.display()),
+    ])?;
+    ensure!(image_blobs(&dest, "v2")? == image_blobs(&image, "v2")?);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs skopeo; .ci/run runs it"]
+fn skopeo_reads_a_whole_bundle_as_an_oci_archive() -> Result<()> {
+    need(&["skopeo"])?;
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let image = t.join("image");
+    build_versions(t, &image)?;
+    let file = t.join("whole.tar");
+    ok(&[
+        "bundle",
+        &format!("oci:{}:v2", image.display()),
+        "-o",
+        file.to_str().context("utf-8")?,
+    ])?;
+    let out = t.join("copied");
+    run(std::process::Command::new("skopeo").args([
+        "copy",
+        "--all",
+        "--preserve-digests",
+        &format!("oci-archive:{}:v2", file.display()),
+        &format!("oci:{}:v2", out.display()),
+    ]))?;
+    ensure!(image_blobs(&out, "v2")? == image_blobs(&image, "v2")?);
+    Ok(())
+}
