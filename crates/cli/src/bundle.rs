@@ -14,13 +14,13 @@ use oci_blocks_core::Digest;
 use oci_blocks_core::delta::{Artifact, Patch};
 use oci_blocks_core::layout::OciDir;
 use oci_blocks_core::names::{
-    ANNOTATION_BUNDLE_SINCE, ANNOTATION_REF_NAME, DELTA_ARTIFACT_TYPE, OCI_EMPTY_DIGEST, OCI_INDEX,
-    OCI_MANIFEST,
+    ANNOTATION_BUNDLE_MATERIALIZED, ANNOTATION_BUNDLE_SINCE, ANNOTATION_REF_NAME,
+    DELTA_ARTIFACT_TYPE, OCI_EMPTY_DIGEST, OCI_INDEX, OCI_MANIFEST,
 };
 use serde::Serialize;
 use serde_json::json;
 
-use crate::delta::{Image, Making};
+use crate::delta::{Blobs, Image, Making};
 use crate::output::{bytes, outln};
 use crate::transfer::{Transport, copy_between, runtime};
 
@@ -119,13 +119,44 @@ pub fn run_bundle(args: BundleArgs) -> Result<ExitCode> {
     );
     let jobs = options.jobs;
     let mut artifacts = Vec::new();
+    let mut materialized: BTreeSet<Digest> = BTreeSet::new();
     if let (true, Some(old)) = (args.delta, &old) {
-        let planned = crate::delta::plan(old, &new, args.making.delta_max_size)?;
+        // Blocks, when NEW has them (a plain image has only layers).
+        let planned = if new.blocks_manifests()?.is_empty() {
+            Vec::new()
+        } else {
+            crate::delta::plan(old, &new, args.making.delta_max_size)?
+        };
         let (bases, targets) = crate::delta::needed(&planned);
         let old_blobs = old.blobs_in(&bases, &old_scratch, jobs)?;
         let new_blobs = new.blobs_in(&targets, &new_scratch, jobs)?;
         artifacts =
             crate::delta::make(&planned, old_blobs, new_blobs, &patches_dir, &args.making)?.0;
+        // The legacy variant's layers: left out where the loader can
+        // materialize them, else patched between their contents.
+        materialized = crate::delta::verified_materializations(&new, &have, &new_scratch, jobs)?
+            .into_iter()
+            .map(|m| m.layer.0)
+            .collect();
+        let mut layers = crate::delta::plan_layers(old, &new, args.making.delta_max_size)?;
+        for l in &mut layers {
+            l.pairs.retain(|(t, _)| !materialized.contains(&t.0));
+        }
+        let (mut bases, mut targets) = (Vec::new(), Vec::new());
+        for (t, b) in layers.iter().flat_map(|l| l.pairs.iter()) {
+            targets.push(t.clone());
+            bases.push(b.clone());
+        }
+        let old_blobs = old.blobs_in(&bases, &old_scratch, jobs)?;
+        let new_blobs = new.blobs_in(&targets, &new_scratch, jobs)?;
+        artifacts.extend(crate::delta::make_layers(
+            &layers,
+            old_blobs,
+            new_blobs,
+            &patches_dir,
+            scratch.path(),
+            &args.making,
+        )?);
     }
     let patched: BTreeMap<Digest, &Patch> = artifacts
         .iter()
@@ -134,7 +165,9 @@ pub fn run_bundle(args: BundleArgs) -> Result<ExitCode> {
         .collect();
     let carried: Vec<(Digest, u64)> = blobs
         .iter()
-        .filter(|(d, _)| !have.contains(*d) && !patched.contains_key(*d))
+        .filter(|(d, _)| {
+            !have.contains(*d) && !patched.contains_key(*d) && !materialized.contains(*d)
+        })
         .map(|(d, s)| (d.clone(), *s))
         .collect();
     // The blobs the documents' layout lacks (a registry image's layers and
@@ -183,6 +216,15 @@ pub fn run_bundle(args: BundleArgs) -> Result<ExitCode> {
     let mut index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
     if let Some(o) = &old {
         index["annotations"] = json!({ ANNOTATION_BUNDLE_SINCE: o.top.as_str() });
+        if !materialized.is_empty() {
+            index["annotations"][ANNOTATION_BUNDLE_MATERIALIZED] = json!(
+                materialized
+                    .iter()
+                    .map(Digest::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
     }
     let index_bytes = serde_json::to_vec_pretty(&index)?;
 
@@ -238,7 +280,7 @@ pub fn run_bundle(args: BundleArgs) -> Result<ExitCode> {
     let size = std::fs::metadata(&args.output)?.len();
     let left_out: Vec<u64> = blobs
         .iter()
-        .filter(|(d, _)| have.contains(*d) || patched.contains_key(*d))
+        .filter(|(d, _)| have.contains(*d) || patched.contains_key(*d) || materialized.contains(*d))
         .map(|(_, s)| *s)
         .collect();
     let report = BundleReport {
@@ -260,7 +302,7 @@ pub fn run_bundle(args: BundleArgs) -> Result<ExitCode> {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         outln!(
-            "{}: {} ({} documents, {} blobs of {}, {} patches of {} for {} of blocks); left out {} blobs of {} the site has",
+            "{}: {} ({} documents, {} blobs of {}, {} patches of {} rebuilding {}); left out {} blobs of {} the site has or can rebuild",
             report.file,
             bytes(report.bytes),
             report.documents,
@@ -378,25 +420,59 @@ pub fn run_load(args: LoadArgs) -> Result<ExitCode> {
         }
         None => BTreeMap::new(),
     };
+    let made: Vec<crate::delta::Materialization> = crate::delta::materializations(&image)?
+        .into_iter()
+        .filter(|m| contents.materialized.contains(&m.layer.0))
+        .collect();
     let absent: Vec<Digest> = blobs
         .keys()
         .filter(|d| !contents.blobs.contains(*d))
         .cloned()
         .collect();
+    // Blobs needed here (in the staging layout) to rebuild others: patch
+    // bases, and the stubs and blocks of materialized layers.
+    let mut inputs: BTreeMap<Digest, u64> = BTreeMap::new();
+    for d in &absent {
+        if let Some(p) = patches.get(d) {
+            inputs.insert(p.base.clone(), p.base_size);
+        } else if let Some(m) = made.iter().find(|m| &m.layer.0 == d) {
+            inputs.insert(m.stub.0.clone(), m.stub.1);
+            inputs.extend(m.declared.iter().map(|(b, (_, s))| (b.clone(), *s)));
+        }
+    }
     let mut asked: Vec<Digest> = absent.clone();
-    asked.extend(patches.values().map(|p| p.base.clone()));
+    asked.extend(inputs.keys().cloned());
     let in_dest = dest_has(&ImageRef::parse(&args.into)?, &options, &asked)?;
+    let rebuilt = |d: &Digest| patches.contains_key(d) || made.iter().any(|m| &m.layer.0 == d);
+    let available = |d: &Digest| {
+        contents.blobs.contains(d)
+            || old_blobs.contains_key(d)
+            || in_dest.contains(d)
+            || patches.contains_key(d)
+    };
     let mut missing = Vec::new();
     for d in &absent {
-        let ok = match patches.get(d) {
-            Some(p) => old_blobs.contains_key(&p.base) || in_dest.contains(&p.base),
-            None => old_blobs.contains_key(d) || in_dest.contains(d),
-        };
-        if !ok {
-            missing.push(match patches.get(d) {
-                Some(p) => format!("{d} (its patch's base {})", p.base),
-                None => d.to_string(),
-            });
+        if let Some(p) = patches.get(d) {
+            if !available(&p.base) {
+                missing.push(format!("{d} (its patch's base {})", p.base));
+            }
+        } else if let Some(m) = made.iter().find(|m| &m.layer.0 == d) {
+            let lacking: Vec<&Digest> = std::iter::once(&m.stub.0)
+                .chain(m.declared.keys())
+                .filter(|b| !available(b))
+                .collect();
+            if !lacking.is_empty() {
+                missing.push(format!(
+                    "{d} (materialized from blobs that are missing: {})",
+                    lacking
+                        .iter()
+                        .map(|b| b.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        } else if !old_blobs.contains_key(d) && !in_dest.contains(d) {
+            missing.push(d.to_string());
         }
     }
     if !missing.is_empty() {
@@ -415,17 +491,23 @@ pub fn run_load(args: LoadArgs) -> Result<ExitCode> {
                 .join(", ")
         );
     }
-    // Bases and the other blobs DEST lacks, from OLD, verified.
-    let from_old: Vec<(Digest, u64)> = absent
-        .iter()
-        .filter_map(|d| match patches.get(d) {
-            Some(p) if !in_dest.contains(&p.base) => Some((p.base.clone(), p.base_size)),
-            Some(_) => None,
-            None if !in_dest.contains(d) => Some((d.clone(), blobs[d])),
-            None => None,
-        })
+    // Into the staging layout: the inputs it lacks, and the blobs DEST lacks
+    // that are neither carried nor rebuilt; from OLD where it has them, else
+    // from DEST.
+    let mut wanted: BTreeMap<Digest, u64> = inputs
+        .into_iter()
+        .filter(|(d, _)| !patches.contains_key(d))
         .collect();
-    if let Some(o) = &old {
+    for d in &absent {
+        if !rebuilt(d) && !in_dest.contains(d) {
+            wanted.insert(d.clone(), blobs[d]);
+        }
+    }
+    let (from_old, from_dest): (Blobs, Blobs) = wanted
+        .into_iter()
+        .filter(|(d, _)| !staged.has_blob(d))
+        .partition(|(d, _)| old_blobs.contains_key(d));
+    if let (Some(o), false) = (&old, from_old.is_empty()) {
         runtime()?.block_on(oci_blocks_client::copy::fetch_blobs(
             &o.reference,
             &o.options,
@@ -434,18 +516,12 @@ pub fn run_load(args: LoadArgs) -> Result<ExitCode> {
             options.jobs,
         ))?;
     }
-    // Bases DEST holds (and OLD does not give) are read from DEST.
-    let dest_bases: Vec<(Digest, u64)> = patches
-        .values()
-        .filter(|p| !staged.has_blob(&p.base))
-        .map(|p| (p.base.clone(), p.base_size))
-        .collect();
-    if !dest_bases.is_empty() {
+    if !from_dest.is_empty() {
         let dest_ref = ImageRef::parse(&args.into)?;
         runtime()?.block_on(oci_blocks_client::copy::fetch_blobs(
             &dest_ref,
             &options.dest,
-            &dest_bases,
+            &from_dest,
             &staged,
             options.jobs,
         ))?;
@@ -464,6 +540,17 @@ pub fn run_load(args: LoadArgs) -> Result<ExitCode> {
                     p.digest, p.target
                 )
             })?;
+    }
+    for m in made.iter().filter(|m| !in_dest.contains(&m.layer.0)) {
+        let writer = staged.blob_writer_for(m.layer.0.algorithm())?;
+        let writer = crate::delta::materialize(m, &staged, writer)
+            .with_context(|| format!("{file}: materializing layer {}", m.layer.0))?;
+        writer.commit_verified(&m.layer.0, m.layer.1).with_context(|| {
+            format!(
+                "{file}: materializing stub layer {} did not give layer {}; this version of oci-blocks writes it otherwise, so the bundle needs the layer itself",
+                m.stub.0, m.layer.0
+            )
+        })?;
     }
     let dest = match ImageRef::parse(&args.into)? {
         ImageRef::Layout(mut r) => {
@@ -485,7 +572,7 @@ pub fn run_load(args: LoadArgs) -> Result<ExitCode> {
         into: dest.to_string(),
         digest: copy.digest.clone(),
         blobs_from_bundle: contents.blobs.len(),
-        blobs_rebuilt: patches.len(),
+        blobs_rebuilt: patches.len() + made.len(),
         blobs_from_old: from_old.len(),
         blobs_in_dest: copy.blobs_skipped,
     };

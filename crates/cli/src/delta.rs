@@ -389,6 +389,7 @@ pub fn make(
                     base_size: base.size,
                     target: target.digest.clone(),
                     target_size: target.size,
+                    recompress: None,
                 }))
             })
             .collect()
@@ -539,4 +540,310 @@ fn count_lacking(old: &Image, new: &Image) -> Result<usize> {
         }
     }
     Ok(lacking.len())
+}
+
+/// Recompression patches for the gzip layers of one plain manifest of NEW
+/// (a legacy variant) against the layers of OLD's plain manifest for the
+/// same platform, layer by layer (`spec/deltas.md`, "Patches for gzip
+/// layers").
+pub struct LayerPlan {
+    /// NEW's plain manifest.
+    pub subject: Subject,
+    /// OLD's plain manifest.
+    pub from: Digest,
+    /// (target, base) layers, each (digest, size).
+    pub pairs: Vec<((Digest, u64), (Digest, u64))>,
+}
+
+/// The plain (not blocks, not anchor) manifests of an image, with the
+/// platform of their index entry.
+/// A plain manifest: digest, size, document, its index entry's platform.
+type Plain = (Digest, u64, Value, Option<Value>);
+
+fn plain_manifests(image: &Image) -> Result<Vec<Plain>> {
+    let entries = image.entries()?;
+    let mut out = Vec::new();
+    let candidates: Vec<(Digest, u64, Option<Value>)> = if entries.is_empty() {
+        vec![(image.top.clone(), image.top_size, None)]
+    } else {
+        entries
+            .iter()
+            .filter(|e| oci_blocks_core::validate::variant_of(e).is_none())
+            .filter_map(|e| {
+                Some((
+                    Digest::parse(e.get("digest")?.as_str()?).ok()?,
+                    e.get("size")?.as_u64()?,
+                    e.get("platform").cloned(),
+                ))
+            })
+            .collect()
+    };
+    for (d, size, platform) in candidates {
+        let (_, m) = image.doc(&d, Some(size))?;
+        if m.get("layers").is_some() && m.get("blocks").is_none() {
+            out.push((d, size, m, platform));
+        }
+    }
+    Ok(out)
+}
+
+/// Pairs NEW's plain manifests with OLD's of the same platform, and their
+/// gzip layers by position, for the layers OLD lacks.
+pub fn plan_layers(old: &Image, new: &Image, max_size: u64) -> Result<Vec<LayerPlan>> {
+    let held: BTreeSet<Digest> = old.closure()?.into_keys().collect();
+    let old_plain = plain_manifests(old)?;
+    let gzip = |l: &Value| -> Option<(Digest, u64)> {
+        let t = l.get("mediaType")?.as_str()?;
+        (oci_blocks_core::names::tar_compression(t)
+            == Some(oci_blocks_core::names::Compression::Gzip))
+        .then_some(())?;
+        Some((
+            Digest::parse(l.get("digest")?.as_str()?).ok()?,
+            l.get("size")?.as_u64()?,
+        ))
+    };
+    let mut out = Vec::new();
+    for (digest, size, manifest, platform) in plain_manifests(new)? {
+        let Some((from, _, old_manifest, _)) = old_plain.iter().find(|(_, _, _, p)| *p == platform)
+        else {
+            continue;
+        };
+        let (new_layers, old_layers) = (
+            manifest["layers"].as_array().cloned().unwrap_or_default(),
+            old_manifest["layers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let pairs = new_layers
+            .iter()
+            .zip(old_layers.iter())
+            .filter_map(|(n, o)| Some((gzip(n)?, gzip(o)?)))
+            .filter(|((t, ts), (_, bs))| !held.contains(t) && *ts <= max_size && *bs <= max_size)
+            .collect::<Vec<_>>();
+        if !pairs.is_empty() {
+            out.push(LayerPlan {
+                subject: Subject {
+                    media_type: OCI_MANIFEST.to_string(),
+                    digest,
+                    size,
+                },
+                from: from.clone(),
+                pairs,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Makes the recompression patches of `planned` into `out`, keeping those
+/// whose target recompresses exactly and that are worth shipping.
+pub fn make_layers(
+    planned: &[LayerPlan],
+    old_blobs: &OciDir,
+    new_blobs: &OciDir,
+    out: &OciDir,
+    scratch: &std::path::Path,
+    making: &Making,
+) -> Result<Vec<Artifact>> {
+    let jobs = making
+        .patch_jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs.max(1))
+        .build()
+        .context("a thread pool for patches")?;
+    let level = making.level;
+    let limit = making.delta_max_size;
+    type Pair<'a> = (&'a Subject, &'a Digest, (Digest, u64), (Digest, u64));
+    let pairs: Vec<Pair> = planned
+        .iter()
+        .flat_map(|p| {
+            p.pairs
+                .iter()
+                .map(move |(t, b)| (&p.subject, &p.from, t.clone(), b.clone()))
+        })
+        .collect();
+    let made: Vec<Result<Option<(usize, Patch)>>> = pool.install(|| {
+        pairs
+            .par_iter()
+            .enumerate()
+            .map(
+                |(i, (_, _, (t, ts), (b, bs)))| -> Result<Option<(usize, Patch)>> {
+                    let base = old_blobs
+                        .read_blob(b, Some(*bs), *bs)
+                        .with_context(|| format!("reading layer {b}"))?;
+                    let target = new_blobs.open_blob(t, Some(*ts))?;
+                    let mut writer = out.blob_writer()?;
+                    let recompress = delta::make_recompressed(
+                        &base,
+                        target,
+                        t,
+                        level,
+                        limit,
+                        scratch,
+                        &mut writer,
+                    )
+                    .with_context(|| format!("making the patch for layer {t}"))?;
+                    let Some(recompress) = recompress else {
+                        tracing::info!(
+                            "layer {t}: recompressing does not reproduce it; it travels whole"
+                        );
+                        return Ok(None);
+                    };
+                    if !worth_it(writer.size(), *ts) {
+                        return Ok(None);
+                    }
+                    let (digest, size) = writer.commit()?;
+                    Ok(Some((
+                        i,
+                        Patch {
+                            digest,
+                            size,
+                            base: b.clone(),
+                            base_size: *bs,
+                            target: t.clone(),
+                            target_size: *ts,
+                            recompress: Some(recompress),
+                        },
+                    )))
+                },
+            )
+            .collect()
+    });
+    let mut artifacts: Vec<Artifact> = Vec::new();
+    for m in made {
+        let Some((i, patch)) = m? else { continue };
+        let (subject, from, _, _) = &pairs[i];
+        match artifacts.iter_mut().find(|a| &a.subject == *subject) {
+            Some(a) if !a.patches.iter().any(|p| p.target == patch.target) => a.patches.push(patch),
+            Some(_) => {}
+            None => artifacts.push(Artifact {
+                subject: (*subject).clone(),
+                from: (*from).clone(),
+                patches: vec![patch],
+            }),
+        }
+    }
+    Ok(artifacts)
+}
+
+/// A legacy layer that is the materialization of a stub layer of its blocks
+/// manifest (`spec/fallback.md`, "One view"): what a bundle's loader can
+/// make again instead of carrying it.
+#[derive(Clone, Debug)]
+pub struct Materialization {
+    /// The legacy layer.
+    pub layer: (Digest, u64),
+    /// The stub layer at the same position of the blocks manifest: digest,
+    /// size, media type.
+    pub stub: (Digest, u64, String),
+    /// The blocks manifest's blocks: digest to (media type, size).
+    pub declared: std::collections::HashMap<Digest, (String, u64)>,
+}
+
+/// Every legacy layer of `image` bound, position by position, to a stub
+/// layer of its blocks manifest.
+pub fn materializations(image: &Image) -> Result<Vec<Materialization>> {
+    let mut out = Vec::new();
+    for b in image.blocks_manifests()? {
+        let Some(legacy) = b.value["annotations"][oci_blocks_core::names::ANNOTATION_LEGACY]
+            .as_str()
+            .and_then(|d| Digest::parse(d).ok())
+        else {
+            continue;
+        };
+        let Ok((_, legacy_doc)) = image.doc(&legacy, None) else {
+            continue;
+        };
+        let declared: std::collections::HashMap<Digest, (String, u64)> =
+            BlockInfo::of_manifest(&b.value)
+                .into_iter()
+                .map(|i| (i.digest, (i.media_type, i.size)))
+                .collect();
+        let descriptor = |l: &Value| -> Option<(Digest, u64, String)> {
+            Some((
+                Digest::parse(l.get("digest")?.as_str()?).ok()?,
+                l.get("size")?.as_u64()?,
+                l.get("mediaType")?.as_str()?.to_string(),
+            ))
+        };
+        let stubs = b.value["layers"].as_array().cloned().unwrap_or_default();
+        let layers = legacy_doc["layers"].as_array().cloned().unwrap_or_default();
+        if stubs.len() != layers.len() {
+            continue;
+        }
+        for (s, l) in stubs.iter().zip(layers.iter()) {
+            let (Some(stub), Some(layer)) = (descriptor(s), descriptor(l)) else {
+                continue;
+            };
+            let gzip = oci_blocks_core::names::tar_compression(&layer.2)
+                == Some(oci_blocks_core::names::Compression::Gzip);
+            if stub.0 != layer.0 && gzip && oci_blocks_core::names::is_import_layer(&stub.2) {
+                out.push(Materialization {
+                    layer: (layer.0, layer.1),
+                    stub,
+                    declared: declared.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Materializes `m` from the stub layer and blocks in `dir`, into `out`.
+pub fn materialize<W: std::io::Write>(m: &Materialization, dir: &OciDir, out: W) -> Result<W> {
+    let mut stub = dir.open_blob(&m.stub.0, Some(m.stub.1))?;
+    let mut blocks = oci_blocks_core::expand::LayoutBlocks::new(dir, m.declared.clone());
+    let (_, out) = oci_blocks_core::expand::write_materialized_gzip(
+        &mut stub,
+        &m.stub.2,
+        &mut blocks,
+        out,
+        &format!("stub layer {}", m.stub.0),
+    )?;
+    Ok(out)
+}
+
+/// The legacy layers of `new` that `have` lacks and that materializing
+/// their stub layer gives back exactly: a bundle leaves them out. Reads the
+/// stubs and blocks from `new`'s layout, or fetches them into `scratch`.
+pub fn verified_materializations(
+    new: &Image,
+    have: &BTreeSet<Digest>,
+    scratch: &OciDir,
+    jobs: usize,
+) -> Result<Vec<Materialization>> {
+    let candidates: Vec<Materialization> = materializations(new)?
+        .into_iter()
+        .filter(|m| !have.contains(&m.layer.0))
+        .collect();
+    if candidates.is_empty() {
+        return Ok(candidates);
+    }
+    let mut needed: BTreeMap<Digest, u64> = BTreeMap::new();
+    for m in &candidates {
+        needed.insert(m.stub.0.clone(), m.stub.1);
+        needed.extend(m.declared.iter().map(|(d, (_, s))| (d.clone(), *s)));
+    }
+    let needed: Vec<(Digest, u64)> = needed.into_iter().collect();
+    let dir = new.blobs_in(&needed, scratch, jobs)?;
+    let checked: Vec<Result<Option<Materialization>>> = candidates
+        .par_iter()
+        .map(|m| {
+            let hasher = oci_blocks_core::digest::Hasher::new(m.layer.0.algorithm());
+            let hasher = materialize(m, dir, hasher)?;
+            Ok((hasher.finish() == m.layer.0).then(|| m.clone()))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for c in checked {
+        match c? {
+            Some(m) => out.push(m),
+            None => tracing::info!(
+                "a legacy layer is not its stub's materialization as this version writes it; it travels whole"
+            ),
+        }
+    }
+    Ok(out)
 }

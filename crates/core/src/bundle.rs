@@ -18,7 +18,8 @@ use serde_json::Value;
 use crate::digest::Digest;
 use crate::layout::OciDir;
 use crate::names::{
-    ANNOTATION_BUNDLE_SINCE, ANNOTATION_REF_NAME, DELTA_ARTIFACT_TYPE, MAX_MANIFEST_SIZE,
+    ANNOTATION_BUNDLE_MATERIALIZED, ANNOTATION_BUNDLE_SINCE, ANNOTATION_REF_NAME,
+    DELTA_ARTIFACT_TYPE, MAX_MANIFEST_SIZE,
 };
 use crate::{Error, Result};
 
@@ -88,6 +89,8 @@ pub struct Contents {
     pub artifacts: Vec<(Digest, u64)>,
     /// The image whose blobs it leaves out, when made since one.
     pub since: Option<Digest>,
+    /// The legacy layers it leaves out for its loader to materialize.
+    pub materialized: Vec<Digest>,
     /// The blobs it holds.
     pub blobs: HashSet<Digest>,
 }
@@ -252,11 +255,18 @@ fn parse_index(bytes: &[u8], blobs: HashSet<Digest>) -> std::result::Result<Cont
         Some(s) => Some(Digest::parse(s).map_err(|e| e.to_string())?),
         None => None,
     };
+    let materialized = index["annotations"][ANNOTATION_BUNDLE_MATERIALIZED]
+        .as_str()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|d| Digest::parse(d).map_err(|e| format!("{ANNOTATION_BUNDLE_MATERIALIZED}: {e}")))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(Contents {
         tag,
         top,
         artifacts,
         since,
+        materialized,
         blobs,
     })
 }

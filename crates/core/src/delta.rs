@@ -18,9 +18,11 @@ use serde_json::{Value, json};
 
 use crate::digest::Digest;
 use crate::names::{
-    ANNOTATION_DELTA_BASE, ANNOTATION_DELTA_BASE_SIZE, ANNOTATION_DELTA_FROM,
-    ANNOTATION_DELTA_TARGET, ANNOTATION_DELTA_TARGET_SIZE, DELTA_ARTIFACT_TYPE, DELTA_PATCH,
-    OCI_EMPTY, OCI_EMPTY_DIGEST, OCI_EMPTY_SIZE, OCI_MANIFEST, component_of,
+    ANNOTATION_DELTA_BASE, ANNOTATION_DELTA_BASE_RAW_SIZE, ANNOTATION_DELTA_BASE_SIZE,
+    ANNOTATION_DELTA_FROM, ANNOTATION_DELTA_RECOMPRESS, ANNOTATION_DELTA_TARGET,
+    ANNOTATION_DELTA_TARGET_RAW_SIZE, ANNOTATION_DELTA_TARGET_SIZE, DELTA_ARTIFACT_TYPE,
+    DELTA_PATCH, OCI_EMPTY, OCI_EMPTY_DIGEST, OCI_EMPTY_SIZE, OCI_MANIFEST, RECOMPRESS_GZIP,
+    component_of,
 };
 use crate::{Error, Result};
 
@@ -104,9 +106,89 @@ pub struct Patch {
     pub target: Digest,
     /// That block's size.
     pub target_size: u64,
+    /// For gzip layers: the patch is between their uncompressed contents,
+    /// and the target is recompressed after it is applied.
+    pub recompress: Option<Recompress>,
+}
+
+/// The uncompressed sizes of a recompression patch's base and target
+/// (`spec/deltas.md`, "Patches for gzip layers").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recompress {
+    /// The base's uncompressed size.
+    pub base_raw_size: u64,
+    /// The target's uncompressed size.
+    pub target_raw_size: u64,
+}
+
+/// Decompresses a gzip blob, refusing more than `limit` bytes of output.
+fn gunzip(blob: impl Read, limit: u64, out: &mut impl Write) -> io::Result<u64> {
+    let mut decoder = flate2::read::MultiGzDecoder::new(blob).take(limit + 1);
+    let n = io::copy(&mut decoder, out)?;
+    if n > limit {
+        return Err(io::Error::other(format!(
+            "decompresses to more than {limit} bytes"
+        )));
+    }
+    Ok(n)
+}
+
+/// Makes a recompression patch for the gzip layer `target` (its blob read
+/// from `target_blob`, `digest`) against the gzip layer `base`: between
+/// their uncompressed contents, but only when recompressing the target's
+/// contents with [`crate::gzip::ParallelGz::for_layers`] gives back its
+/// digest exactly; otherwise `None`, and the layer must travel whole. The
+/// uncompressed target is staged in `scratch`; neither side may decompress
+/// to more than `limit` bytes.
+pub fn make_recompressed(
+    base: &[u8],
+    target_blob: impl Read,
+    digest: &Digest,
+    level: i32,
+    limit: u64,
+    scratch: &std::path::Path,
+    out: impl Write,
+) -> io::Result<Option<Recompress>> {
+    let mut base_raw = Vec::new();
+    gunzip(base, limit, &mut base_raw)?;
+    let mut staged = tempfile::tempfile_in(scratch)?;
+    let target_raw_size = gunzip(
+        io::BufReader::new(target_blob),
+        limit,
+        &mut io::BufWriter::new(&mut staged),
+    )?;
+    io::Seek::rewind(&mut staged)?;
+    let mut hasher = crate::digest::Hasher::new(digest.algorithm());
+    let mut gz = crate::gzip::ParallelGz::for_layers(&mut hasher)?;
+    io::copy(&mut io::BufReader::new(&staged), &mut gz)?;
+    gz.finish()?;
+    if &hasher.finish() != digest {
+        return Ok(None);
+    }
+    io::Seek::rewind(&mut staged)?;
+    make(
+        &base_raw,
+        io::BufReader::new(&staged),
+        target_raw_size,
+        level,
+        out,
+    )?;
+    Ok(Some(Recompress {
+        base_raw_size: base_raw.len() as u64,
+        target_raw_size,
+    }))
 }
 
 impl Patch {
+    /// The sizes the zstd frame is between: the blobs', or for a
+    /// recompression patch their uncompressed contents'.
+    fn frame_sizes(&self) -> (u64, u64) {
+        match self.recompress {
+            Some(r) => (r.base_raw_size, r.target_raw_size),
+            None => (self.base_size, self.target_size),
+        }
+    }
+
     fn error(&self, reason: impl Into<String>) -> Error {
         Error::Patch {
             what: format!("patch {} for block {}", self.digest, self.target),
@@ -118,11 +200,11 @@ impl Patch {
     /// declared sizes: one zstd frame that declares the target's size. Run
     /// before anything is decoded.
     pub fn check_header(&self, head: &[u8]) -> Result<()> {
+        let (_, target_size) = self.frame_sizes();
         match zstd::zstd_safe::get_frame_content_size(head) {
-            Ok(Some(n)) if n == self.target_size => Ok(()),
+            Ok(Some(n)) if n == target_size => Ok(()),
             Ok(Some(n)) => Err(self.error(format!(
-                "its frame declares {n} bytes, the artifact {} bytes",
-                self.target_size
+                "its frame declares {n} bytes, the artifact {target_size} bytes"
             ))),
             Ok(None) => Err(self.error("its frame does not declare the size it rebuilds")),
             Err(_) => Err(self.error("not a zstd frame")),
@@ -130,10 +212,13 @@ impl Patch {
     }
 
     /// Applies the patch (read from `patch`, at most [`Patch::size`] bytes)
-    /// to `base`, writing the rebuilt block to `out`; its size is checked
-    /// here, its digest by the caller. The window is bounded by the declared
-    /// sizes, so a patch that asks for more is refused, not obeyed.
-    pub fn apply(&self, base: &[u8], patch: impl Read, out: impl Write) -> Result<u64> {
+    /// to the base blob `base`, writing the rebuilt blob to `out`; the
+    /// frame's output size is checked here, the blob's digest by the
+    /// caller. The window is bounded by the declared sizes, so a patch that
+    /// asks for more is refused, not obeyed. A recompression patch is
+    /// applied to the base's uncompressed contents and its output
+    /// recompressed.
+    pub fn apply(&self, base: &[u8], patch: impl Read, out: impl Write) -> Result<()> {
         if base.len() as u64 != self.base_size {
             return Err(self.error(format!(
                 "its base {} is {} bytes, the artifact says {}",
@@ -142,35 +227,68 @@ impl Patch {
                 self.base_size
             )));
         }
-        if !fits_window(self.base_size, self.target_size) {
+        let (base_size, target_size) = self.frame_sizes();
+        if !fits_window(base_size, target_size) {
             return Err(self.error(format!(
                 "base and target need a window larger than 2^{MAX_WINDOW_LOG} bytes"
             )));
         }
+        let raw;
+        let prefix = match self.recompress {
+            None => base,
+            Some(_) => {
+                let mut bytes = Vec::new();
+                let n = gunzip(base, base_size, &mut bytes)
+                    .map_err(|e| self.error(format!("its base {}: {e}", self.base)))?;
+                if n != base_size {
+                    return Err(self.error(format!(
+                        "its base {} decompresses to {n} bytes, the artifact says {base_size}",
+                        self.base
+                    )));
+                }
+                raw = bytes;
+                &raw[..]
+            }
+        };
         let mut reader = io::BufReader::new(patch.take(self.size));
         let head = reader.fill_buf().map_err(|e| self.error(e.to_string()))?;
         self.check_header(head)?;
-        let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(reader, base)
+        let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(reader, prefix)
             .map_err(|e| self.error(zstd_error(e)))?
             .single_frame();
         decoder
-            .window_log_max(window_log(self.base_size, self.target_size))
+            .window_log_max(window_log(base_size, target_size))
             .map_err(|e| self.error(zstd_error(e)))?;
-        let mut out = CountingWriter { inner: out, n: 0 };
         // One byte past the declared size shows a patch that rebuilds more.
-        let mut bounded = (&mut decoder).take(self.target_size + 1);
-        io::copy(&mut bounded, &mut out).map_err(|e| self.error(zstd_error(e)))?;
-        if out.n != self.target_size {
+        let mut bounded = (&mut decoder).take(target_size + 1);
+        let n = match self.recompress {
+            None => {
+                let mut out = CountingWriter { inner: out, n: 0 };
+                io::copy(&mut bounded, &mut out).map_err(|e| self.error(zstd_error(e)))?;
+                out.n
+            }
+            Some(_) => {
+                let gz = crate::gzip::ParallelGz::for_layers(out)
+                    .map_err(|e| self.error(e.to_string()))?;
+                let mut counted = CountingWriter { inner: gz, n: 0 };
+                io::copy(&mut bounded, &mut counted).map_err(|e| self.error(zstd_error(e)))?;
+                counted
+                    .inner
+                    .finish()
+                    .map_err(|e| self.error(e.to_string()))?;
+                counted.n
+            }
+        };
+        if n != target_size {
             return Err(self.error(format!(
-                "it rebuilt {} bytes, the artifact says {}",
-                out.n, self.target_size
+                "it rebuilt {n} bytes, the artifact says {target_size}"
             )));
         }
-        Ok(out.n)
+        Ok(())
     }
 
     fn to_json(&self) -> Value {
-        json!({
+        let mut value = json!({
             "mediaType": DELTA_PATCH,
             "digest": self.digest.as_str(),
             "size": self.size,
@@ -180,7 +298,14 @@ impl Patch {
                 ANNOTATION_DELTA_TARGET: self.target.as_str(),
                 ANNOTATION_DELTA_TARGET_SIZE: self.target_size.to_string(),
             },
-        })
+        });
+        if let Some(r) = self.recompress {
+            let a = &mut value["annotations"];
+            a[ANNOTATION_DELTA_RECOMPRESS] = json!(RECOMPRESS_GZIP);
+            a[ANNOTATION_DELTA_BASE_RAW_SIZE] = json!(r.base_raw_size.to_string());
+            a[ANNOTATION_DELTA_TARGET_RAW_SIZE] = json!(r.target_raw_size.to_string());
+        }
+        value
     }
 }
 
@@ -294,6 +419,13 @@ impl Artifact {
                 base_size: number(layer, &key(ANNOTATION_DELTA_BASE_SIZE))?,
                 target: Digest::parse(&text(layer, &key(ANNOTATION_DELTA_TARGET))?)?,
                 target_size: number(layer, &key(ANNOTATION_DELTA_TARGET_SIZE))?,
+                recompress: match layer.pointer(&key(ANNOTATION_DELTA_RECOMPRESS)) {
+                    None => None,
+                    Some(_) => Some(Recompress {
+                        base_raw_size: number(layer, &key(ANNOTATION_DELTA_BASE_RAW_SIZE))?,
+                        target_raw_size: number(layer, &key(ANNOTATION_DELTA_TARGET_RAW_SIZE))?,
+                    }),
+                },
             });
         }
         Ok(Artifact {
@@ -394,6 +526,7 @@ mod tests {
             base_size: base.len() as u64,
             target: Digest::sha256(target),
             target_size: target.len() as u64,
+            recompress: None,
         };
         (patch, bytes)
     }
@@ -493,11 +626,85 @@ mod tests {
             base_size: 1024,
             target: Digest::sha256(&target),
             target_size: target.len() as u64,
+            recompress: None,
         };
         let err = patch
             .apply(&base[..1024], &bytes[..], &mut Vec::new())
             .expect_err("window");
         assert!(err.to_string().contains(patch.target.as_str()), "{err}");
+    }
+
+    #[test]
+    fn a_gzip_layer_is_patched_between_its_contents_and_recompressed_exactly() {
+        let gz = |raw: &[u8]| {
+            let mut out = Vec::new();
+            let mut w = crate::gzip::ParallelGz::for_layers(&mut out).expect("gz");
+            w.write_all(raw).expect("write");
+            w.finish().expect("finish");
+            out
+        };
+        // Text that deflate shrinks, so the gzip streams differ from the
+        // first change on while the contents differ in a few places.
+        let text: Vec<u8> = (0..60_000u32)
+            .flat_map(|i| format!("line {i} of a layer\n").into_bytes())
+            .collect();
+        let mut changed = text.clone();
+        changed[400_000..400_010].copy_from_slice(b"0123456789");
+        let (base, target) = (gz(&text), gz(&changed));
+        let digest = Digest::sha256(&target);
+        let dir = tempfile::tempdir().expect("dir");
+        let mut bytes = Vec::new();
+        let r = make_recompressed(
+            &base,
+            &target[..],
+            &digest,
+            3,
+            1 << 30,
+            dir.path(),
+            &mut bytes,
+        )
+        .expect("patch")
+        .expect("our own gzip recompresses exactly");
+        assert!(bytes.len() < target.len() / 20, "{} bytes", bytes.len());
+        let patch = Patch {
+            digest: Digest::sha256(&bytes),
+            size: bytes.len() as u64,
+            base: Digest::sha256(&base),
+            base_size: base.len() as u64,
+            target: digest.clone(),
+            target_size: target.len() as u64,
+            recompress: Some(r),
+        };
+        let mut out = Vec::new();
+        patch.apply(&base, &bytes[..], &mut out).expect("apply");
+        assert_eq!(out, target);
+        // Another encoder's stream is not reproduced: no patch.
+        let mut other = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(9));
+        other.write_all(&changed).expect("write");
+        let other = other.finish().expect("finish");
+        let none = make_recompressed(
+            &base,
+            &other[..],
+            &Digest::sha256(&other),
+            3,
+            1 << 30,
+            dir.path(),
+            &mut Vec::new(),
+        )
+        .expect("runs");
+        assert_eq!(none, None);
+        // A base that decompresses past the limit is refused.
+        let err = make_recompressed(
+            &base,
+            &target[..],
+            &digest,
+            3,
+            1000,
+            dir.path(),
+            &mut Vec::new(),
+        )
+        .expect_err("limit");
+        assert!(err.to_string().contains("1000"), "{err}");
     }
 
     #[test]
@@ -517,6 +724,10 @@ mod tests {
                 base_size: 100,
                 target: d("t"),
                 target_size: 120,
+                recompress: Some(Recompress {
+                    base_raw_size: 300,
+                    target_raw_size: 310,
+                }),
             }],
         };
         let bytes = artifact.to_bytes();

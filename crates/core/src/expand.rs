@@ -301,6 +301,36 @@ impl ImportBudget {
     }
 }
 
+/// The layer a legacy manifest carries for the stub layer `stub` (its blob,
+/// of `media_type`), as this project writes it: the materialization,
+/// compressed with [`crate::gzip::ParallelGz::for_layers`], written to
+/// `out`. Returns the materialization's diff ID and `out`. The builder's
+/// legacy layers are made by it, so an offline bundle can leave them out
+/// and its loader make them again (`spec/deltas.md`).
+pub fn write_materialized_gzip<W: Write>(
+    stub: &mut crate::digest::VerifyingReader<File>,
+    media_type: &str,
+    blocks: &mut dyn BlockContent,
+    out: W,
+    subject: &str,
+) -> Result<(Digest, W)> {
+    let mut decoded = decompressed_layer(stub, media_type)?;
+    let gz = crate::gzip::ParallelGz::for_layers(out).map_err(|e| Error::io(subject, e))?;
+    let mut hashing = HashingWriter::new(gz);
+    expand(
+        &mut decoded,
+        blocks,
+        &mut hashing,
+        subject,
+        &Limits::default(),
+        &mut ImportBudget::default(),
+    )?;
+    drop(decoded);
+    let (diff_id, gz) = hashing.finish();
+    let out = gz.finish().map_err(|e| Error::io(subject, e))?;
+    Ok((diff_id, out))
+}
+
 /// The diff ID of a stub layer's materialization.
 pub fn expanded_diff_id(
     stub: impl Read,

@@ -64,12 +64,29 @@ pub const ANNOTATION_DELTA_BASE_SIZE: &str = "io.oci-blocks.delta.base.size";
 pub const ANNOTATION_DELTA_TARGET: &str = "io.oci-blocks.delta.target.digest";
 /// Patch annotation: the size of that block, in decimal.
 pub const ANNOTATION_DELTA_TARGET_SIZE: &str = "io.oci-blocks.delta.target.size";
+/// Patch annotation: the patch is between the uncompressed contents of a
+/// base and target gzip layer, and the target is their recompression with
+/// the encoder this value names ([`RECOMPRESS_GZIP`]).
+pub const ANNOTATION_DELTA_RECOMPRESS: &str = "io.oci-blocks.delta.recompress";
+/// Patch annotation, with [`ANNOTATION_DELTA_RECOMPRESS`]: the base's
+/// uncompressed size, in decimal.
+pub const ANNOTATION_DELTA_BASE_RAW_SIZE: &str = "io.oci-blocks.delta.base.uncompressed-size";
+/// Patch annotation, with [`ANNOTATION_DELTA_RECOMPRESS`]: the target's
+/// uncompressed size, in decimal.
+pub const ANNOTATION_DELTA_TARGET_RAW_SIZE: &str = "io.oci-blocks.delta.target.uncompressed-size";
+/// The one recompression encoder: this project's layer gzip, version 1
+/// ([`crate::gzip::ParallelGz::for_layers`]).
+pub const RECOMPRESS_GZIP: &str = "oci-blocks-gzip-1";
 /// Annotation of a delta artifact: the digest of the manifest whose blocks
 /// are the patches' bases.
 pub const ANNOTATION_DELTA_FROM: &str = "io.oci-blocks.delta.from";
 /// Annotation of an offline bundle's `index.json`: the digest of the image
 /// whose blobs the bundle leaves out (`spec/deltas.md`, "Offline bundles").
 pub const ANNOTATION_BUNDLE_SINCE: &str = "io.oci-blocks.bundle.since";
+/// Annotation of an offline bundle's `index.json`: the legacy layers, by
+/// digest and separated by spaces, that the bundle leaves out because its
+/// loader materializes them from their stub layers (`spec/deltas.md`).
+pub const ANNOTATION_BUNDLE_MATERIALIZED: &str = "io.oci-blocks.bundle.materialized";
 
 /// Annotation on an index entry naming which variant of the image it is.
 pub const ANNOTATION_VARIANT: &str = "io.oci-blocks.variant";

@@ -10,10 +10,9 @@ use std::io::Write;
 use oci_blocks_core::Digest;
 use oci_blocks_core::canonical::CanonicalTar;
 use oci_blocks_core::digest::HashingWriter;
-use oci_blocks_core::expand::{ImportBudget, LayoutBlocks, expand};
+use oci_blocks_core::expand::LayoutBlocks;
 use oci_blocks_core::gzip::ParallelGz;
 use oci_blocks_core::layout::OciDir;
-use oci_blocks_core::limits::Limits;
 
 use crate::input::{Entry, Kind};
 use crate::plan::{self, BlockPlan};
@@ -208,20 +207,13 @@ pub(super) fn write_materialized(
     blocks: &mut LayoutBlocks<'_>,
 ) -> Result<(Digest, u64, Digest)> {
     let mut blob = out.open_blob(stub, Some(size))?;
-    let mut decoded = flate2::read::MultiGzDecoder::new(&mut blob);
-    let gz = ParallelGz::for_layers(out.blob_writer()?).map_err(|e| Error::io(out.root(), e))?;
-    let mut hashing = HashingWriter::new(gz);
-    expand(
-        &mut decoded,
+    let (diff_id, written) = oci_blocks_core::expand::write_materialized_gzip(
+        &mut blob,
+        oci_blocks_core::names::IMPORT_LAYER_TAR_GZIP,
         blocks,
-        &mut hashing,
+        out.blob_writer()?,
         &format!("stub layer {stub}"),
-        &Limits::default(),
-        &mut ImportBudget::default(),
     )?;
-    drop(decoded);
-    let (diff_id, gz) = hashing.finish();
-    let written = gz.finish().map_err(|e| Error::io(out.root(), e))?;
     let (digest, size) = written.commit()?;
     Ok((digest, size, diff_id))
 }
