@@ -481,10 +481,23 @@ impl BlockInfo {
     }
 }
 
+/// The title of a block without any version at its end: the stem up to a
+/// trailing run of digits, dots, `-` and `_` (`py4j0.10.9.7.jar` gives
+/// `py4j`): the second way to find a base, for names that glue the version
+/// on.
+fn bare_title(b: &BlockInfo) -> Option<String> {
+    let title = b.title.as_deref()?;
+    let base = title.rsplit('/').next().unwrap_or(title);
+    let stem = base.strip_suffix(".jar").unwrap_or(base);
+    let bare = stem.trim_end_matches(|c: char| c.is_ascii_digit() || matches!(c, '.' | '-' | '_'));
+    (!bare.is_empty() && bare.len() < stem.len()).then(|| bare.to_string())
+}
+
 /// For each block of `new` that `old` lacks, the block of `old` to patch it
-/// from: one of the same component in the same media type, the one closest in
-/// size. Returned as (index in `new`, index in `old`), in `new`'s order;
-/// blocks without a counterpart, or too large for `max_size`, get none.
+/// from: one of the same component in the same media type, else one whose
+/// title without its trailing version is the same; the one closest in size.
+/// Returned as (index in `new`, index in `old`), in `new`'s order; blocks
+/// without a counterpart, or too large for `max_size`, get none.
 pub fn choose_bases(old: &[BlockInfo], new: &[BlockInfo], max_size: u64) -> Vec<(usize, usize)> {
     let held: std::collections::HashSet<&Digest> = old.iter().map(|b| &b.digest).collect();
     let mut out = Vec::new();
@@ -492,20 +505,25 @@ pub fn choose_bases(old: &[BlockInfo], new: &[BlockInfo], max_size: u64) -> Vec<
         if held.contains(&b.digest) || b.size > max_size {
             continue;
         }
-        let Some(component) = &b.component else {
-            continue;
+        let fits = |o: &&BlockInfo| {
+            o.media_type == b.media_type && o.size <= max_size && fits_window(o.size, b.size)
         };
-        let best = old
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| {
-                o.component.as_ref() == Some(component)
-                    && o.media_type == b.media_type
-                    && o.size <= max_size
-                    && fits_window(o.size, b.size)
-            })
-            .min_by_key(|(_, o)| (o.size.abs_diff(b.size), o.digest.as_str().to_string()));
-        if let Some((j, _)) = best {
+        let closest = |same: &dyn Fn(&BlockInfo) -> bool| {
+            old.iter()
+                .enumerate()
+                .filter(|(_, o)| fits(o) && same(o))
+                .min_by_key(|(_, o)| (o.size.abs_diff(b.size), o.digest.as_str().to_string()))
+                .map(|(j, _)| j)
+        };
+        let by_component = b
+            .component
+            .as_ref()
+            .and_then(|c| closest(&|o: &BlockInfo| o.component.as_ref() == Some(c)));
+        let by_title = || {
+            let bare = bare_title(b)?;
+            closest(&|o: &BlockInfo| bare_title(o).as_ref() == Some(&bare))
+        };
+        if let Some(j) = by_component.or_else(by_title) {
             out.push((i, j));
         }
     }
@@ -763,5 +781,14 @@ mod tests {
         ];
         assert_eq!(choose_bases(&old, &new, u64::MAX), vec![(0, 0), (4, 2)]);
         assert_eq!(choose_bases(&old, &new, 5000), vec![(0, 0)]);
+        // A version glued to the name: found by the title without it.
+        let titled = |name: &str, title: &str| BlockInfo {
+            title: Some(title.to_string()),
+            component: Some(format!("title:{title}")),
+            ..b(name, None, 1000)
+        };
+        let old = vec![titled("p7", "py4j0.10.9.7.jar"), titled("o", "other.jar")];
+        let new = vec![titled("p9", "py4j0.10.9.9.jar"), titled("n", "nothing.jar")];
+        assert_eq!(choose_bases(&old, &new, u64::MAX), vec![(0, 0)]);
     }
 }

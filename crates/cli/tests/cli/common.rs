@@ -280,7 +280,7 @@ pub fn on_path(tool: &str) -> bool {
 }
 
 /// The corpus sets that `benches/corpus/*.sh` make (`java`, `python`,
-/// `python-large`), made once under target/. They need pip, apt-get and the
+/// `python-large`, `pyspark`), made once under target/. They need pip, apt-get and the
 /// network (Debian's and PyPI's packages) the first time, so the tests that
 /// use them are `#[ignore]`d; failing to make one fails the test.
 pub fn corpus(kind: &str) -> Result<PathBuf> {
@@ -291,6 +291,7 @@ pub fn corpus(kind: &str) -> Result<PathBuf> {
     let script = repo().join("benches/corpus").join(match kind {
         "java" => "java-deps.sh",
         "python-large" => "python-large-env.sh",
+        "pyspark" => "pyspark-jars.sh",
         _ => "python-env.sh",
     });
     let out = Command::new("bash").arg(&script).arg(&dir).output()?;

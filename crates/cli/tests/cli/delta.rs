@@ -768,3 +768,157 @@ fn skopeo_reads_a_whole_bundle_as_an_oci_archive() -> Result<()> {
     ensure!(image_blobs(&out, "v2")? == image_blobs(&image, "v2")?);
     Ok(())
 }
+
+/// A corpus set in two versions, each version built the default way (a
+/// fallback index), pushed to `host`, diffed, and pulled through a counting
+/// proxy into a store that holds v1: the blocks rebuilt from patches are v2's
+/// byte for byte, the tree is v2's, and the pull received less than the
+/// blocks v1 lacks. Then the same update as a bundle, loaded onto v1.
+fn corpus_update_with_deltas(kind: &str, host: &str, who: &str) -> Result<()> {
+    let (sub, dest) = match kind {
+        "pyspark" => ("lib", "/opt/spark/jars"),
+        _ => ("site-packages", "/usr/lib/python3/site-packages"),
+    };
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let dir = if kind == "pyspark" {
+        // Spark's own 22 jars (50 MB) of pyspark's 252: the ones a release
+        // rewrites a few classes of.
+        let all = corpus(kind)?;
+        let subset = t.join("jars");
+        for v in ["v1", "v2"] {
+            fs::create_dir_all(subset.join(v).join(sub))?;
+            for e in fs::read_dir(all.join(v).join(sub))? {
+                let e = e?;
+                if e.file_name().to_string_lossy().starts_with("spark-") {
+                    fs::copy(e.path(), subset.join(v).join(sub).join(e.file_name()))?;
+                }
+            }
+        }
+        subset
+    } else {
+        corpus(kind)?
+    };
+    let image = t.join("image");
+    for v in ["v1", "v2"] {
+        build_corpus_version(&dir, v, sub, dest, &format!("oci:{}:{v}", image.display()))?;
+        json_ok(&[
+            "push",
+            "--json",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:{v}", image.display()),
+            &format!("docker://{host}/{kind}:{v}"),
+        ])?;
+    }
+    let made = json_ok(&[
+        "delta",
+        "--json",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--from",
+        &format!("docker://{host}/{kind}:v1"),
+        &format!("docker://{host}/{kind}:v2"),
+    ])?;
+    let patches = made["patches"].as_array().context("patches")?;
+    ensure!(
+        !patches.is_empty(),
+        "{who} {kind}: some block has a patch: {made:#}"
+    );
+    let v1 = blocks_of(&image, "v1")?;
+    let new_blocks: u64 = blocks_of(&image, "v2")?
+        .iter()
+        .filter(|(d, _)| !v1.contains_key(*d))
+        .map(|(_, (s, _))| s)
+        .sum();
+
+    let store = t.join("store");
+    let s = store.to_str().context("utf-8")?;
+    ok(&[
+        "pull",
+        "--tls-verify=false",
+        "--store",
+        s,
+        &format!("docker://{host}/{kind}:v1"),
+    ])?;
+    let (proxy, received) = counting_proxy(host.to_string())?;
+    let rootfs = t.join("rootfs");
+    let report = json_ok(&[
+        "pull",
+        "--json",
+        "--tls-verify=false",
+        "--store",
+        s,
+        "--unpack",
+        rootfs.to_str().context("utf-8")?,
+        &format!("docker://{proxy}/{kind}:v2"),
+    ])?;
+    ensure!(
+        report["blobs_patched"].as_u64() == Some(patches.len() as u64)
+            && report["deltas_failed"] == 0,
+        "{who} {kind}: every patch used: {report:#}"
+    );
+    for p in patches {
+        let target = p["target"].as_str().context("target")?;
+        ensure!(
+            blob(&store.join("images"), target)? == blob(&image, target)?,
+            "{who} {kind}: block {target} rebuilt byte for byte"
+        );
+    }
+    let input = dir.join("v2").join(sub);
+    let expected = expected_tree(&[(input.clone(), dest)], &canonical_pyc_of(&input))?;
+    assert_same(
+        &expected,
+        &tree(&rootfs)?,
+        &format!("{who} {kind}: v2 with deltas"),
+    )?;
+    let moved = received.load(Ordering::SeqCst);
+    ensure!(
+        moved < new_blocks,
+        "{who} {kind}: the pull received {moved} bytes, the blocks v1 lacks are {new_blocks}: {report:#}"
+    );
+
+    let file = t.join("update.tar");
+    ok(&[
+        "bundle",
+        &format!("oci:{}:v2", image.display()),
+        "--since",
+        &format!("oci:{}:v1", image.display()),
+        "--delta",
+        "-o",
+        file.to_str().context("utf-8")?,
+    ])?;
+    let size = fs::metadata(&file)?.len();
+    ensure!(
+        size < new_blocks,
+        "{kind}: a bundle of {size} bytes for {new_blocks} of new blocks"
+    );
+    let site = t.join("site");
+    ok(&[
+        "load",
+        file.to_str().context("utf-8")?,
+        "--onto",
+        &format!("oci:{}:v1", image.display()),
+        "--into",
+        &format!("oci:{}:v2", site.display()),
+    ])?;
+    ensure!(
+        image_blobs(&site, "v2")? == image_blobs(&image, "v2")?,
+        "{kind}: the bundle loads to v2's every blob"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs docker-registry and the corpus (apt-get, pip and the network); .ci/run runs it"]
+fn spark_and_python_updates_travel_as_patches_through_both_registries_and_a_bundle() -> Result<()> {
+    need(&["docker-registry", "curl"])?;
+    let tmp = tempfile::tempdir()?;
+    let ours = our_registry(&tmp.path().join("ours"))?;
+    let distribution = DockerRegistry::start(&tmp.path().join("distribution"))?;
+    let theirs = format!("127.0.0.1:{}", distribution.port);
+    for kind in ["pyspark", "python"] {
+        corpus_update_with_deltas(kind, &ours, "oci-blocks-registry")?;
+        corpus_update_with_deltas(kind, &theirs, "docker-registry")?;
+    }
+    Ok(())
+}
