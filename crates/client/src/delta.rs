@@ -188,7 +188,14 @@ pub(crate) async fn rebuild(src: &End, dest: &OciDir, patch: &Patch) -> Result<u
     let (root, patch) = (dest.root().to_path_buf(), patch.clone());
     tokio::task::spawn_blocking(move || -> Result<()> {
         let layout = OciDir::open(&root)?;
-        let base = layout.read_blob(&patch.base, Some(patch.base_size), patch.base_size)?;
+        // The base is read by its declared size, not hashed again: a base
+        // that is not what its name says cannot rebuild a block with the
+        // target's digest, which is verified below.
+        let path = layout.blob_path(&patch.base);
+        let base = std::fs::read(&path).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e,
+        })?;
         let mut writer = layout.blob_writer_for(patch.target.algorithm())?;
         patch.apply(&base, &bytes[..], &mut writer)?;
         writer.commit_verified(&patch.target, patch.target_size)?;

@@ -922,3 +922,66 @@ fn spark_and_python_updates_travel_as_patches_through_both_registries_and_a_bund
     }
     Ok(())
 }
+
+#[test]
+fn a_bundle_loads_into_a_registry_that_holds_the_earlier_image() -> Result<()> {
+    // The site's registry holds v1; the loader takes the blobs the bundle
+    // leaves out from there (no --onto layout), and pushes v2, tag last.
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let image = t.join("image");
+    let (_, v2) = build_versions(t, &image)?;
+    let host = our_registry(&t.join("registry"))?;
+    json_ok(&[
+        "push",
+        "--json",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", image.display()),
+        &format!("docker://{host}/site/app:v1"),
+    ])?;
+    let file = t.join("update.tar");
+    ok(&[
+        "bundle",
+        &format!("oci:{}:v2", image.display()),
+        "--since",
+        &format!("oci:{}:v1", image.display()),
+        "--delta",
+        "-o",
+        file.to_str().context("utf-8")?,
+    ])?;
+    let site_v1 = format!("docker://{host}/site/app:v1");
+    json_ok(&[
+        "load",
+        "--json",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        file.to_str().context("utf-8")?,
+        "--onto",
+        &site_v1,
+        "--into",
+        &format!("docker://{host}/site/app:v2"),
+    ])?;
+    // What the registry serves as v2 is v2, every blob.
+    let back = t.join("back");
+    json_ok(&[
+        "copy",
+        "--json",
+        "--src-tls-verify=false",
+        &format!("docker://{host}/site/app:v2"),
+        &format!("oci:{}:v2", back.display()),
+    ])?;
+    ensure!(image_blobs(&back, "v2")? == image_blobs(&image, "v2")?);
+    let rootfs = t.join("rootfs");
+    ok(&[
+        "pull",
+        "--tls-verify=false",
+        "--store",
+        t.join("store").to_str().context("utf-8")?,
+        "--unpack",
+        rootfs.to_str().context("utf-8")?,
+        &format!("docker://{host}/site/app:v2"),
+    ])?;
+    let expected = expected_tree(&[(&v2, "/app/lib")], &|_, b| b)?;
+    assert_same(&expected, &tree(&rootfs)?, "v2 loaded into a registry")?;
+    Ok(())
+}
