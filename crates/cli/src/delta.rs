@@ -73,6 +73,16 @@ pub struct BlocksManifest {
     pub platform: Option<Platform>,
 }
 
+impl Default for Making {
+    fn default() -> Self {
+        Making {
+            level: delta::DEFAULT_LEVEL,
+            delta_max_size: oci_blocks_client::copy::DEFAULT_DELTA_MAX_SIZE,
+            patch_jobs: None,
+        }
+    }
+}
+
 /// The documents of an image (index, manifests, configs) in a layout, and
 /// its top descriptor.
 pub struct Image {

@@ -5,6 +5,7 @@
 
 mod build;
 mod bundle;
+mod compare;
 mod delta;
 mod inspect;
 mod output;
@@ -38,6 +39,7 @@ enum Command {
     Delta(Box<delta::Args>),
     Bundle(Box<bundle::BundleArgs>),
     Load(Box<bundle::LoadArgs>),
+    Compare(Box<compare::Args>),
 }
 
 /// Exit status of a run whose input was judged invalid.
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Delta(args) => delta::run(*args),
         Command::Bundle(args) => bundle::run_bundle(*args),
         Command::Load(args) => bundle::run_load(*args),
+        Command::Compare(args) => compare::run(*args),
     };
     match result {
         Ok(code) => code,

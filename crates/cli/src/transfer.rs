@@ -184,7 +184,8 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
-    fn options(&self) -> Result<RegistryOptions> {
+    /// The registry options these flags ask for.
+    pub(crate) fn options(&self) -> Result<RegistryOptions> {
         registry_options(
             self.tls_verify,
             &self.creds,

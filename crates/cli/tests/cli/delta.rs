@@ -66,7 +66,7 @@ fn versions(dir: &Path) -> Result<(PathBuf, PathBuf)> {
 }
 
 /// Builds both versions into `image` (tags v1, v2, with the fallback index).
-fn build_versions(dir: &Path, image: &Path) -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn build_versions(dir: &Path, image: &Path) -> Result<(PathBuf, PathBuf)> {
     let (v1, v2) = versions(dir)?;
     for (v, src) in [("v1", &v1), ("v2", &v2)] {
         ok(&[

@@ -5,6 +5,7 @@
 mod build;
 mod commands;
 mod common;
+mod compare;
 mod delta;
 mod interop;
 mod rechunk;
