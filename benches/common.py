@@ -50,3 +50,38 @@ def debian_base():
                 p = f"{base}/{d}/{e}"
                 shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
     return base
+
+
+def umoci_layout(layout, tmp, steps):
+    """A layout at `layout` with a tag per version of `steps` ({tag: [change,
+    ...]}, each change a function of the unpacked root filesystem): the
+    Debian base, then each change repacked as one layer, as `docker build`
+    makes one layer per RUN or COPY. Kept once made; `tmp` is the work
+    directory."""
+    import shutil
+    if os.path.isdir(layout):
+        return layout
+    base = debian_base()
+    shutil.rmtree(tmp, ignore_errors=True)
+    sh(["umoci", "init", "--layout", f"{tmp}/layout"])
+    sh(["umoci", "new", "--image", f"{tmp}/layout:base"])
+    bundle = f"{tmp}/bundle"
+    sh(["umoci", "unpack", "--image", f"{tmp}/layout:base", bundle])
+    sh(["cp", "-a", f"{base}/.", f"{bundle}/rootfs"])
+    sh(["umoci", "repack", "--image", f"{tmp}/layout:base", bundle])
+    shutil.rmtree(bundle)
+    for v, changes in steps.items():
+        tag = "base"
+        for i, change in enumerate(changes):
+            b = f"{tmp}/bundle-{v}-{i}"
+            sh(["umoci", "unpack", "--image", f"{tmp}/layout:{tag}", b])
+            change(f"{b}/rootfs")
+            new = f"{v}-{i}"
+            sh(["umoci", "repack", "--refresh-bundle", "--image", f"{tmp}/layout:{new}", b])
+            shutil.rmtree(b)
+            tag = new
+        sh(["umoci", "tag", "--image", f"{tmp}/layout:{tag}", v])
+    os.makedirs(os.path.dirname(layout), exist_ok=True)
+    os.rename(f"{tmp}/layout", layout)
+    shutil.rmtree(tmp)
+    return layout

@@ -17,7 +17,7 @@ target/bench-rechunk-update and target/corpus/pyspark.
 import hashlib, json, os, shutil, subprocess, sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import ROOT, debian_base, sh  # noqa: E402
+from common import ROOT, sh, umoci_layout  # noqa: E402
 
 WORK = os.path.join(ROOT, "target/bench-rechunk-update")
 JARS = os.path.join(ROOT, "target/corpus/pyspark")
@@ -87,29 +87,12 @@ def changed_jar_bytes():
 
 
 def source():
-    layout = f"{WORK}/src"
-    if os.path.isdir(layout):
-        return layout
-    base = debian_base()
-    tmp = f"{WORK}/build"
-    shutil.rmtree(tmp, ignore_errors=True)
-    sh(["umoci", "init", "--layout", f"{tmp}/layout"])
-    sh(["umoci", "new", "--image", f"{tmp}/layout:base"])
-    bundle = f"{tmp}/bundle"
-    sh(["umoci", "unpack", "--image", f"{tmp}/layout:base", bundle])
-    sh(["cp", "-a", f"{base}/.", f"{bundle}/rootfs"])
-    sh(["umoci", "repack", "--image", f"{tmp}/layout:base", bundle])
-    for v in ["v1", "v2"]:
-        b = f"{tmp}/bundle-{v}"
-        sh(["umoci", "unpack", "--image", f"{tmp}/layout:base", b])
-        os.makedirs(f"{b}/rootfs/app/lib")
-        sh(["cp", "-a", f"{JARS}/{v}/lib/.", f"{b}/rootfs/app/lib"])
-        sh(["umoci", "repack", "--image", f"{tmp}/layout:{v}", b])
-        shutil.rmtree(b)
-    shutil.rmtree(bundle)
-    os.rename(f"{tmp}/layout", layout)
-    shutil.rmtree(tmp)
-    return layout
+    def jars(v):
+        def change(rootfs):
+            os.makedirs(f"{rootfs}/app/lib")
+            sh(["cp", "-a", f"{JARS}/{v}/lib/.", f"{rootfs}/app/lib"])
+        return change
+    return umoci_layout(f"{WORK}/src", f"{WORK}/build", {"v1": [jars("v1")], "v2": [jars("v2")]})
 
 
 def main():

@@ -146,32 +146,36 @@ impl Image {
         Ok(top["manifests"].as_array().cloned().unwrap_or_default())
     }
 
+    /// Its manifests: (digest, size, index entry), the entry `None` for an
+    /// image that is one manifest.
+    pub fn manifest_entries(&self) -> Result<Vec<(Digest, u64, Option<Value>)>> {
+        let entries = self.entries()?;
+        if entries.is_empty() {
+            return Ok(vec![(self.top.clone(), self.top_size, None)]);
+        }
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| {
+                Some((
+                    Digest::parse(e.get("digest")?.as_str()?).ok()?,
+                    e.get("size")?.as_u64()?,
+                    Some(e),
+                ))
+            })
+            .collect())
+    }
+
     /// Its blocks manifests.
     pub fn blocks_manifests(&self) -> Result<Vec<BlocksManifest>> {
-        let entries = self.entries()?;
         let mut out = Vec::new();
-        let candidates: Vec<(Digest, u64, Option<Platform>)> = if entries.is_empty() {
-            vec![(self.top.clone(), self.top_size, None)]
-        } else {
-            entries
-                .iter()
-                .filter_map(|e| {
-                    Some((
-                        Digest::parse(e.get("digest")?.as_str()?).ok()?,
-                        e.get("size")?.as_u64()?,
-                        Platform::of_entry(e),
-                    ))
-                })
-                .collect()
-        };
-        for (d, size, platform) in candidates {
+        for (d, size, entry) in self.manifest_entries()? {
             let (_, m) = self.doc(&d, Some(size))?;
             if m["blocks"].as_array().is_some_and(|b| !b.is_empty()) {
                 out.push(BlocksManifest {
                     digest: d,
                     size,
                     value: m,
-                    platform,
+                    platform: entry.as_ref().and_then(Platform::of_entry),
                 });
             }
         }
@@ -571,27 +575,17 @@ pub struct LayerPlan {
 type Plain = (Digest, u64, Value, Option<Value>);
 
 fn plain_manifests(image: &Image) -> Result<Vec<Plain>> {
-    let entries = image.entries()?;
     let mut out = Vec::new();
-    let candidates: Vec<(Digest, u64, Option<Value>)> = if entries.is_empty() {
-        vec![(image.top.clone(), image.top_size, None)]
-    } else {
-        entries
-            .iter()
-            .filter(|e| oci_blocks_core::validate::variant_of(e).is_none())
-            .filter_map(|e| {
-                Some((
-                    Digest::parse(e.get("digest")?.as_str()?).ok()?,
-                    e.get("size")?.as_u64()?,
-                    e.get("platform").cloned(),
-                ))
-            })
-            .collect()
-    };
-    for (d, size, platform) in candidates {
+    for (d, size, entry) in image.manifest_entries()? {
+        if entry
+            .as_ref()
+            .is_some_and(|e| oci_blocks_core::validate::variant_of(e).is_some())
+        {
+            continue;
+        }
         let (_, m) = image.doc(&d, Some(size))?;
         if m.get("layers").is_some() && m.get("blocks").is_none() {
-            out.push((d, size, m, platform));
+            out.push((d, size, m, entry.and_then(|e| e.get("platform").cloned())));
         }
     }
     Ok(out)

@@ -256,6 +256,23 @@ pub fn expected_tree<P: AsRef<Path>>(
     Ok(out)
 }
 
+/// Tags the legacy manifest of the fallback index `tag` of the layout `dir`
+/// as `name`: that manifest alone is a plain image.
+pub fn tag_legacy_as(dir: &Path, tag: &str, name: &str) -> Result<()> {
+    let layout = OciDir::open(dir)?;
+    let (d, m) = manifest_of(&layout, tag, "legacy")?;
+    ensure!(m.blocks().is_empty(), "the legacy manifest has no blocks");
+    let bytes = layout.read_json_blob(&d, None)?;
+    layout.set_tag(
+        name,
+        serde_json::from_value(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": d.to_string(), "size": bytes.len(),
+        }))?,
+    )?;
+    Ok(())
+}
+
 /// Fails unless the external tools are on PATH. The tests that call it are
 /// `#[ignore]`d, so a plain `cargo test` never runs them; `.ci/run` installs
 /// the tools and runs them, and a missing tool is then a failure, never a

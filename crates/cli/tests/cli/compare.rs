@@ -137,17 +137,8 @@ fn step(s: &Value, i: usize) -> (u64, u64, u64) {
 fn plain_series(t: &Path) -> Result<std::path::PathBuf> {
     let image = t.join("image");
     crate::delta::build_versions(t, &image)?;
-    let dir = oci_blocks_core::layout::OciDir::open(&image)?;
     for v in ["v1", "v2"] {
-        let (legacy, _) = manifest_of(&dir, v, "legacy")?;
-        let bytes = dir.read_json_blob(&legacy, None)?;
-        dir.set_tag(
-            &format!("plain-{v}"),
-            serde_json::from_value(serde_json::json!({
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": legacy.to_string(), "size": bytes.len(),
-            }))?,
-        )?;
+        tag_legacy_as(&image, v, &format!("plain-{v}"))?;
     }
     Ok(image)
 }

@@ -398,16 +398,7 @@ fn delta_refuses_images_without_blocks_and_names_them() -> Result<()> {
     build_versions(tmp.path(), &image)?;
     let layout = format!("oci:{}", image.display());
     // The legacy manifest alone is a plain image.
-    let dir = oci_blocks_core::layout::OciDir::open(&image)?;
-    let (legacy, _) = manifest_of(&dir, "v2", "legacy")?;
-    let bytes = dir.read_json_blob(&legacy, None)?;
-    dir.set_tag(
-        "plain",
-        serde_json::from_value(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": legacy.to_string(), "size": bytes.len(),
-        }))?,
-    )?;
+    tag_legacy_as(&image, "v2", "plain")?;
     let out = oci_blocks(&[
         "delta",
         "--from",
@@ -572,17 +563,8 @@ fn a_plain_images_gzip_layer_travels_as_a_patch_between_its_contents() -> Result
     let t = tmp.path();
     let image = t.join("image");
     build_versions(t, &image)?;
-    let dir = oci_blocks_core::layout::OciDir::open(&image)?;
     for v in ["v1", "v2"] {
-        let (legacy, _) = manifest_of(&dir, v, "legacy")?;
-        let bytes = dir.read_json_blob(&legacy, None)?;
-        dir.set_tag(
-            &format!("plain-{v}"),
-            serde_json::from_value(serde_json::json!({
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": legacy.to_string(), "size": bytes.len(),
-            }))?,
-        )?;
+        tag_legacy_as(&image, v, &format!("plain-{v}"))?;
     }
     let file = t.join("update.tar");
     let layout = format!("oci:{}", image.display());

@@ -229,15 +229,8 @@ fn jar(content: &str) -> Result<Vec<u8>> {
 
 /// Tags the legacy manifest of the fallback index `tag` as `TAG-legacy`.
 fn tag_legacy(dir: &Path, tag: &str) -> Result<String> {
-    let layout = OciDir::open(dir)?;
-    let (d, m) = manifest_of(&layout, tag, "legacy")?;
-    let bytes = layout.read_json_blob(&d, None)?;
-    ensure!(m.blocks().is_empty(), "the legacy manifest has no blocks");
     let name = format!("{tag}-legacy");
-    layout.set_tag(
-        &name,
-        serde_json::from_value(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d.to_string(), "size": bytes.len()}))?,
-    )?;
+    tag_legacy_as(dir, tag, &name)?;
     Ok(name)
 }
 
