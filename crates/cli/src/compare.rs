@@ -99,7 +99,7 @@ pub const METHOD: &[(&str, &str)] = &[
     ),
     (
         "layers",
-        "The most layers any version's manifest has, against the 127 overlayfs stacks at most; blocks are not layers.",
+        "The most layers any version's manifest has, against the 127 overlayfs stacks at most, and the most blocks; blocks are not layers.",
     ),
     (
         "unpack",
@@ -116,6 +116,8 @@ struct Pulled {
     blobs: BTreeMap<Digest, u64>,
     /// Layers of its manifest.
     layers: usize,
+    /// Blocks of its manifest.
+    blocks: usize,
     /// Patches that rebuild a blob of it: target to (patch size, base).
     patches: BTreeMap<Digest, (u64, Digest)>,
     /// The delta artifact's size, when it has patches.
@@ -150,6 +152,8 @@ pub struct Strategy {
     pub storage: Vec<u64>,
     /// The most layers a version has.
     pub layers: usize,
+    /// The most blocks a version has.
+    pub blocks: usize,
     /// Unpack of the last version with an empty store, seconds.
     pub unpack_cold: Option<f64>,
     /// Unpack of the last version with the previous one's blocks, seconds.
@@ -280,6 +284,7 @@ fn pulled(dir: &OciDir, tag: &str, platform: &Platform, blocks: bool) -> Result<
         docs,
         blobs,
         layers: manifest["layers"].as_array().map_or(0, Vec::len),
+        blocks: manifest["blocks"].as_array().map_or(0, Vec::len),
         tag: tag.to_string(),
         ..Pulled::default()
     })
@@ -593,6 +598,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             steps: steps(versions, deltas),
             storage: storage(versions, deltas),
             layers: versions.iter().map(|v| v.layers).max().unwrap_or(0),
+            blocks: versions.iter().map(|v| v.blocks).max().unwrap_or(0),
             unpack_cold: cold,
             unpack_warm: warm,
         });

@@ -47,7 +47,11 @@ fn rows(report: &Report) -> Vec<[String; 8]> {
                 ),
                 format!("{} ({requests} req)", bytes(updates)),
                 bytes(*s.storage.last().unwrap_or(&0)),
-                format!("{}/127", s.layers),
+                if s.blocks > 0 {
+                    format!("{}/127, {} blocks", s.layers, s.blocks)
+                } else {
+                    format!("{}/127", s.layers)
+                },
                 seconds(s.unpack_cold),
                 seconds(s.unpack_warm),
                 s.id.clone(),

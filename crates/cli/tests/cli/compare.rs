@@ -403,3 +403,108 @@ fn the_html_charts_are_drawn_in_chromium() -> Result<()> {
     );
     Ok(())
 }
+
+/// A corpus set's two versions as plain images (each built the default way,
+/// its legacy manifest tagged alone): Spark's jars of pyspark, or the Python
+/// environment.
+fn corpus_series(kind: &str, t: &Path) -> Result<std::path::PathBuf> {
+    let (sub, dest) = match kind {
+        "pyspark" => ("lib", "/opt/spark/jars"),
+        _ => ("site-packages", "/usr/lib/python3/site-packages"),
+    };
+    let all = corpus(kind)?;
+    let image = t.join("image");
+    for v in ["v1", "v2"] {
+        let input = t.join("input").join(v);
+        fs::create_dir_all(&input)?;
+        for e in fs::read_dir(all.join(v).join(sub))? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if kind != "pyspark" || name.starts_with("spark-") {
+                run(std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(e.path())
+                    .arg(input.join(&name)))?;
+            }
+        }
+        build_corpus_version(
+            &t.join("input"),
+            v,
+            "",
+            dest,
+            &format!("oci:{}:{v}", image.display()),
+        )?;
+        tag_legacy_as(&image, v, &format!("plain-{v}"))?;
+    }
+    Ok(image)
+}
+
+#[test]
+#[ignore = "needs the corpus (apt-get, pip and the network); .ci/run runs it"]
+fn compares_blocks_update_bytes_are_what_a_pull_receives() -> Result<()> {
+    for kind in ["pyspark", "python"] {
+        let tmp = tempfile::tempdir()?;
+        let t = tmp.path();
+        let image = corpus_series(kind, t)?;
+        let src = |v: &str| format!("oci:{}:plain-{v}", image.display());
+        let report = json_ok(&["compare", "--json", "--no-unpack", &src("v1"), &src("v2")])?;
+        // The same rechunk, pushed, and pulled as a client would: v1, then v2
+        // through a counting proxy, with and without deltas.
+        let r = t.join("rechunked");
+        ok(&["rechunk", &src("v1"), &format!("oci:{}:v1", r.display())])?;
+        ok(&[
+            "rechunk",
+            "--prior",
+            &format!("oci:{}:v1", r.display()),
+            &src("v2"),
+            &format!("oci:{}:v2", r.display()),
+        ])?;
+        let host = crate::transfer::our_registry(&t.join("registry"))?;
+        for v in ["v1", "v2"] {
+            ok(&[
+                "push",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:{v}", r.display()),
+                &format!("docker://{host}/{kind}:{v}"),
+            ])?;
+        }
+        ok(&[
+            "delta",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--from",
+            &format!("docker://{host}/{kind}:v1"),
+            &format!("docker://{host}/{kind}:v2"),
+        ])?;
+        for (id, extra) in [("blocks", "--no-delta"), ("blocks+deltas", "--jobs=6")] {
+            let store = t.join(format!("store-{id}"));
+            let s = store.to_str().context("utf-8")?;
+            ok(&[
+                "pull",
+                "--tls-verify=false",
+                "--store",
+                s,
+                &format!("docker://{host}/{kind}:v1"),
+            ])?;
+            let (proxy, received) = crate::delta::counting_proxy(host.clone())?;
+            ok(&[
+                "pull",
+                "--tls-verify=false",
+                extra,
+                "--store",
+                s,
+                &format!("docker://{proxy}/{kind}:v2"),
+            ])?;
+            let measured = received.load(std::sync::atomic::Ordering::SeqCst);
+            let (bytes, blobs, manifests) = step(strategy(&report, id)?, 1);
+            // The proxy also counts HTTP headers: at most 1 KiB a request.
+            let slack = (blobs + manifests) * 1024;
+            ensure!(
+                bytes <= measured && measured <= bytes + slack,
+                "{kind} {id}: compare says {bytes} bytes in {} requests, the proxy counted {measured}",
+                blobs + manifests
+            );
+        }
+    }
+    Ok(())
+}
