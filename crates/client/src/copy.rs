@@ -153,12 +153,14 @@ async fn open(reference: &ImageRef, options: &RegistryOptions, dest: bool) -> Re
         ImageRef::Layout(r) => {
             let dir = if dest {
                 let path = r.path.clone();
+                // One syncfs before the tag, not two fsyncs per blob.
                 tokio::task::spawn_blocking(move || OciDir::create(path))
                     .await
                     .map_err(|e| Error::Document {
                         what: r.to_string(),
                         reason: e.to_string(),
                     })??
+                    .deferring_sync()
             } else {
                 OciDir::open(&r.path)?
             };
@@ -397,7 +399,7 @@ async fn transfer(
         return Ok(());
     }
     let present = match dest {
-        End::Layout { dir, .. } => dir.has_blob(d),
+        End::Layout { dir, .. } => dir.has_blob_sized(d, blob.size),
         End::Registry { reg, r } => reg.has_blob(&r.repository, d).await?,
     };
     if present {
@@ -462,11 +464,10 @@ async fn transfer(
             copy_through_file(s, &sr.repository, t, &tr.repository, blob).await?;
         }
         (End::Layout { dir: s, .. }, End::Layout { dir: t, .. }) => {
-            let (path, size, digest, target) =
-                (s.blob_path(d), blob.size, d.clone(), t.root().to_path_buf());
+            let (path, size, digest, target) = (s.blob_path(d), blob.size, d.clone(), t.clone());
             tokio::task::spawn_blocking(move || -> Result<()> {
                 let file = std::fs::File::open(&path).map_err(|e| Error::Io { path, source: e })?;
-                OciDir::open(&target)?.write_blob_verified(file, &digest, Some(size))?;
+                target.write_blob_verified(file, &digest, Some(size))?;
                 Ok(())
             })
             .await
@@ -507,10 +508,10 @@ async fn download_into_layout(
     // a blocking thread, as tokio-util documents, while the runtime's workers
     // drive the connection.
     let bridge = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let root = layout.root().to_path_buf();
+    let layout = layout.clone();
     let (digest, size) = (blob.digest.clone(), blob.size);
     let written = tokio::task::spawn_blocking(move || -> Result<u64> {
-        Ok(OciDir::open(&root)?.write_blob_verified(bridge, &digest, Some(size))?)
+        Ok(layout.write_blob_verified(bridge, &digest, Some(size))?)
     })
     .await
     .map_err(|e| Error::Document {
@@ -573,7 +574,9 @@ pub async fn copy(
         End::Layout { dir, .. } if options.deltas => {
             let wanted: HashMap<Digest, u64> = blobs
                 .iter()
-                .filter(|b| !options.have.contains(&b.digest) && !dir.has_blob(&b.digest))
+                .filter(|b| {
+                    !options.have.contains(&b.digest) && !dir.has_blob_sized(&b.digest, b.size)
+                })
                 .map(|b| (b.digest.clone(), b.size))
                 .collect();
             let manifests: Vec<Digest> = docs
@@ -687,7 +690,7 @@ pub async fn fetch_blobs(
         .map(|(digest, size)| {
             let src = &src;
             async move {
-                if into.has_blob(digest) {
+                if into.has_blob_sized(digest, *size) {
                     return Ok(());
                 }
                 let blob = Blob {

@@ -185,9 +185,8 @@ pub(crate) async fn rebuild(src: &End, dest: &OciDir, patch: &Patch) -> Result<u
         }
     };
     let moved = bytes.len() as u64;
-    let (root, patch) = (dest.root().to_path_buf(), patch.clone());
+    let (layout, patch) = (dest.clone(), patch.clone());
     tokio::task::spawn_blocking(move || -> Result<()> {
-        let layout = OciDir::open(&root)?;
         // The base is read by its declared size, not hashed again: a base
         // that is not what its name says cannot rebuild a block with the
         // target's digest, which is verified below.
