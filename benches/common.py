@@ -85,3 +85,25 @@ def umoci_layout(layout, tmp, steps):
     os.rename(f"{tmp}/layout", layout)
     shutil.rmtree(tmp)
     return layout
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port):
+    """Waits until something listens on 127.0.0.1:PORT (20 s at most)."""
+    import socket, time
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")

@@ -14,31 +14,13 @@ ROUNDS (default 3).
 Usage: python3 benches/concurrent-pulls.py [ROUNDS] [CLIENTS] [PULLS]
 Needs docker-registry, apt-get and the network once (the Java corpus).
 """
-import hashlib, http.client, json, os, shutil, socket, statistics, subprocess, sys, threading, time
+import hashlib, http.client, json, os, shutil, statistics, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import ROOT, sh  # noqa: E402
+from common import ROOT, free_port, sh, wait_port  # noqa: E402
 
 WORK = os.path.join(ROOT, "target/bench-concurrent-pulls")
 ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait(port):
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def peak_rss(pid):
@@ -125,7 +107,7 @@ def main():
     try:
         results = {"oci-blocks-registry": [], "docker-registry": []}
         for name, port in [("oci-blocks-registry", ours_port), ("docker-registry", theirs_port)]:
-            wait(port)
+            wait_port(port)
             sh([binary, "push", "--dest-tls-verify=false", f"oci:{image}:latest", f"docker://127.0.0.1:{port}/java:latest"])
         for _ in range(rounds):
             for name, port in [("oci-blocks-registry", ours_port), ("docker-registry", theirs_port)]:

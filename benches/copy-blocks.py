@@ -9,10 +9,10 @@ virtual disk hides.
 Usage: python3 benches/copy-blocks.py [RUNS]
 Needs pip and PyPI once (target/corpus/pyspark), and strace.
 """
-import json, os, shutil, socket, statistics, subprocess, sys, time
+import json, os, shutil, statistics, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import ROOT, sh  # noqa: E402
+from common import ROOT, free_port, sh, wait_port  # noqa: E402
 
 WORK = os.path.join(ROOT, "target/bench-copy-blocks")
 
@@ -32,20 +32,12 @@ def main():
     top = index["manifests"][0]["digest"].split(":")[1]
     entries = json.load(open(f"{image}/blobs/sha256/{top}"))["manifests"]
     digest = {e.get("annotations", {}).get("io.oci-blocks.variant", "legacy"): e["digest"] for e in entries}
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     reg = subprocess.Popen([os.path.join(ROOT, "target/release/oci-blocks-registry"), "serve",
                             "--root", f"{WORK}/registry", "--addr", f"127.0.0.1:{port}"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port)).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_port(port)
         host = f"127.0.0.1:{port}"
         sh([binary, "push", "--dest-tls-verify=false", f"oci:{image}:v2", f"docker://{host}/ps:v2"])
         times = {"blocks": [], "legacy": []}

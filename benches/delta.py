@@ -25,7 +25,7 @@ target/bench-delta and target/corpus/pyspark.
 import json, os, shutil, socket, statistics, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import ROOT, sh  # noqa: E402
+from common import ROOT, free_port, sh, wait_port  # noqa: E402
 
 WORK = os.path.join(ROOT, "target/bench-delta")
 SOURCE = os.path.join(ROOT, "target/bench-rechunk-update/src")
@@ -88,14 +88,6 @@ def run(cmd):
     if status != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{err.decode()}")
     return time.monotonic() - start, usage.ru_maxrss / 1024, out
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def mb(n):
@@ -171,12 +163,7 @@ def main():
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         host = f"127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port)).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_port(port)
         for v in ["v1", "v2"]:
             sh([binary, "push", "--dest-tls-verify=false", f"oci:{image}:{v}", f"docker://{host}/spark:{v}"])
         sh([binary, "delta", "--src-tls-verify=false", "--dest-tls-verify=false",

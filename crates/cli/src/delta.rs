@@ -73,6 +73,19 @@ pub struct BlocksManifest {
     pub platform: Option<Platform>,
 }
 
+impl Making {
+    /// The threads patches are made on: `--patch-jobs`, else one per core.
+    fn pool(&self) -> Result<rayon::ThreadPool> {
+        let jobs = self.patch_jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        });
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs.max(1))
+            .build()
+            .context("a thread pool for patches")
+    }
+}
+
 impl Default for Making {
     fn default() -> Self {
         Making {
@@ -361,13 +374,7 @@ pub fn make(
     out: &OciDir,
     making: &Making,
 ) -> Result<(Vec<Artifact>, Vec<MadePatch>)> {
-    let jobs = making
-        .patch_jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs.max(1))
-        .build()
-        .context("a thread pool for patches")?;
+    let pool = making.pool()?;
     // One patch per distinct (target, base), however many manifests share it.
     let distinct: BTreeSet<(Digest, Digest)> = planned
         .iter()
@@ -650,13 +657,7 @@ pub fn make_layers(
     scratch: &std::path::Path,
     making: &Making,
 ) -> Result<Vec<Artifact>> {
-    let jobs = making
-        .patch_jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs.max(1))
-        .build()
-        .context("a thread pool for patches")?;
+    let pool = making.pool()?;
     let level = making.level;
     let limit = making.delta_max_size;
     type Pair<'a> = (&'a Subject, &'a Digest, (Digest, u64), (Digest, u64));
