@@ -98,6 +98,27 @@ def median(xs):
     return statistics.median(xs)
 
 
+def pulls_onto(binary, template, image, runs, proxy=None):
+    """`pull` of `image` into a copy of the store `template`, RUNS times with
+    deltas and RUNS times with --no-delta: {mode: [(wall, RSS, bytes the
+    proxy forwarded or None, report)]}."""
+    results = {}
+    for mode in ["deltas", "no-delta"]:
+        samples = []
+        for _ in range(runs):
+            store = f"{WORK}/store"
+            shutil.rmtree(store, ignore_errors=True)
+            sh(["cp", "-a", template, store])
+            extra = ["--no-delta"] if mode == "no-delta" else []
+            if proxy:
+                proxy.take()
+            t, rss, out = run([binary, "pull", "--json", "--tls-verify=false", "--store", store,
+                               *extra, image])
+            samples.append((t, rss, proxy.take() if proxy else None, json.loads(out)))
+        results[mode] = samples
+    return results
+
+
 def big_block_rss(binary):
     """Peak RSS of making and applying a patch against a 200 MB block."""
     d = f"{WORK}/big"
@@ -171,19 +192,7 @@ def main():
         template = f"{WORK}/store-v1"
         sh([binary, "pull", "--tls-verify=false", "--store", template, f"docker://{host}/spark:v1"])
         proxy = CountingProxy(host)
-        results = {}
-        for mode in ["deltas", "no-delta"]:
-            samples = []
-            for _ in range(runs):
-                store = f"{WORK}/store"
-                shutil.rmtree(store, ignore_errors=True)
-                sh(["cp", "-a", template, store])
-                extra = ["--no-delta"] if mode == "no-delta" else []
-                proxy.take()
-                t, rss, out = run([binary, "pull", "--json", "--tls-verify=false", "--store", store,
-                                   *extra, f"docker://{proxy.addr}/spark:v2"])
-                samples.append((t, rss, proxy.take(), json.loads(out)))
-            results[mode] = samples
+        results = pulls_onto(binary, template, f"docker://{proxy.addr}/spark:v2", runs, proxy)
         d, n = results["deltas"], results["no-delta"]
         td, tn = median([s[0] for s in d]), median([s[0] for s in n])
         print(f"| `pull` v2 onto v1, with deltas (registry, loopback) | {td:.2f} s | "
@@ -198,17 +207,7 @@ def main():
     # Applying the patches alone: from the layout, no network.
     template = f"{WORK}/store-layout-v1"
     sh([binary, "pull", "--store", template, f"oci:{image}:v1"])
-    local = {}
-    for mode in ["deltas", "no-delta"]:
-        samples = []
-        for _ in range(runs):
-            store = f"{WORK}/store"
-            shutil.rmtree(store, ignore_errors=True)
-            sh(["cp", "-a", template, store])
-            extra = ["--no-delta"] if mode == "no-delta" else []
-            t, rss, _ = run([binary, "pull", "--store", store, *extra, f"oci:{image}:v2"])
-            samples.append((t, rss))
-        local[mode] = samples
+    local = pulls_onto(binary, template, f"oci:{image}:v2", runs)
     ld, ln = median([s[0] for s in local["deltas"]]), median([s[0] for s in local["no-delta"]])
     print(f"| `pull` v2 onto v1 from the layout, with deltas (applies {patched} patches) | {ld:.2f} s | "
           f"{max(s[1] for s in local['deltas']):.0f} MiB | |")

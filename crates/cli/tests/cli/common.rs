@@ -321,6 +321,38 @@ pub fn corpus(kind: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Where each corpus set's tree is below a version, and where it goes in
+/// the image.
+pub fn corpus_paths(kind: &str) -> (&'static str, &'static str) {
+    match kind {
+        "java" => ("lib", "/app/lib"),
+        "pyspark" => ("lib", "/opt/spark/jars"),
+        _ => ("site-packages", "/usr/lib/python3/site-packages"),
+    }
+}
+
+/// The two versions of a corpus set for an update test: the set itself, or
+/// for `pyspark` Spark's own 22 jars (50 MB) of its 252, the ones a release
+/// rewrites a few classes of, copied below `t`.
+pub fn update_corpus(kind: &str, t: &Path) -> Result<PathBuf> {
+    let all = corpus(kind)?;
+    if kind != "pyspark" {
+        return Ok(all);
+    }
+    let (sub, _) = corpus_paths(kind);
+    let subset = t.join("jars");
+    for v in ["v1", "v2"] {
+        fs::create_dir_all(subset.join(v).join(sub))?;
+        for e in fs::read_dir(all.join(v).join(sub))? {
+            let e = e?;
+            if e.file_name().to_string_lossy().starts_with("spark-") {
+                fs::copy(e.path(), subset.join(v).join(sub).join(e.file_name()))?;
+            }
+        }
+    }
+    Ok(subset)
+}
+
 /// Builds version `v` of a corpus set (its `sub` directory added at `dest`)
 /// into `reference`, without the build cache.
 pub fn build_corpus_version(

@@ -408,32 +408,11 @@ fn the_html_charts_are_drawn_in_chromium() -> Result<()> {
 /// its legacy manifest tagged alone): Spark's jars of pyspark, or the Python
 /// environment.
 fn corpus_series(kind: &str, t: &Path) -> Result<std::path::PathBuf> {
-    let (sub, dest) = match kind {
-        "pyspark" => ("lib", "/opt/spark/jars"),
-        _ => ("site-packages", "/usr/lib/python3/site-packages"),
-    };
-    let all = corpus(kind)?;
+    let (sub, dest) = corpus_paths(kind);
+    let dir = update_corpus(kind, t)?;
     let image = t.join("image");
     for v in ["v1", "v2"] {
-        let input = t.join("input").join(v);
-        fs::create_dir_all(&input)?;
-        for e in fs::read_dir(all.join(v).join(sub))? {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if kind != "pyspark" || name.starts_with("spark-") {
-                run(std::process::Command::new("cp")
-                    .arg("-a")
-                    .arg(e.path())
-                    .arg(input.join(&name)))?;
-            }
-        }
-        build_corpus_version(
-            &t.join("input"),
-            v,
-            "",
-            dest,
-            &format!("oci:{}:{v}", image.display()),
-        )?;
+        build_corpus_version(&dir, v, sub, dest, &format!("oci:{}:{v}", image.display()))?;
         tag_legacy_as(&image, v, &format!("plain-{v}"))?;
     }
     Ok(image)

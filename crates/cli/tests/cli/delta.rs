@@ -757,30 +757,10 @@ fn skopeo_reads_a_whole_bundle_as_an_oci_archive() -> Result<()> {
 /// byte for byte, the tree is v2's, and the pull received less than the
 /// blocks v1 lacks. Then the same update as a bundle, loaded onto v1.
 fn corpus_update_with_deltas(kind: &str, host: &str, who: &str) -> Result<()> {
-    let (sub, dest) = match kind {
-        "pyspark" => ("lib", "/opt/spark/jars"),
-        _ => ("site-packages", "/usr/lib/python3/site-packages"),
-    };
+    let (sub, dest) = corpus_paths(kind);
     let tmp = tempfile::tempdir()?;
     let t = tmp.path();
-    let dir = if kind == "pyspark" {
-        // Spark's own 22 jars (50 MB) of pyspark's 252: the ones a release
-        // rewrites a few classes of.
-        let all = corpus(kind)?;
-        let subset = t.join("jars");
-        for v in ["v1", "v2"] {
-            fs::create_dir_all(subset.join(v).join(sub))?;
-            for e in fs::read_dir(all.join(v).join(sub))? {
-                let e = e?;
-                if e.file_name().to_string_lossy().starts_with("spark-") {
-                    fs::copy(e.path(), subset.join(v).join(sub).join(e.file_name()))?;
-                }
-            }
-        }
-        subset
-    } else {
-        corpus(kind)?
-    };
+    let dir = update_corpus(kind, t)?;
     let image = t.join("image");
     for v in ["v1", "v2"] {
         build_corpus_version(&dir, v, sub, dest, &format!("oci:{}:{v}", image.display()))?;

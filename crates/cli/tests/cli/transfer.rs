@@ -63,14 +63,6 @@ pub(crate) fn json_ok(args: &[&str]) -> Result<Value> {
     serde_json::from_slice(&out.stdout).with_context(|| text(&out))
 }
 
-/// Where each corpus set's tree is and where it goes in the image.
-fn corpus_paths(kind: &str) -> (&'static str, &'static str) {
-    match kind {
-        "java" => ("lib", "/app/lib"),
-        _ => ("site-packages", "/usr/lib/python3/site-packages"),
-    }
-}
-
 /// Builds one corpus version as a bare blocks image (`--fallback none`).
 fn build_bare(kind: &str, dir: &Path, v: &str, out: &Path) -> Result<()> {
     let (sub, dest) = corpus_paths(kind);
