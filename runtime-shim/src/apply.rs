@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::Permissions;
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -33,6 +34,9 @@ use oci_blocks_core::tarcheck;
 use oci_blocks_core::validate::Rule;
 use pathrs::flags::OpenFlags;
 use pathrs::{InodeType, Root};
+use rustix::fs::{AtFlags, Mode};
+
+use crate::fsat::{self, DirCache, Found};
 
 use crate::{Error, Result};
 
@@ -130,6 +134,18 @@ pub(crate) fn set_xattrs(
     }
 }
 
+/// Access and modification time `mtime`, as a layer entry sets them.
+pub(crate) fn timestamps(mtime: u64) -> rustix::fs::Timestamps {
+    let t = rustix::fs::Timespec {
+        tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
+        tv_nsec: 0,
+    };
+    rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
 /// The paths one layer made, for its whiteouts: they never hide them.
 #[derive(Default)]
 struct Own(BTreeSet<Vec<u8>>);
@@ -184,12 +200,44 @@ pub struct Applier<'r> {
     /// Directories known to exist, so that parents are not re-created (and
     /// re-resolved) for every file.
     known_dirs: BTreeSet<Vec<u8>>,
+    /// Parent directories resolved in the root, reused while consecutive
+    /// entries share them; emptied whenever anything is removed or an
+    /// import changes the tree, since a symlink may alias a cached path.
+    parents: DirCache,
     /// What was done.
     pub report: ApplyReport,
 }
 
-fn exists(root: &Root, path: &[u8]) -> bool {
-    root.resolve_nofollow(as_path(path)).is_ok()
+/// The directory `parent` (cleaned, relative) in the root, resolved as every
+/// path in it is (symlinks followed inside the root), from `cache` when the
+/// previous entry resolved it already. The entry's own name is then created
+/// relative to it with `O_NOFOLLOW`/`O_EXCL`, as pathrs creates it.
+fn parent_fd<'c>(
+    cache: &'c mut DirCache,
+    root: &Root,
+    parent: &[u8],
+) -> Result<std::os::fd::BorrowedFd<'c>> {
+    if cache.get(parent).is_none() {
+        let at: &[u8] = if parent.is_empty() { b"." } else { parent };
+        let handle = root
+            .resolve(as_path(at))
+            .map_err(|e| Error::in_root(format!("resolving {}", as_path(at).display()), e))?;
+        let fd = OwnedFd::from(handle);
+        let st = rustix::fs::fstat(&fd).map_err(|e| Error::io(as_path(at), e.into()))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
+            return Err(Error::io(
+                as_path(at),
+                io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            ));
+        }
+        cache.insert(parent, fd);
+    }
+    cache.get(parent).ok_or_else(|| {
+        Error::io(
+            as_path(parent),
+            io::Error::other("left the directory cache"),
+        )
+    })
 }
 
 /// Whether `path` is a directory (not a link to one) inside the root.
@@ -213,6 +261,7 @@ impl<'r> Applier<'r> {
             dir_times: Vec::new(),
             block: None,
             known_dirs: BTreeSet::new(),
+            parents: DirCache::default(),
             report: ApplyReport::default(),
         }
     }
@@ -252,9 +301,17 @@ impl<'r> Applier<'r> {
     }
 
     fn remove(&mut self, path: &[u8]) -> Result<()> {
-        if path.is_empty() || !exists(self.root, path) {
+        if path.is_empty() {
             return Ok(());
         }
+        let (dir, name) = fsat::split(path);
+        let Ok(pfd) = parent_fd(&mut self.parents, self.root, dir) else {
+            return Ok(());
+        };
+        if !matches!(fsat::stat_at(pfd, name), Ok(Found::Dir | Found::Other)) {
+            return Ok(());
+        }
+        self.parents.clear();
         let below = [path, b"/"].concat();
         self.known_dirs
             .retain(|d| d.as_slice() != path && !d.starts_with(&below));
@@ -456,8 +513,10 @@ impl<'r> Applier<'r> {
                     let below = [&target[..], b"/"].concat();
                     self.known_dirs
                         .retain(|d| *d != target && !d.starts_with(&below));
-                    let made =
-                        source.materialize(self.root, &target, &parsed, &header, &esubject)?;
+                    self.parents.clear();
+                    let made = source.materialize(self.root, &target, &parsed, &header, &esubject);
+                    self.parents.clear();
+                    let made = made?;
                     for p in made.paths {
                         own.insert(p);
                     }
@@ -541,27 +600,37 @@ impl<'r> Applier<'r> {
         if let Some(record) = &mut self.block {
             record.entries.push(meta);
         }
+        let (dname, fname) = fsat::split(path);
         if kind == Kind::Dir {
-            if !is_dir(self.root, path) {
-                self.remove(path)?;
-            }
             // Missing parents as for any other entry (0755), not as this one.
             self.parent_dirs(path)?;
-            let handle = self
-                .root
-                .mkdir_all(fs_path, &Permissions::from_mode(0o700))
-                .map_err(in_root("creating directory"))?;
-            let dir = handle
-                .reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY)
-                .map_err(in_root("opening directory"))?;
+            let pfd = parent_fd(&mut self.parents, self.root, dname)?;
+            let found = fsat::stat_at(pfd, fname).map_err(|e| Error::io(fs_path, e))?;
+            if found == Found::Other {
+                // A file or a symlink (never followed) gives way.
+                rustix::fs::unlinkat(pfd, fname, AtFlags::empty())
+                    .map_err(|e| Error::io(fs_path, e.into()))?;
+            }
+            if found != Found::Dir {
+                rustix::fs::mkdirat(pfd, fname, Mode::from_raw_mode(0o700))
+                    .map_err(|e| Error::io(fs_path, e.into()))?;
+            }
+            let dir = fsat::open_dir_at(pfd, fname).map_err(|e| Error::io(fs_path, e))?;
+            if found == Found::Other {
+                self.parents.clear();
+            }
             self.known_dirs.insert(path.to_vec());
             if self.privileged {
-                std::os::unix::fs::fchown(&dir, Some(uid as u32), Some(gid as u32))
-                    .map_err(|e| Error::io(fs_path, e))?;
+                rustix::fs::fchown(
+                    &dir,
+                    Some(rustix::process::Uid::from_raw(uid as u32)),
+                    Some(rustix::process::Gid::from_raw(gid as u32)),
+                )
+                .map_err(|e| Error::io(fs_path, e.into()))?;
             }
             let now = if self.privileged { mode } else { mode | 0o700 };
-            dir.set_permissions(Permissions::from_mode(now))
-                .map_err(|e| Error::io(fs_path, e))?;
+            rustix::fs::fchmod(&dir, Mode::from_raw_mode(now & 0o7777))
+                .map_err(|e| Error::io(fs_path, e.into()))?;
             set_xattrs(
                 &dir,
                 fs_path,
@@ -570,20 +639,18 @@ impl<'r> Applier<'r> {
                 &mut self.report.skipped_xattrs,
             );
             self.dir_times.push((path.to_vec(), mode, mtime));
+            // The next entries are most likely in it.
+            self.parents.insert(path, dir);
             return Ok(());
         }
         self.remove(path)?;
         self.parent_dirs(path)?;
         match kind {
             Kind::File => {
-                let mut file = self
-                    .root
-                    .create_file(
-                        fs_path,
-                        OpenFlags::O_WRONLY | OpenFlags::O_EXCL | OpenFlags::O_NOFOLLOW,
-                        &Permissions::from_mode(0o600),
-                    )
-                    .map_err(in_root("creating file"))?;
+                let pfd = parent_fd(&mut self.parents, self.root, dname)?;
+                let mut file = std::fs::File::from(
+                    fsat::create_file_at(pfd, fname).map_err(|e| Error::io(fs_path, e))?,
+                );
                 io::copy(entry, &mut file).map_err(|e| tar_error(esubject, e))?;
                 // Ownership first: a chown clears set-id bits and capabilities.
                 if self.privileged {
@@ -611,9 +678,9 @@ impl<'r> Applier<'r> {
             Kind::Symlink => {
                 let target =
                     link.ok_or_else(|| Error::invalid(esubject, "a symlink without a target"))?;
-                self.root
-                    .create(fs_path, &InodeType::Symlink(as_path(&target).to_path_buf()))
-                    .map_err(in_root("creating symlink"))?;
+                let pfd = parent_fd(&mut self.parents, self.root, dname)?;
+                rustix::fs::symlinkat(&target[..], pfd, fname)
+                    .map_err(|e| Error::io(fs_path, e.into()))?;
                 for (name, _) in &xattrs {
                     let why = "not restored on symlinks";
                     (self.report.skipped_xattrs).push(format!("{shown}: {name} ({why})"));
@@ -671,22 +738,24 @@ impl<'r> Applier<'r> {
     /// returns what was done.
     pub fn finish(self) -> Result<ApplyReport> {
         let mut done = BTreeSet::new();
+        let mut parents = DirCache::default();
         // Deepest last-declared first; a directory declared again by a later
         // layer takes that layer's mode and time.
         for (path, mode, mtime) in self.dir_times.iter().rev() {
             if !done.insert(path) {
                 continue;
             }
-            if let Ok(dir) = self
-                .root
-                .resolve_nofollow(as_path(path))
-                .and_then(|h| h.reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY))
-            {
+            // Siblings come together, so their parent is resolved once.
+            let (parent, name) = fsat::split(path);
+            let Ok(pfd) = parent_fd(&mut parents, self.root, parent) else {
+                continue;
+            };
+            if let Ok(dir) = fsat::open_dir_at(pfd, name) {
                 if !self.privileged {
-                    dir.set_permissions(Permissions::from_mode(*mode))
-                        .map_err(|e| Error::io(as_path(path), e))?;
+                    rustix::fs::fchmod(&dir, Mode::from_raw_mode(*mode & 0o7777))
+                        .map_err(|e| Error::io(as_path(path), e.into()))?;
                 }
-                let _ = dir.set_modified(UNIX_EPOCH + Duration::from_secs(*mtime));
+                let _ = rustix::fs::futimens(&dir, &timestamps(*mtime));
             }
         }
         Ok(self.report)

@@ -200,6 +200,111 @@ pub fn create_file_at(dir: impl AsFd, name: &[u8]) -> io::Result<OwnedFd> {
     .map_err(errno)
 }
 
+/// At most this many directories stay open in a [`DirCache`]: a deep tree
+/// must not exhaust the process's file descriptors.
+const CACHED_DIRS: usize = 32;
+
+/// Open directories by cleaned relative path, reused while consecutive
+/// operations share them. Archives list a directory's entries together, so
+/// the files of one directory cost one open instead of one walk each.
+///
+/// The cache keeps a chain: each entry is an ancestor of the next. Whoever
+/// removes or replaces anything must [`DirCache::forget`] it first, so that
+/// no cached descriptor names a directory that left the tree.
+#[derive(Default)]
+pub struct DirCache {
+    chain: Vec<(Vec<u8>, OwnedFd)>,
+}
+
+fn is_at_or_below(path: &[u8], dir: &[u8]) -> bool {
+    dir.is_empty()
+        || (path.starts_with(dir) && (path.len() == dir.len() || path[dir.len()] == b'/'))
+}
+
+impl DirCache {
+    /// The cached directory `path`, if it is cached.
+    pub fn get(&self, path: &[u8]) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.chain
+            .iter()
+            .rev()
+            .find(|(p, _)| p.as_slice() == path)
+            .map(|(_, fd)| fd.as_fd())
+    }
+
+    /// Caches `fd` as the directory `path`, dropping what is not one of its
+    /// ancestors.
+    pub fn insert(&mut self, path: &[u8], fd: OwnedFd) -> std::os::fd::BorrowedFd<'_> {
+        while self
+            .chain
+            .last()
+            .is_some_and(|(p, _)| !is_at_or_below(path, p) || p.as_slice() == path)
+        {
+            self.chain.pop();
+        }
+        if self.chain.len() >= CACHED_DIRS {
+            self.chain.remove(0);
+        }
+        self.chain.push((path.to_vec(), fd));
+        let (_, fd) = &self.chain[self.chain.len() - 1];
+        fd.as_fd()
+    }
+
+    /// Drops every cached directory at or below `path`.
+    pub fn forget(&mut self, path: &[u8]) {
+        self.chain.retain(|(p, _)| !is_at_or_below(p, path));
+    }
+
+    /// Drops everything.
+    pub fn clear(&mut self) {
+        self.chain.clear();
+    }
+
+    /// The directory `path` below `base`, opened as [`open_dir_beneath`]
+    /// does (no symbolic link followed at any component), starting from the
+    /// deepest cached ancestor. Every directory it opens is cached.
+    pub fn open_beneath(
+        &mut self,
+        base: impl AsFd,
+        path: &[u8],
+    ) -> io::Result<std::os::fd::BorrowedFd<'_>> {
+        if path.is_empty() {
+            let fd = open_dir_beneath(base, b"")?;
+            return Ok(self.insert(b"", fd));
+        }
+        let mut at = self
+            .chain
+            .iter()
+            .rposition(|(p, _)| !p.is_empty() && is_at_or_below(path, p))
+            .map_or(0, |i| self.chain[i].0.len());
+        while at < path.len() {
+            let from = if at == 0 { 0 } else { at + 1 };
+            let end = path[from..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(path.len(), |i| from + i);
+            let part = &path[from..end];
+            if part.is_empty() || part == b"." || part == b".." {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a path with empty, `.` or `..` components",
+                ));
+            }
+            let fd = if at == 0 {
+                open_dir_at(base.as_fd(), part)?
+            } else {
+                let parent = self
+                    .get(&path[..at])
+                    .ok_or_else(|| io::Error::other("a parent left the directory cache"))?;
+                open_dir_at(parent, part)?
+            };
+            self.insert(&path[..end], fd);
+            at = end;
+        }
+        self.get(path)
+            .ok_or_else(|| io::Error::other("a directory left the directory cache"))
+    }
+}
+
 /// Splits a cleaned relative path into its parent and final component.
 pub fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
@@ -233,6 +338,51 @@ mod tests {
         assert!(!created);
         remove_at(&d, b"s")?;
         assert!(outside.path().join("secret").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn the_directory_cache_walks_as_open_beneath_does() -> io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let outside = tempfile::tempdir()?;
+        std::fs::create_dir_all(tmp.path().join("a/b/c"))?;
+        std::fs::create_dir_all(tmp.path().join("a/x"))?;
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("a/link"))?;
+        std::fs::create_dir(outside.path().join("inner"))?;
+        let root = open_dir(tmp.path())?;
+        let mut cache = DirCache::default();
+        let c = cache.open_beneath(&root, b"a/b/c")?;
+        rustix::fs::mkdirat(c, "made", Mode::from_raw_mode(0o755))?;
+        assert!(tmp.path().join("a/b/c/made").is_dir());
+        // From a cached ancestor into a sibling, and back to an ancestor.
+        let x = cache.open_beneath(&root, b"a/x")?;
+        rustix::fs::mkdirat(x, "y", Mode::from_raw_mode(0o755))?;
+        assert!(tmp.path().join("a/x/y").is_dir());
+        let a = cache.open_beneath(&root, b"a")?;
+        assert_eq!(stat_at(a, b"b")?, Found::Dir);
+        // A symlink is refused at every component, cached ancestor or not.
+        assert!(cache.open_beneath(&root, b"a/link").is_err());
+        assert!(cache.open_beneath(&root, b"a/link/inner").is_err());
+        cache.clear();
+        assert!(cache.open_beneath(&root, b"a/link/inner").is_err());
+        assert!(cache.open_beneath(&root, b"a/../a").is_err());
+        assert!(cache.open_beneath(&root, b"a//b").is_err());
+        // A forgotten directory is walked to again: replaced by a symlink
+        // meanwhile, it is refused instead of reused.
+        cache.open_beneath(&root, b"a/b/c")?;
+        std::fs::rename(tmp.path().join("a/b"), tmp.path().join("gone"))?;
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("a/b"))?;
+        cache.forget(b"a/b");
+        assert!(cache.get(b"a/b/c").is_none());
+        assert!(cache.get(b"a").is_some());
+        assert!(cache.open_beneath(&root, b"a/b/c").is_err());
+        // Deeper than the cache holds.
+        let deep: Vec<String> = (0..3 * CACHED_DIRS).map(|i| format!("d{i}")).collect();
+        std::fs::create_dir_all(tmp.path().join(deep.join("/")))?;
+        let fd = cache.open_beneath(&root, deep.join("/").as_bytes())?;
+        rustix::fs::mkdirat(fd, "end", Mode::from_raw_mode(0o755))?;
+        assert!(tmp.path().join(deep.join("/")).join("end").is_dir());
+        assert!(cache.chain.len() <= CACHED_DIRS);
         Ok(())
     }
 

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use oci_blocks_core::Digest;
@@ -35,10 +35,10 @@ use oci_blocks_core::limits::Limits;
 use oci_blocks_core::oci_spec::image::Descriptor;
 use oci_blocks_core::validate::Rule;
 use pathrs::Root;
-use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, Mode, OFlags};
 
-use crate::apply::{ImportHeader, ImportSource, Materialized, as_path, set_xattrs};
-use crate::fsat;
+use crate::apply::{ImportHeader, ImportSource, Materialized, as_path, set_xattrs, timestamps};
+use crate::fsat::{self, DirCache};
 use crate::store::{BlockStore, Extracted};
 use crate::unpack::LinkMode;
 use crate::{Error, Result};
@@ -61,17 +61,6 @@ fn plan<'b>(
     })
 }
 
-fn timestamps(mtime: u64) -> Timestamps {
-    let t = Timespec {
-        tv_sec: mtime as i64,
-        tv_nsec: 0,
-    };
-    Timestamps {
-        last_access: t,
-        last_modification: t,
-    }
-}
-
 /// Imports resolved from the block store.
 pub(crate) struct StoreImports<'a> {
     pub(crate) layout: &'a OciDir,
@@ -86,6 +75,43 @@ pub(crate) struct StoreImports<'a> {
     pub(crate) report_extracted: Vec<String>,
     pub(crate) report_reused: Vec<String>,
     pub(crate) skipped_xattrs: Vec<String>,
+    /// Whether reflinks are still worth trying (`--link auto`).
+    clones: bool,
+}
+
+/// Copies `len` bytes of `src` into the empty `dst` in the kernel
+/// (`copy_file_range`), through a buffer where the kernel cannot.
+fn copy_contents(src: &OwnedFd, dst: &OwnedFd, len: u64) -> io::Result<()> {
+    let mut left = len;
+    while left > 0 {
+        let chunk = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        match rustix::fs::copy_file_range(src, None, dst, None, chunk) {
+            Ok(0) => break,
+            Ok(n) => left = left.saturating_sub(n as u64),
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::INVAL
+                | rustix::io::Errno::OPNOTSUPP,
+            ) if left == len => {
+                let (mut from, mut to) = (
+                    fs::File::from(src.try_clone()?),
+                    fs::File::from(dst.try_clone()?),
+                );
+                io::copy(&mut from, &mut to)?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if left > 0 {
+        // The store's file is shorter than its size a moment ago.
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the block store's file changed while it was copied",
+        ));
+    }
+    Ok(())
 }
 
 impl<'a> StoreImports<'a> {
@@ -108,6 +134,7 @@ impl<'a> StoreImports<'a> {
             report_extracted: Vec::new(),
             report_reused: Vec::new(),
             skipped_xattrs: Vec::new(),
+            clones: true,
         }
     }
 
@@ -142,21 +169,27 @@ impl<'a> StoreImports<'a> {
     }
 
     /// Places the file `content` (a regular file of the block) as `name` in
-    /// `dir`.
+    /// `dir`. `sources` caches the block's directories.
     fn place_file(
         &mut self,
         block: &Extracted,
+        sources: &mut DirCache,
         content: &EntryMeta,
         dir: impl AsFd,
         name: &[u8],
         shown: &Path,
     ) -> Result<()> {
-        let stored = String::from_utf8_lossy(&content.path.0).into_owned();
-        let store_err = |e: io::Error| Error::io(Path::new("block store").join(&stored), e);
+        let store_err = |e: io::Error| {
+            let stored = String::from_utf8_lossy(&content.path.0).into_owned();
+            Error::io(Path::new("block store").join(stored), e)
+        };
+        let (sdir, sname) = fsat::split(&content.path.0);
+        let src_dir = sources
+            .open_beneath(&*block.tree, sdir)
+            .map_err(store_err)?;
         if self.link == LinkMode::Hardlink {
-            let (sdir, sname) = fsat::split(&content.path.0);
-            let src = fsat::open_dir_beneath(&*block.tree, sdir).map_err(store_err)?;
-            let st = rustix::fs::statat(&src, sname, AtFlags::SYMLINK_NOFOLLOW)
+            let src = src_dir;
+            let st = rustix::fs::statat(src, sname, AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|e| store_err(e.into()))?;
             if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
             {
@@ -164,12 +197,17 @@ impl<'a> StoreImports<'a> {
                     "not a regular file in the store",
                 )));
             }
-            rustix::fs::linkat(&src, sname, dir, name, AtFlags::empty())
+            rustix::fs::linkat(src, sname, dir, name, AtFlags::empty())
                 .map_err(|e| Error::io(shown, e.into()))?;
             return Ok(());
         }
-        let src =
-            fsat::open_beneath(&*block.tree, &content.path.0, OFlags::RDONLY).map_err(store_err)?;
+        let src = rustix::fs::openat(
+            src_dir,
+            sname,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| store_err(e.into()))?;
         let st = rustix::fs::fstat(&src).map_err(|e| store_err(e.into()))?;
         if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(store_err(io::Error::other(
@@ -177,20 +215,37 @@ impl<'a> StoreImports<'a> {
             )));
         }
         let dst = fsat::create_file_at(dir, name).map_err(|e| Error::io(shown, e))?;
-        let cloned = matches!(self.link, LinkMode::Auto | LinkMode::Reflink)
-            && rustix::fs::ioctl_ficlone(&dst, &src).is_ok();
+        let cloned = match self.link {
+            LinkMode::Reflink => match rustix::fs::ioctl_ficlone(&dst, &src) {
+                Ok(()) => true,
+                Err(e) => {
+                    let stored = String::from_utf8_lossy(&content.path.0).into_owned();
+                    return Err(Error::Option {
+                        option: "--link reflink".into(),
+                        reason: format!(
+                            "the file system of the block store cannot clone {stored}: {e}"
+                        ),
+                    });
+                }
+            },
+            // Once the file systems have refused a clone, copy without asking.
+            LinkMode::Auto if self.clones => match rustix::fs::ioctl_ficlone(&dst, &src) {
+                Ok(()) => true,
+                Err(e) => {
+                    self.clones = !matches!(
+                        e,
+                        rustix::io::Errno::OPNOTSUPP
+                            | rustix::io::Errno::XDEV
+                            | rustix::io::Errno::INVAL
+                            | rustix::io::Errno::NOTTY
+                    );
+                    false
+                }
+            },
+            _ => false,
+        };
         if !cloned {
-            if self.link == LinkMode::Reflink {
-                return Err(Error::Option {
-                    option: "--link reflink".into(),
-                    reason: format!("the file system of the block store cannot clone {stored}"),
-                });
-            }
-            let (mut from, mut to) = (
-                fs::File::from(src),
-                fs::File::from(dst.try_clone().map_err(|e| Error::io(shown, e))?),
-            );
-            io::copy(&mut from, &mut to).map_err(|e| Error::io(shown, e))?;
+            copy_contents(&src, &dst, st.st_size as u64).map_err(|e| Error::io(shown, e))?;
         }
         // Ownership first: a chown clears set-id bits and capabilities.
         if self.privileged {
@@ -218,7 +273,7 @@ impl<'a> StoreImports<'a> {
     /// Gives a directory its final metadata.
     fn finish_dir(
         &mut self,
-        fd: &OwnedFd,
+        fd: BorrowedFd<'_>,
         meta: Option<&EntryMeta>,
         header: &ImportHeader,
         shown: &Path,
@@ -239,7 +294,7 @@ impl<'a> StoreImports<'a> {
             .map_err(|e| Error::io(shown, e.into()))?;
         if let Some(m) = meta {
             set_xattrs(
-                fd,
+                &fd,
                 shown,
                 &m.xattrs,
                 self.privileged,
@@ -283,6 +338,8 @@ impl ImportSource for StoreImports<'_> {
         let fresh = fsat::stat_at(&parent, dname).map_err(|e| Error::io(shown(b""), e))?
             == fsat::Found::Nothing;
 
+        // The block's directories, opened once for all the files they hold.
+        let mut sources = DirCache::default();
         // The destination itself.
         let mut stack: Vec<(Vec<u8>, OwnedFd)> = Vec::new();
         let mut dirs: Vec<(Vec<u8>, Option<&EntryMeta>)> = Vec::new();
@@ -302,7 +359,7 @@ impl ImportSource for StoreImports<'_> {
                 if !fresh {
                     fsat::remove_at(&parent, dname).map_err(|e| Error::io(shown(b""), e))?;
                 }
-                self.place(&block, other, &parent, dname, &shown(b""))?;
+                self.place(&block, &mut sources, other, &parent, dname, &shown(b""))?;
             }
         }
         for item in &items[1..] {
@@ -336,32 +393,44 @@ impl ImportSource for StoreImports<'_> {
                 }
                 Placed::Link(..) => links.push((item, name)),
                 other => {
-                    let pfd = pfd.try_clone().map_err(|e| Error::io(&here, e))?;
                     if !fresh {
-                        fsat::remove_at(&pfd, name).map_err(|e| Error::io(&here, e))?;
+                        fsat::remove_at(pfd, name).map_err(|e| Error::io(&here, e))?;
                     }
-                    self.place(&block, other, &pfd, name, &here)?;
+                    self.place(&block, &mut sources, other, pfd, name, &here)?;
                 }
             }
         }
         stack.clear();
         // Hard links, once every file they name is in place.
-        if !links.is_empty() {
-            let top = fsat::open_dir_at(&parent, dname).map_err(|e| Error::io(shown(b""), e))?;
+        // The tree made, for what follows; only directories were opened.
+        let mut made = DirCache::default();
+        let top = match &first.placed {
+            Placed::Dir(_) => {
+                Some(fsat::open_dir_at(&parent, dname).map_err(|e| Error::io(shown(b""), e))?)
+            }
+            _ => None,
+        };
+        if let Some(top) = &top {
             for (item, name) in links {
                 let Placed::Link(leader, _) = item.placed else {
                     continue;
                 };
                 let leader = &items[leader].rel;
                 let here = shown(&item.rel);
-                let (pdir, _) = fsat::split(&item.rel);
-                let pfd = fsat::open_dir_beneath(&top, pdir).map_err(|e| Error::io(&here, e))?;
                 let (ldir, lname) = fsat::split(leader);
-                let lfd = fsat::open_dir_beneath(&top, ldir).map_err(|e| Error::io(&here, e))?;
+                let lfd = made
+                    .open_beneath(top, ldir)
+                    .map_err(|e| Error::io(&here, e))?
+                    .try_clone_to_owned()
+                    .map_err(|e| Error::io(&here, e))?;
+                let (pdir, _) = fsat::split(&item.rel);
+                let pfd = made
+                    .open_beneath(top, pdir)
+                    .map_err(|e| Error::io(&here, e))?;
                 if !fresh {
-                    fsat::remove_at(&pfd, name).map_err(|e| Error::io(&here, e))?;
+                    fsat::remove_at(pfd, name).map_err(|e| Error::io(&here, e))?;
                 }
-                rustix::fs::linkat(&lfd, lname, &pfd, name, AtFlags::empty())
+                rustix::fs::linkat(&lfd, lname, pfd, name, AtFlags::empty())
                     .map_err(|e| Error::io(&here, e.into()))?;
             }
         }
@@ -371,14 +440,13 @@ impl ImportSource for StoreImports<'_> {
             let (mode, mtime) = meta.map_or((0o755, header.mtime), |m| (m.mode, m.mtime));
             made_dirs.push((entry::join(target, &rel), mode, mtime));
             let here = shown(&rel);
-            let fd = if rel.is_empty() {
-                fsat::open_dir_at(&parent, dname)
-            } else {
-                let top = fsat::open_dir_at(&parent, dname).map_err(|e| Error::io(&here, e))?;
-                fsat::open_dir_beneath(&top, &rel)
-            }
-            .map_err(|e| Error::io(&here, e))?;
-            self.finish_dir(&fd, meta, header, &here)?;
+            let Some(top) = &top else {
+                continue;
+            };
+            let fd = made
+                .open_beneath(top, &rel)
+                .map_err(|e| Error::io(&here, e))?;
+            self.finish_dir(fd, meta, header, &here)?;
         }
         made_dirs.reverse();
         Ok(Materialized {
@@ -393,13 +461,14 @@ impl StoreImports<'_> {
     fn place(
         &mut self,
         block: &Extracted,
+        sources: &mut DirCache,
         placed: &Placed<'_>,
         dir: &impl AsFd,
         name: &[u8],
         shown: &Path,
     ) -> Result<()> {
         match placed {
-            Placed::File(content) => self.place_file(block, content, dir, name, shown),
+            Placed::File(content) => self.place_file(block, sources, content, dir, name, shown),
             Placed::Symlink(meta) => {
                 let link = meta.link.as_ref().map(|l| &l.0[..]).unwrap_or_default();
                 rustix::fs::symlinkat(link, dir, name).map_err(|e| Error::io(shown, e.into()))?;

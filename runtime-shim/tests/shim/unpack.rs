@@ -86,6 +86,57 @@ entries = [{ path = "g/f", content = "new" }, { path = "g/.wh.f" }, { path = "o/
     Ok(())
 }
 
+/// Entries below a lower layer's symlink follow it inside the root (a
+/// merged-/usr Debian base links /lib to usr/lib), and a directory replaced
+/// by a symlink halfway through a layer is never written through its old
+/// handle: the parent directories the applier keeps open are dropped.
+#[test]
+fn entries_below_symlinks_resolve_inside_the_root_as_they_are_now() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let spec = ImageSpec::from_toml(
+        r#"
+description = "merged /usr"
+[[layers]]
+entries = [{ path = "usr/", type = "dir" }, { path = "usr/lib/", type = "dir" }, { path = "lib", type = "symlink", target = "usr/lib" }, { path = "abs", type = "symlink", target = "/usr/lib" }, { path = "real/", type = "dir" }, { path = "other/", type = "dir" }]
+[[layers]]
+entries = [{ path = "lib/x", content = "x" }, { path = "abs/y", content = "y" }, { path = "lib/sub/", type = "dir" }, { path = "lib/sub/z", content = "z" }, { path = "real/f1", content = "1" }, { path = "real", type = "symlink", target = "other" }, { path = "real/f2", content = "2" }, { path = "lib/after", content = "a" }]
+"#,
+        "merged usr",
+    )?;
+    fixture::build(&spec, &tmp.path().join("img"), "latest")?;
+    let root = tmp.path().join("root");
+    unpack(
+        &format!("oci:{}:latest", tmp.path().join("img").display()),
+        &root,
+        &tmp.path().join("store"),
+    )?;
+    for (path, content) in [
+        ("usr/lib/x", "x"),
+        ("usr/lib/y", "y"),
+        ("usr/lib/sub/z", "z"),
+        ("usr/lib/after", "a"),
+        ("other/f2", "2"),
+    ] {
+        ensure!(
+            fs::read_to_string(root.join(path)).ok().as_deref() == Some(content),
+            "{path} is not where the symlinks lead inside the root"
+        );
+    }
+    for link in ["lib", "abs", "real"] {
+        ensure!(
+            fs::symlink_metadata(root.join(link))?
+                .file_type()
+                .is_symlink(),
+            "{link} is no longer a symlink"
+        );
+    }
+    ensure!(
+        !root.join("other/f1").exists() && fs::read_dir(root.join("other"))?.count() == 1,
+        "the replaced directory's file appeared elsewhere"
+    );
+    Ok(())
+}
+
 /// A directory outside every root filesystem: nothing may appear in it, and
 /// neither it nor its file may change mode, owner or time.
 struct Sentinel(PathBuf, Vec<(u32, u32, i64)>);
