@@ -10,19 +10,15 @@ output layout, empty build cache) and a warm rebuild (same inputs, same cache). 
 cache is warmed once per set before timing, so every contender reads from memory.
 Prints a Markdown table of medians, and the peak RSS of the builds.
 
-Usage: benches/build.py [RUNS]    (from the repository root; default 5 rounds)
+Usage: benches/build.py [RUNS [SET...]]    (from the repository root; default 5
+rounds; SET picks the sets whose names contain it, as `pyspark`)
 """
 import os, shutil, statistics, sys, tempfile
 
 from common import prepare, sh, timed
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-
-
-
-
-
-
+ONLY = sys.argv[2:]
 def tree_stats(path):
     size = files = 0
     for d, _, fs in os.walk(path):
@@ -39,8 +35,11 @@ def main():
     sets = [
         ("java (corpus v1)", f"{corpus}/java/v1/lib", "/app/lib"),
         ("python (corpus v1)", f"{corpus}/python/v1/site-packages", "/usr/lib/python3/site-packages"),
+        ("pyspark 3.5.5 (252 jars)", f"{corpus}/pyspark/v2/lib", "/opt/spark/jars"),
+        ("python environment (24 distributions)", f"{corpus}/python-large/v1/site-packages", "/usr/lib/python3/site-packages"),
         ("large python set", f"{corpus}/large/site-packages", "/usr/lib/python3/site-packages"),
     ]
+    sets = [s for s in sets if not ONLY or any(o in s[0] for o in ONLY)]
     print(f"{RUNS} rounds per set, medians; {os.cpu_count()} CPUs\n")
     print("| set | --fallback | size | files | tar \\| gzip -6 | cold build | speed-up vs tar\\|gzip | warm rebuild | warm / cold | peak RSS (cold, warm) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -29,7 +29,7 @@ def prepare():
     corpus = os.path.join(ROOT, "target/corpus")
     scripts = os.path.join(ROOT, "benches/corpus")
     for kind, script in [("java", "java-deps.sh"), ("python", "python-env.sh"),
-                         ("python-large", "python-large-env.sh")]:
+                         ("python-large", "python-large-env.sh"), ("pyspark", "pyspark-jars.sh")]:
         if not os.path.isdir(f"{corpus}/{kind}/v2"):
             sh(["bash", f"{scripts}/{script}", f"{corpus}/{kind}"])
     sh(["bash", "benches/make-large-set.sh", f"{corpus}/large"])

@@ -11,18 +11,13 @@
    seconds of `oci-blocks-registry gc --delete-untagged` and of
    `docker-registry garbage-collect --delete-untagged`, and what each removed.
 
-Usage: python3 benches/registry.py [RUNS]   (default 3)
+Usage: python3 benches/registry.py [RUNS [PART...]]   (default 3 rounds, every
+part; PART is skopeo, pushes or gc)
 """
 import hashlib, http.client, json, os, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import ROOT, sh, prepare  # noqa: E402
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from common import ROOT, free_port, sh, prepare  # noqa: E402
 
 
 class Ours:
@@ -237,6 +232,7 @@ def blob_path(kind, root, digest):
 
 def main():
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    parts = sys.argv[2:] or ["skopeo", "pushes", "gc"]
     corpus, cli = prepare()
     sh(["cargo", "build", "-q", "--release", "-p", "oci-blocks-registry"])
     binary = os.path.join(ROOT, "target/release/oci-blocks-registry")
@@ -244,44 +240,60 @@ def main():
     try:
         images = []
         for label, src, dest in [("java", f"{corpus}/java/v1/lib", "/app/lib"),
-                                 ("python", f"{corpus}/python/v1/site-packages", "/usr/lib/python3/site-packages")]:
+                                 ("python", f"{corpus}/python/v1/site-packages", "/usr/lib/python3/site-packages"),
+                                 ("pyspark", f"{corpus}/pyspark/v1/lib", "/opt/spark/jars")]:
+            if "skopeo" not in parts:
+                break
             layout = os.path.join(work, f"img-{label}")
             sh([cli, "build", "--no-cache", "--add", f"{src}:{dest}", "--out", f"oci:{layout}:v1"])
             images.append((label, layout))
 
-        print(f"## skopeo copy --all push then pull, medians of {runs} rounds (seconds)\n")
-        print("| image | registry | push | pull | push+pull | ratio (docker-registry / ours) |")
-        print("|---|---|---|---|---|---|")
-        results = push_pull(images, binary, runs, work)
-        for label, _ in images:
-            totals = {}
-            for name in ["oci-blocks-registry", "docker-registry"]:
-                e = results[(label, name)]
-                push, pull = statistics.median(e["push"]), statistics.median(e["pull"])
-                total = statistics.median([a + b for a, b in zip(e["push"], e["pull"])])
-                totals[name] = total
-                ratio = ""
-                if name == "docker-registry":
-                    ratio = f"{totals['docker-registry'] / totals['oci-blocks-registry']:.2f}"
-                print(f"| {label} corpus v1 | {name} | {push:.2f} | {pull:.2f} | {total:.2f} | {ratio} |")
-        sys.stdout.flush()
-
-        print("\n## 50 concurrent 100 MB pushes\n")
-        print("| registry | peak RSS (MiB) | wall (s) |")
-        print("|---|---|---|")
-        for kind in [Ours, Distribution]:
-            rss, elapsed = concurrent_pushes(kind, binary, work)
-            print(f"| {kind.name} | {rss:.0f} | {elapsed:.1f} |")
-            sys.stdout.flush()
-
-        print("\n## Garbage collection over 1,000 manifests (500 tagged, 500 untagged, --delete-untagged)\n")
-        print("| collector | seconds | blobs removed | blocks of tagged manifests lost |")
-        print("|---|---|---|---|")
-        for kind in [Ours, Distribution]:
-            elapsed, removed, lost, total = gc_bench(kind, binary, work)
-            print(f"| {kind.name} | {elapsed:.2f} | {removed} | {lost} of {total} |")
+        if "skopeo" in parts:
+            skopeo_part(images, binary, runs, work)
+        if "pushes" in parts:
+            pushes_part(binary, work)
+        if "gc" in parts:
+            gc_part(binary, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def skopeo_part(images, binary, runs, work):
+    print(f"## skopeo copy --all push then pull, medians of {runs} rounds (seconds)\n")
+    print("| image | registry | push | pull | push+pull | ratio (docker-registry / ours) |")
+    print("|---|---|---|---|---|---|")
+    results = push_pull(images, binary, runs, work)
+    for label, _ in images:
+        totals = {}
+        for name in ["oci-blocks-registry", "docker-registry"]:
+            e = results[(label, name)]
+            push, pull = statistics.median(e["push"]), statistics.median(e["pull"])
+            total = statistics.median([a + b for a, b in zip(e["push"], e["pull"])])
+            totals[name] = total
+            ratio = ""
+            if name == "docker-registry":
+                ratio = f"{totals['docker-registry'] / totals['oci-blocks-registry']:.2f}"
+            print(f"| {label} v1 | {name} | {push:.2f} | {pull:.2f} | {total:.2f} | {ratio} |")
+    sys.stdout.flush()
+
+
+def pushes_part(binary, work):
+    print("\n## 50 concurrent 100 MB pushes\n")
+    print("| registry | peak RSS (MiB) | wall (s) |")
+    print("|---|---|---|")
+    for kind in [Ours, Distribution]:
+        rss, elapsed = concurrent_pushes(kind, binary, work)
+        print(f"| {kind.name} | {rss:.0f} | {elapsed:.1f} |")
+        sys.stdout.flush()
+
+
+def gc_part(binary, work):
+    print("\n## Garbage collection over 1,000 manifests (500 tagged, 500 untagged, --delete-untagged)\n")
+    print("| collector | seconds | blobs removed | blocks of tagged manifests lost |")
+    print("|---|---|---|---|")
+    for kind in [Ours, Distribution]:
+        elapsed, removed, lost, total = gc_bench(kind, binary, work)
+        print(f"| {kind.name} | {elapsed:.2f} | {removed} | {lost} of {total} |")
 
 
 if __name__ == "__main__":
