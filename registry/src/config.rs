@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub addr: Option<String>,
     /// The storage root.
     pub root: Option<PathBuf>,
+    /// The storage as a URL: `s3://BUCKET/PREFIX`, or a directory.
+    pub storage: Option<String>,
     /// An htpasswd file of bcrypt hashes; writes then need credentials.
     pub htpasswd: Option<PathBuf>,
     /// Reads need credentials too.

@@ -37,6 +37,14 @@ pub enum Error {
     /// Stored content is not what its name says (a damaged storage root).
     #[error("storage: {0}")]
     Corrupt(String),
+    /// An object-store request failed.
+    #[error("{key}: {source}")]
+    ObjectStore {
+        /// The object concerned, as s3://BUCKET/KEY.
+        key: String,
+        /// The store's error.
+        source: Box<object_store::Error>,
+    },
     /// An error of the core crate.
     #[error(transparent)]
     Core(#[from] oci_blocks_core::Error),

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use oci_blocks_registry::config::{FileConfig, duration};
 use oci_blocks_registry::gc::{self, GcOptions};
 use oci_blocks_registry::server::{ServeOptions, serve};
-use oci_blocks_registry::storage::Storage;
+use oci_blocks_registry::storage::{Location, Storage};
 
 /// An OCI registry that keeps blocks alive through garbage collection.
 #[derive(Parser)]
@@ -34,9 +34,14 @@ struct Common {
     /// A TOML file with the same settings as the flags (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The storage root.
-    #[arg(long)]
+    /// The storage root, a directory.
+    #[arg(long, conflicts_with = "storage")]
     root: Option<PathBuf>,
+    /// The storage as a URL: `s3://BUCKET/PREFIX` (endpoint, region and
+    /// credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY or the shared credentials file), or a directory.
+    #[arg(long, value_name = "URL")]
+    storage: Option<String>,
     /// Unreferenced blobs younger than this are kept [default: 1h].
     #[arg(long, value_name = "DURATION")]
     grace_period: Option<String>,
@@ -131,11 +136,21 @@ fn run() -> Result<()> {
                     .as_deref()
                     .or(file.log_format.as_deref()),
             )?;
-            let root = root(&args.common, &file)?;
+            let location = location(&args.common, &file)?;
             let mut options = gc_options(&args.common, &file)?;
             options.dry_run = args.dry_run;
-            let storage = Storage::open_existing(&root)?;
-            let report = gc::collect(&storage, &options)?;
+            // A bucket's storage blocks on an async runtime.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let report = runtime.block_on(async move {
+                tokio::task::spawn_blocking(move || {
+                    let storage = Storage::open_existing_location(&location)?;
+                    gc::collect(&storage, &options)
+                })
+                .await
+            })??;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
@@ -190,12 +205,21 @@ fn init_logs(format: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn root(common: &Common, file: &FileConfig) -> Result<PathBuf> {
-    common
-        .root
-        .clone()
-        .or_else(|| file.root.clone())
-        .context("no storage root: pass --root DIR or set root in the configuration file")
+fn location(common: &Common, file: &FileConfig) -> Result<Location> {
+    if let Some(root) = &common.root {
+        return Ok(Location::Dir(root.clone()));
+    }
+    if let Some(url) = &common.storage {
+        return Ok(Location::parse(url)?);
+    }
+    match (&file.root, &file.storage) {
+        (Some(_), Some(_)) => bail!("the configuration file sets both root and storage"),
+        (Some(root), None) => Ok(Location::Dir(root.clone())),
+        (None, Some(url)) => Ok(Location::parse(url)?),
+        (None, None) => bail!(
+            "no storage: pass --root DIR or --storage s3://BUCKET/PREFIX, or set root or storage in the configuration file"
+        ),
+    }
 }
 
 fn gc_options(common: &Common, file: &FileConfig) -> Result<GcOptions> {
@@ -251,7 +275,7 @@ fn serve_options(args: &ServeArgs, file: &FileConfig) -> Result<ServeOptions> {
     };
     Ok(ServeOptions {
         addr,
-        root: root(&args.common, file)?,
+        storage: location(&args.common, file)?,
         htpasswd: args.htpasswd.clone().or_else(|| file.htpasswd.clone()),
         auth_pull: args.auth_pull || file.auth_pull.unwrap_or(false),
         tls,

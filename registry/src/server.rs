@@ -16,15 +16,15 @@ use crate::api::{AppState, router};
 use crate::auth::Auth;
 use crate::error::{Error, IoContext, Result};
 use crate::gc::{self, GcOptions};
-use crate::storage::Storage;
+use crate::storage::{Location, Storage};
 
 /// Everything `serve` needs, after the configuration file and flags are merged.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     /// Where to listen; port 0 picks a free port.
     pub addr: SocketAddr,
-    /// The storage root.
-    pub root: PathBuf,
+    /// Where the storage is: a directory or a bucket.
+    pub storage: Location,
     /// htpasswd file: writes need credentials.
     pub htpasswd: Option<PathBuf>,
     /// Reads need credentials too.
@@ -51,7 +51,20 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
 /// [`serve`] on a socket the caller bound (`options.addr` is not used), for
 /// programs and tests that run the registry in-process.
 pub async fn serve_listener(listener: std::net::TcpListener, options: ServeOptions) -> Result<()> {
-    let storage = Arc::new(Storage::open(&options.root)?);
+    if matches!(options.storage, Location::S3(_)) && options.gc_interval.is_some() {
+        return Err(Error::Config(
+            "gc-interval: periodic collection on object storage is not coordinated with the pushes \
+             of other replicas yet; run `oci-blocks-registry gc --storage` while no replica takes pushes"
+                .into(),
+        ));
+    }
+    let storage = Arc::new(Storage::open_location(&options.storage)?);
+    // A wrong endpoint, bucket or key fails here, not at the first push.
+    let probe = storage.clone();
+    tokio::task::spawn_blocking(move || probe.repositories())
+        .await
+        .map_err(|e| Error::Config(format!("probing the storage: {e}")))?
+        .map_err(|e| Error::Config(format!("storage {}: {e}", options.storage)))?;
     let auth = options
         .htpasswd
         .as_deref()

@@ -159,6 +159,60 @@ fn oci_blocks_registry_passes_every_test() -> Result<()> {
     Ok(())
 }
 
+/// The same suite with the registry's storage in a bucket of a real
+/// S3-compatible server (Garage, one node), through two replicas: the suite
+/// talks to one, and the collector runs as its own process on the bucket.
+#[test]
+#[ignore = "needs garage; .ci/run runs it"]
+fn oci_blocks_registry_on_object_storage_passes_every_test() -> Result<()> {
+    need(&["garage"])?;
+    let tmp = tempfile::tempdir()?;
+    let garage =
+        oci_blocks_fixture::garage::Garage::start(&tmp.path().join("garage"), "conformance")?;
+    let url = garage.url("registry");
+    let bin = workspace_binary("oci-blocks-registry", "oci-blocks-registry")?;
+    let mut child = Command::new(&bin)
+        .args(["serve", "--addr", "127.0.0.1:0", "--storage", &url])
+        .envs(garage.env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let server = Server {
+        url: line
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("unexpected first line {line:?}"))?
+            .to_string(),
+        child,
+    };
+    let gc = format!("{} gc --storage {url} --grace-period 0s", quoted(&bin));
+    let out = suite()
+        .args([
+            "registry",
+            "--json",
+            "--url",
+            &server.url,
+            "--gc-command",
+            &gc,
+            "--expect",
+        ])
+        .arg(crate_dir().join("expected/oci-blocks-registry.toml"))
+        .envs(garage.env())
+        .output()?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let report = json_report(&out)?;
+    let total = &report["summary"]["total"];
+    ensure!(total["failed"] == 0 && total["skipped"] == 0, "{report:#}");
+    ensure!(total["passed"].as_u64() >= Some(30), "{total}");
+    for id in ["blocks/survive-gc", "blocks/anchor-keeps-blocks"] {
+        ensure!(status_of(&report, id) == Some("passed"), "{id}");
+    }
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs docker-registry; .ci/run runs it"]
 fn docker_registry_ends_as_recorded() -> Result<()> {

@@ -30,10 +30,19 @@ pub(super) async fn get_blob(
         Ok(size)
     })
     .await?;
-    if found.is_none() {
+    let Some(size) = found else {
         return Err(ApiError::blob_unknown(&digest));
-    }
-    let path = state.storage.blob_path(&digest);
+    };
+    let Some(fs) = state.storage.fs() else {
+        let range = request
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let head = request.method() == Method::HEAD;
+        return serve_from_bucket(state, &digest, size, range.as_deref(), head).await;
+    };
+    let path = fs.blob_path(&digest);
     // Several ranges in one request: the whole blob (200), which
     // RFC 9110 allows a server to answer instead of a multipart body.
     let mut request = request;
@@ -66,6 +75,103 @@ pub(super) async fn get_blob(
         HeaderValue::from_static("application/octet-stream"),
     );
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// The byte range a `Range` header asks of a blob of `size` bytes: `None` for
+/// the whole blob (no header, several ranges, or one this parser does not
+/// read, which RFC 9110 lets a server ignore), `Err` when it cannot be
+/// satisfied.
+fn requested_range(header: Option<&str>, size: u64) -> Result<Option<std::ops::Range<u64>>, ()> {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let range = if first.is_empty() {
+        let Ok(n) = last.parse::<u64>() else {
+            return Ok(None);
+        };
+        if n == 0 || size == 0 {
+            return Err(());
+        }
+        size.saturating_sub(n)..size
+    } else {
+        let Ok(start) = first.parse::<u64>() else {
+            return Ok(None);
+        };
+        let end = if last.is_empty() {
+            size
+        } else {
+            match last.parse::<u64>() {
+                Ok(l) if l >= start => l.saturating_add(1).min(size),
+                _ => return Ok(None),
+            }
+        };
+        if start >= size {
+            return Err(());
+        }
+        start..end
+    };
+    Ok(Some(range))
+}
+
+/// A blob GET or HEAD from a bucket, streamed, with single ranges.
+async fn serve_from_bucket(
+    state: &AppState,
+    digest: &Digest,
+    size: u64,
+    range: Option<&str>,
+    head: bool,
+) -> ApiResult {
+    let Some(s3) = state.storage.s3() else {
+        return Err(ApiError::internal("no storage backend for blobs"));
+    };
+    let range = match requested_range(range, size) {
+        Ok(r) => r,
+        Err(()) => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+            )
+                .into_response());
+        }
+    };
+    let (status, length) = match &range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.end - r.start),
+        None => (StatusCode::OK, size),
+    };
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header("docker-content-digest", header_value(digest.as_str()))
+        .header(header::ETAG, header_value(&format!("\"{digest}\"")));
+    if let Some(r) = &range {
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{size}", r.start, r.end.saturating_sub(1)),
+        );
+    }
+    let body = if head || length == 0 {
+        Body::empty()
+    } else {
+        match s3
+            .get_blob(digest, range)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            Some(got) => Body::from_stream(got.into_stream()),
+            // Swept between the check and the read.
+            None => return Err(ApiError::blob_unknown(digest)),
+        }
+    };
+    builder.body(body).map_err(ApiError::internal)
 }
 
 pub(super) fn header_value(text: &str) -> HeaderValue {
@@ -113,4 +219,29 @@ pub(super) fn blob_created(name: &str, digest: &Digest) -> Response {
         ],
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::requested_range;
+
+    #[test]
+    fn ranges_are_read_as_rfc_9110_says_and_odd_ones_fall_back_to_the_whole() {
+        let r = |h: &str, size| requested_range(Some(h), size);
+        assert_eq!(r("bytes=0-9", 100), Ok(Some(0..10)));
+        assert_eq!(r("bytes=90-200", 100), Ok(Some(90..100)));
+        assert_eq!(r("bytes=95-", 100), Ok(Some(95..100)));
+        assert_eq!(r("bytes=-10", 100), Ok(Some(90..100)));
+        assert_eq!(r("bytes=-1000", 100), Ok(Some(0..100)));
+        assert_eq!(requested_range(None, 100), Ok(None));
+        // Unsatisfiable: past the end, a zero suffix, any range of nothing.
+        assert_eq!(r("bytes=100-", 100), Err(()));
+        assert_eq!(r("bytes=-0", 100), Err(()));
+        assert_eq!(r("bytes=0-0", 0), Err(()));
+        // Not read: the whole blob, as a server may answer.
+        for odd in ["bytes=9-3", "bytes=0-1,5-6", "items=0-1", "bytes=x-1", "bytes=1"] {
+            assert_eq!(r(odd, 100), Ok(None), "{odd}");
+        }
+        assert_eq!(r("bytes=0-18446744073709551615", 100), Ok(Some(0..100)));
+    }
 }

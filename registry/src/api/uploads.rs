@@ -107,14 +107,34 @@ pub(super) async fn session(
     let found = blocking(move || Ok(storage.upload(&key))).await?;
     match found {
         Some((repo, size)) if repo == name => {
-            let mut map = state
-                .uploads
-                .lock()
-                .map_err(|_| ApiError::internal("upload table poisoned"))?;
-            Ok(map
-                .entry(id.to_string())
-                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Upload { size, hasher: None })))
-                .clone())
+            let entry = {
+                let mut map = state
+                    .uploads
+                    .lock()
+                    .map_err(|_| ApiError::internal("upload table poisoned"))?;
+                map.entry(id.to_string())
+                    .or_insert_with(|| {
+                        Arc::new(tokio::sync::Mutex::new(Upload { size, hasher: None }))
+                    })
+                    .clone()
+            };
+            if state.storage.s3().is_some() {
+                // Another replica may have taken the session further: the
+                // bucket's size wins, and this process's hash state is stale.
+                let mut u = entry.lock().await;
+                let storage = state.storage.clone();
+                let key = id.to_string();
+                let now = blocking(move || Ok(storage.upload(&key))).await?;
+                match now {
+                    Some((_, size)) if size != u.size => {
+                        u.size = size;
+                        u.hasher = None;
+                    }
+                    Some(_) => {}
+                    None => return Err(ApiError::upload_unknown(id)),
+                }
+            }
+            Ok(entry)
         }
         _ => Err(ApiError::upload_unknown(id)),
     }
@@ -207,7 +227,10 @@ pub(super) async fn append(
     body: Body,
     expected: Option<u64>,
 ) -> Result<u64, ApiError> {
-    let path = state.storage.upload_data(id);
+    let Some(fs) = state.storage.fs() else {
+        return append_to_bucket(state, id, upload, body, expected).await;
+    };
+    let path = fs.upload_data(id);
     let file = tokio::fs::OpenOptions::new()
         .append(true)
         .open(&path)
@@ -263,6 +286,53 @@ pub(super) async fn append(
     }
     upload.size += written;
     Ok(written)
+}
+
+/// [`append`] for a bucket: the body becomes one chunk object, hashed as it
+/// streams, and nothing of it is kept unless it arrived whole.
+async fn append_to_bucket(
+    state: &AppState,
+    id: &str,
+    upload: &mut Upload,
+    body: Body,
+    expected: Option<u64>,
+) -> Result<u64, ApiError> {
+    let Some(s3) = state.storage.s3() else {
+        return Err(ApiError::internal("no storage backend for uploads"));
+    };
+    let saved = upload.hasher.clone();
+    let offset = upload.size;
+    let hasher = &mut upload.hasher;
+    let stream = body.into_data_stream().inspect(|chunk| {
+        if let (Ok(bytes), Some(h)) = (chunk, hasher.as_mut()) {
+            h.update(bytes);
+        }
+    });
+    let outcome = s3.append_chunk(id, offset, Box::pin(stream)).await;
+    let failure = match outcome {
+        Ok(crate::storage::s3::AppendOutcome::Done(written)) => match expected {
+            Some(expected) if expected != written => {
+                s3.drop_chunk(id, offset).await;
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::SizeInvalid,
+                    format!("chunk declared {expected} bytes, body had {written}"),
+                )
+            }
+            _ => {
+                upload.size += written;
+                return Ok(written);
+            }
+        },
+        Ok(crate::storage::s3::AppendOutcome::BodyFailed(e, written)) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BlobUploadInvalid,
+            format!("request body broke off after {written} bytes: {e}"),
+        ),
+        Err(e) => ApiError::internal(e),
+    };
+    upload.hasher = saved;
+    Err(failure)
 }
 
 pub(super) async fn truncate(path: &Path, size: u64) -> std::io::Result<()> {

@@ -70,6 +70,11 @@ impl Registry {
     }
 
     pub fn spawn(root: &Path, args: &[&str]) -> Result<Registry> {
+        Self::spawn_with(root, args, &[])
+    }
+
+    /// [`Registry::spawn`] with extra environment variables.
+    pub fn spawn_with(root: &Path, args: &[&str], env: &[(&str, String)]) -> Result<Registry> {
         std::fs::create_dir_all(root)?;
         let stderr = root.with_extension(format!(
             "stderr.{}",
@@ -79,6 +84,7 @@ impl Registry {
         ));
         let mut child = Command::new(registry_bin())
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr)?)
             .spawn()

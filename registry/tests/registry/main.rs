@@ -1,6 +1,7 @@
-//! `oci-blocks-registry` end to end: the HTTP API request by request, and
-//! the real skopeo against it.
+//! `oci-blocks-registry` end to end: the HTTP API request by request, the
+//! real skopeo against it, and its storage in a real S3-compatible server.
 
 mod api;
 mod common;
+mod s3;
 mod skopeo;

@@ -82,7 +82,7 @@ fn blocks_of(layout: &Layout) -> Result<Vec<String>> {
 }
 
 fn stored(reg: &Registry, digest: &str) -> Result<bool> {
-    let storage = oci_blocks_registry::storage::Storage::open(&reg.root)?;
+    let storage = oci_blocks_registry::storage::FsStorage::open(&reg.root)?;
     Ok(storage.blob_path(&Digest::parse(digest)?).is_file())
 }
 

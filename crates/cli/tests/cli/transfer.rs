@@ -30,7 +30,7 @@ fn our_registry_with(
     let addr = listener.local_addr()?;
     let options = ServeOptions {
         addr,
-        root: root.to_path_buf(),
+        storage: oci_blocks_registry::storage::Location::Dir(root.to_path_buf()),
         htpasswd: htpasswd.map(Path::to_path_buf),
         auth_pull: htpasswd.is_some(),
         tls,
@@ -379,7 +379,7 @@ fn a_tampered_blob_is_refused_and_a_failed_pull_resumes() -> Result<()> {
         .to_string();
     let hex = block.trim_start_matches("sha256:");
     let stored =
-        oci_blocks_registry::storage::Storage::open(&root)?.blob_path(&Digest::parse(&block)?);
+        oci_blocks_registry::storage::FsStorage::open(&root)?.blob_path(&Digest::parse(&block)?);
     let original = std::fs::read(&stored)?;
     let mut tampered = original.clone();
     tampered[original.len() / 2] ^= 0xff;

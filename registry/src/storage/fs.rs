@@ -1,5 +1,4 @@
-//! The registry's storage on a file-system root, synchronous (the API calls it
-//! through `spawn_blocking`).
+//! The registry's storage on a file-system root (the embedded default).
 //!
 //! ```text
 //! ROOT/
@@ -39,23 +38,25 @@ use oci_blocks_core::digest::{Algorithm, Hasher};
 
 use crate::error::{Error, IoContext, Result};
 
+use super::ManifestCommit;
+
 /// A storage root.
 #[derive(Debug)]
-pub struct Storage {
+pub struct FsStorage {
     root: PathBuf,
 }
 
 /// A held `gc.lock`, released on drop.
 #[derive(Debug)]
-pub struct Lock {
+pub struct FileLock {
     _file: File,
 }
 
-impl Storage {
+impl FsStorage {
     /// Opens the storage of an existing root, for commands that only read or
     /// collect it: a root that does not exist (a typo) is an error, not an
     /// empty registry.
-    pub fn open_existing(root: &Path) -> Result<Storage> {
+    pub fn open_existing(root: &Path) -> Result<FsStorage> {
         let missing: Vec<&str> = ["blobs", "repositories"]
             .into_iter()
             .filter(|sub| !root.join(sub).is_dir())
@@ -67,16 +68,16 @@ impl Storage {
                 missing.join(" or ")
             )));
         }
-        Storage::open(root)
+        FsStorage::open(root)
     }
 
     /// Opens (creating if needed) the storage under `root`.
-    pub fn open(root: &Path) -> Result<Storage> {
+    pub fn open(root: &Path) -> Result<FsStorage> {
         for sub in ["blobs", "uploads", "repositories"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).at(&dir)?;
         }
-        Ok(Storage {
+        Ok(FsStorage {
             root: root.to_path_buf(),
         })
     }
@@ -86,7 +87,7 @@ impl Storage {
         &self.root
     }
 
-    fn lock(&self, exclusive: bool) -> Result<Lock> {
+    fn lock(&self, exclusive: bool) -> Result<FileLock> {
         let path = self.root.join("gc.lock");
         let file = OpenOptions::new()
             .create(true)
@@ -102,16 +103,16 @@ impl Storage {
         rustix::fs::flock(&file, op)
             .map_err(io::Error::from)
             .at(&path)?;
-        Ok(Lock { _file: file })
+        Ok(FileLock { _file: file })
     }
 
     /// Takes `gc.lock` shared (manifest commits), blocking while a collection runs.
-    pub fn lock_shared(&self) -> Result<Lock> {
+    pub fn lock_shared(&self) -> Result<FileLock> {
         self.lock(false)
     }
 
     /// Takes `gc.lock` exclusively (garbage collection), blocking while commits run.
-    pub fn lock_exclusive(&self) -> Result<Lock> {
+    pub fn lock_exclusive(&self) -> Result<FileLock> {
         self.lock(true)
     }
 
@@ -440,14 +441,14 @@ impl Storage {
         Ok(true)
     }
 
-    /// [`Storage::delete_manifest`] for a manifest the caller knows no tag points
+    /// [`FsStorage::delete_manifest`] for a manifest the caller knows no tag points
     /// at (the collector's case), without reading every tag.
     pub fn delete_untagged_manifest(&self, name: &str, digest: &Digest) -> Result<bool> {
         let bytes = self.read_blob(digest)?;
         if !remove_file_if_exists(&self.manifest_record(name, digest))? {
             return Ok(false);
         }
-        if let Some(subject) = bytes.as_deref().and_then(subject_of) {
+        if let Some(subject) = bytes.as_deref().and_then(super::subject_of) {
             remove_file_if_exists(&self.referrer_file(name, &subject, digest))?;
         }
         Ok(true)
@@ -561,29 +562,6 @@ impl Storage {
     pub fn remove_blob(&self, digest: &Digest) -> Result<bool> {
         remove_file_if_exists(&self.blob_path(digest))
     }
-}
-
-/// What [`Storage::put_manifest`] records.
-#[derive(Debug)]
-pub struct ManifestCommit<'a> {
-    /// The manifest's digest.
-    pub digest: &'a Digest,
-    /// The exact bytes pushed.
-    pub bytes: &'a [u8],
-    /// Its media type.
-    pub media_type: &'a str,
-    /// The blobs it references (config, layers, blocks), linked into the repository.
-    pub blobs: &'a [Digest],
-    /// Its subject, for the referrers API.
-    pub subject: Option<&'a Digest>,
-    /// The tag to point at it.
-    pub tag: Option<&'a str>,
-}
-
-/// The `subject` digest of a manifest document.
-pub fn subject_of(bytes: &[u8]) -> Option<Digest> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    Digest::parse(value.get("subject")?.get("digest")?.as_str()?).ok()
 }
 
 fn read_names(dir: &Path) -> Result<Vec<String>> {

@@ -1,0 +1,833 @@
+//! The registry's storage in an S3-compatible bucket, through `object_store`.
+//!
+//! The keys under `PREFIX/` mirror the file-system layout ([`super::fs`]):
+//!
+//! ```text
+//! blobs/ALG/XX/HEX                       every blob once, manifests included
+//! touched/ALG/HEX                        a blob was used (HEAD, commit) at its time
+//! uploads/ID/repository                  an upload session's repository
+//! uploads/ID/chunks/OFFSET               its bytes, one object per PATCH, by offset
+//! repositories/NAME/_blobs/ALG/HEX       the blob is linked into NAME (empty)
+//! repositories/NAME/_manifests/ALG/HEX   a manifest of NAME (holds its media type)
+//! repositories/NAME/_tags/TAG            the tag (holds the manifest digest)
+//! repositories/NAME/_referrers/ALG/SUBJECT-HEX/ALG/HEX
+//! ```
+//!
+//! Everything an upload needs lives in the bucket, so any replica can continue
+//! a session another started: its size is the sum of its chunks, and its
+//! digest, when the replica has not hashed it as it arrived, is computed from
+//! them. A blob becomes visible only once verified: its chunks are streamed
+//! into one multipart upload of the final key, hashed on the way, and the
+//! upload is completed only when the digest matches (S3 shows a multipart
+//! object only when it is complete); otherwise it is aborted. Two replicas
+//! committing the same blob write the same bytes to the same key, and either
+//! write is the blob. Tags and records are single PUTs, which S3 makes
+//! atomic. S3 has no modification time to refresh, so a blob's use is a
+//! `touched/` object whose time the collector reads beside the blob's own.
+//!
+//! The storage API is synchronous: each call blocks on the registry's async
+//! runtime, from the blocking threads the API runs storage work on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as Key;
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, PutPayload, WriteMultipart};
+use oci_blocks_core::Digest;
+use oci_blocks_core::digest::{Algorithm, Hasher};
+use tokio::runtime::Handle;
+use tokio::sync::RwLock;
+
+use super::{ManifestCommit, S3Location};
+use crate::error::{Error, Result};
+
+/// Storage in a bucket.
+pub struct S3Storage {
+    store: Arc<dyn ObjectStore>,
+    location: S3Location,
+    runtime: Handle,
+    /// Orders manifest commits against collections and blob deletions in
+    /// this process (the file-system backend's `gc.lock`).
+    commits: Arc<RwLock<()>>,
+}
+
+impl std::fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "S3Storage({})", self.location)
+    }
+}
+
+/// A held commit lock.
+pub enum S3Lock {
+    /// Shared: a manifest commit.
+    Shared(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>),
+    /// Exclusive: a collection or a blob deletion.
+    Exclusive(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
+fn is_not_found(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+}
+
+/// Credentials from the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`,
+/// else `~/.aws/credentials`), section `AWS_PROFILE` (else `default`).
+fn shared_credentials() -> Option<(String, String, Option<String>)> {
+    let path = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials"))
+        })?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let mut in_section = false;
+    let mut values: HashMap<String, String> = HashMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_section = name.trim() == profile;
+            continue;
+        }
+        if in_section && let Some((k, v)) = line.split_once('=') {
+            values.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    Some((
+        values.remove("aws_access_key_id")?,
+        values.remove("aws_secret_access_key")?,
+        values.remove("aws_session_token"),
+    ))
+}
+
+impl S3Storage {
+    /// Storage in `location`, configured the AWS way: `AWS_ENDPOINT_URL`,
+    /// `AWS_REGION`, `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`, else the
+    /// shared credentials file and `AWS_PROFILE`. Requests are path-style
+    /// unless `AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true`; an `http://` endpoint
+    /// is allowed. Must be called inside the registry's runtime.
+    pub fn open(location: &S3Location) -> Result<S3Storage> {
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&location.bucket);
+        let endpoint = std::env::var("AWS_ENDPOINT_URL")
+            .or_else(|_| std::env::var("AWS_ENDPOINT"))
+            .ok();
+        if let Some(endpoint) = &endpoint {
+            builder = builder.with_endpoint(endpoint);
+            if endpoint.starts_with("http://") {
+                builder = builder.with_allow_http(true);
+            }
+        }
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            builder = builder.with_region("us-east-1");
+        }
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+            && let Some((id, secret, token)) = shared_credentials()
+        {
+            builder = builder
+                .with_access_key_id(id)
+                .with_secret_access_key(secret);
+            if let Some(token) = token {
+                builder = builder.with_token(token);
+            }
+        }
+        let store = builder
+            .build()
+            .map_err(|e| Error::Config(format!("--storage {location}: {e}")))?;
+        let runtime = Handle::try_current().map_err(|_| {
+            Error::Config("object storage needs the registry's async runtime".into())
+        })?;
+        Ok(S3Storage {
+            store: Arc::new(store),
+            location: location.clone(),
+            runtime,
+            commits: Arc::new(RwLock::new(())),
+        })
+    }
+
+    /// Where the storage is, for messages.
+    pub fn location(&self) -> &S3Location {
+        &self.location
+    }
+
+    fn key(&self, rel: &str) -> Key {
+        if self.location.prefix.is_empty() {
+            Key::from(rel)
+        } else {
+            Key::from(format!("{}/{rel}", self.location.prefix))
+        }
+    }
+
+    fn error(&self, key: &Key, source: object_store::Error) -> Error {
+        Error::ObjectStore {
+            key: format!("s3://{}/{key}", self.location.bucket),
+            source: Box::new(source),
+        }
+    }
+
+    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    // ---- primitives (async) ---------------------------------------------------
+
+    async fn head(&self, key: &Key) -> Result<Option<ObjectMeta>> {
+        match self.store.head(key).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.error(key, e)),
+        }
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
+        match self.store.get(key).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.error(key, e))?)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.error(key, e)),
+        }
+    }
+
+    async fn put(&self, key: &Key, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(key, PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(key, e))
+    }
+
+    /// Deletes `key`; whether it was there.
+    async fn delete(&self, key: &Key) -> Result<bool> {
+        if self.head(key).await?.is_none() {
+            return Ok(false);
+        }
+        match self.store.delete(key).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(self.error(key, e)),
+        }
+    }
+
+    /// Every object below `prefix`, recursively.
+    async fn list(&self, prefix: &Key) -> Result<Vec<ObjectMeta>> {
+        let mut stream = self.store.list(Some(prefix));
+        let mut out = Vec::new();
+        while let Some(m) = stream.next().await {
+            out.push(m.map_err(|e| self.error(prefix, e))?);
+        }
+        Ok(out)
+    }
+
+    /// The names directly below `prefix`: sub-prefixes and objects.
+    async fn children(&self, prefix: &Key) -> Result<(Vec<String>, Vec<ObjectMeta>)> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(prefix))
+            .await
+            .map_err(|e| self.error(prefix, e))?;
+        let dirs = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        Ok((dirs, listed.objects))
+    }
+
+    // ---- locks ------------------------------------------------------------------
+
+    /// Takes the commit lock shared (manifest commits).
+    pub fn lock_shared(&self) -> Result<S3Lock> {
+        Ok(S3Lock::Shared(
+            self.block(self.commits.clone().read_owned()),
+        ))
+    }
+
+    /// Takes the commit lock exclusively (collections, blob deletions).
+    pub fn lock_exclusive(&self) -> Result<S3Lock> {
+        Ok(S3Lock::Exclusive(
+            self.block(self.commits.clone().write_owned()),
+        ))
+    }
+
+    // ---- blobs --------------------------------------------------------------
+
+    /// The key of blob `digest`.
+    pub fn blob_key(&self, digest: &Digest) -> Key {
+        let hex = digest.hex();
+        self.key(&format!(
+            "blobs/{}/{}/{hex}",
+            digest.algorithm().as_str(),
+            &hex[..2]
+        ))
+    }
+
+    fn touched_key(&self, digest: &Digest) -> Key {
+        self.key(&format!(
+            "touched/{}/{}",
+            digest.algorithm().as_str(),
+            digest.hex()
+        ))
+    }
+
+    /// The store, for streaming reads.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The size of a stored blob (an error reads as absent, as a missing file
+    /// does in the file-system backend).
+    pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
+        let key = self.blob_key(digest);
+        self.block(self.head(&key)).ok().flatten().map(|m| m.size)
+    }
+
+    /// A whole stored blob (manifests; callers bound the size).
+    pub fn read_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        let key = self.blob_key(digest);
+        Ok(self.block(self.get(&key))?.map(|b| b.to_vec()))
+    }
+
+    /// Marks a blob as just used, for a collection's grace period.
+    pub fn touch_blob(&self, digest: &Digest) {
+        let key = self.touched_key(digest);
+        let _ = self.block(self.put(&key, Vec::new()));
+    }
+
+    /// A byte range of a blob, streamed: the response body of a GET.
+    pub async fn get_blob(
+        &self,
+        digest: &Digest,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Option<object_store::GetResult>> {
+        let key = self.blob_key(digest);
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..GetOptions::default()
+        };
+        match self.store.get_opts(&key, options).await {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.error(&key, e)),
+        }
+    }
+
+    fn repo(&self, name: &str, rest: &str) -> Key {
+        self.key(&format!("repositories/{name}/{rest}"))
+    }
+
+    fn digest_rel(digest: &Digest) -> String {
+        format!("{}/{}", digest.algorithm().as_str(), digest.hex())
+    }
+
+    fn blob_link(&self, name: &str, digest: &Digest) -> Key {
+        self.repo(name, &format!("_blobs/{}", Self::digest_rel(digest)))
+    }
+
+    /// Whether the blob is stored and linked into repository `name`.
+    pub fn linked_blob_size(&self, name: &str, digest: &Digest) -> Option<u64> {
+        let link = self.blob_link(name, digest);
+        self.block(self.head(&link)).ok().flatten()?;
+        self.blob_size(digest)
+    }
+
+    /// Links a stored blob into repository `name`.
+    pub fn link_blob(&self, name: &str, digest: &Digest) -> Result<()> {
+        let link = self.blob_link(name, digest);
+        self.block(self.put(&link, Vec::new()))
+    }
+
+    /// Removes a blob's link from `name`; whether there was one.
+    pub fn unlink_blob(&self, name: &str, digest: &Digest) -> Result<bool> {
+        let link = self.blob_link(name, digest);
+        self.block(self.delete(&link))
+    }
+
+    /// A manifest of `name` that references the blob, if any (under the
+    /// exclusive lock).
+    pub fn manifest_referencing(&self, name: &str, digest: &Digest) -> Result<Option<Digest>> {
+        for m in self.manifests(name)? {
+            let Some(bytes) = self.read_blob(&m)? else {
+                continue;
+            };
+            if crate::gc::references(&bytes).0.contains(digest) {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+
+    // ---- uploads --------------------------------------------------------------
+
+    fn upload_key(&self, id: &str, rest: &str) -> Key {
+        self.key(&format!("uploads/{id}/{rest}"))
+    }
+
+    /// Opens an upload session for `name`; its id.
+    pub fn new_upload(&self, name: &str) -> Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let key = self.upload_key(&id, "repository");
+        self.block(self.put(&key, name.as_bytes().to_vec()))?;
+        Ok(id)
+    }
+
+    /// The chunks of a session, by offset.
+    async fn chunks(&self, id: &str) -> Result<Vec<(u64, ObjectMeta)>> {
+        let mut out: Vec<(u64, ObjectMeta)> = self
+            .list(&self.upload_key(id, "chunks"))
+            .await?
+            .into_iter()
+            .filter_map(|m| Some((m.location.filename()?.parse().ok()?, m)))
+            .collect();
+        out.sort_by_key(|(offset, _)| *offset);
+        Ok(out)
+    }
+
+    /// The repository and size of an open session; `id` must be a UUID.
+    pub fn upload(&self, id: &str) -> Option<(String, u64)> {
+        uuid::Uuid::parse_str(id).ok()?;
+        self.block(async {
+            let repo = self.get(&self.upload_key(id, "repository")).await.ok()??;
+            let chunks = self.chunks(id).await.ok()?;
+            let size = contiguous_size(&chunks)?;
+            Some((String::from_utf8_lossy(&repo).into_owned(), size))
+        })
+    }
+
+    /// Appends one request body to session `id` at `offset`, as one chunk
+    /// object: nothing of it is visible unless the whole body arrived.
+    pub async fn append_chunk<S, E>(
+        &self,
+        id: &str,
+        offset: u64,
+        mut body: S,
+    ) -> Result<AppendOutcome<E>>
+    where
+        S: futures_util::Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    {
+        let key = self.upload_key(id, &format!("chunks/{offset:020}"));
+        let mut writer: Option<WriteMultipart> = None;
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let bytes = match chunk {
+                Ok(b) => b,
+                Err(e) => {
+                    if let Some(w) = writer {
+                        let _ = w.abort().await;
+                    }
+                    return Ok(AppendOutcome::BodyFailed(e, written));
+                }
+            };
+            if bytes.is_empty() {
+                continue;
+            }
+            if writer.is_none() {
+                let upload = self
+                    .store
+                    .put_multipart(&key)
+                    .await
+                    .map_err(|e| self.error(&key, e))?;
+                writer = Some(WriteMultipart::new(upload));
+            }
+            if let Some(w) = writer.as_mut() {
+                // Bounded memory: at most a few parts in flight.
+                w.wait_for_capacity(2)
+                    .await
+                    .map_err(|e| self.error(&key, e))?;
+                w.write(&bytes);
+            }
+            written += bytes.len() as u64;
+        }
+        if let Some(w) = writer {
+            w.finish().await.map_err(|e| self.error(&key, e))?;
+        }
+        Ok(AppendOutcome::Done(written))
+    }
+
+    /// Removes the chunk at `offset` (a body that was longer or shorter than
+    /// declared).
+    pub async fn drop_chunk(&self, id: &str, offset: u64) {
+        let key = self.upload_key(id, &format!("chunks/{offset:020}"));
+        let _ = self.delete(&key).await;
+    }
+
+    /// Discards a session.
+    pub fn remove_upload(&self, id: &str) -> Result<()> {
+        self.block(async {
+            for m in self.list(&self.key(&format!("uploads/{id}"))).await? {
+                match self.store.delete(&m.location).await {
+                    Err(e) if !is_not_found(&e) => return Err(self.error(&m.location, e)),
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Hashes a session's bytes (a session another replica started).
+    pub fn hash_upload(&self, id: &str, algorithm: Algorithm) -> Result<Digest> {
+        self.block(async {
+            let mut hasher = Hasher::new(algorithm);
+            for (_, m) in self.chunks(id).await? {
+                let got = self
+                    .store
+                    .get(&m.location)
+                    .await
+                    .map_err(|e| self.error(&m.location, e))?;
+                let mut stream = got.into_stream();
+                while let Some(b) = stream.next().await {
+                    hasher.update(&b.map_err(|e| self.error(&m.location, e))?);
+                }
+            }
+            Ok(hasher.finish())
+        })
+    }
+
+    /// Makes a verified upload the blob `digest`, linked into `name`: its
+    /// chunks are streamed into the blob's key, hashed again on the way, and
+    /// the write completes only if the digest matches.
+    pub fn commit_upload(&self, id: &str, digest: &Digest, name: &str) -> Result<()> {
+        self.block(async {
+            let dest = self.blob_key(digest);
+            if self.head(&dest).await?.is_none() {
+                let chunks = self.chunks(id).await?;
+                let mut hasher = Hasher::new(digest.algorithm());
+                let upload = self
+                    .store
+                    .put_multipart(&dest)
+                    .await
+                    .map_err(|e| self.error(&dest, e))?;
+                let mut writer = WriteMultipart::new(upload);
+                let copied: Result<()> = async {
+                    for (_, m) in &chunks {
+                        let got = self
+                            .store
+                            .get(&m.location)
+                            .await
+                            .map_err(|e| self.error(&m.location, e))?;
+                        let mut stream = got.into_stream();
+                        while let Some(b) = stream.next().await {
+                            let b = b.map_err(|e| self.error(&m.location, e))?;
+                            hasher.update(&b);
+                            writer
+                                .wait_for_capacity(2)
+                                .await
+                                .map_err(|e| self.error(&dest, e))?;
+                            writer.write(&b);
+                        }
+                    }
+                    Ok(())
+                }
+                .await;
+                let actual = hasher.finish();
+                if copied.is_err() || &actual != digest {
+                    let _ = writer.abort().await;
+                    copied?;
+                    return Err(Error::Corrupt(format!(
+                        "upload {id} hashes to {actual} in the bucket, not {digest}"
+                    )));
+                }
+                if chunks.is_empty() {
+                    // An empty blob: a multipart upload needs a part.
+                    let _ = writer.abort().await;
+                    self.put(&dest, Vec::new()).await?;
+                } else {
+                    writer.finish().await.map_err(|e| self.error(&dest, e))?;
+                }
+            }
+            self.put(&self.touched_key(digest), Vec::new()).await?;
+            self.put(&self.blob_link(name, digest), Vec::new()).await
+        })?;
+        self.remove_upload(id)
+    }
+
+    /// Stores `bytes` as blob `digest` (manifests) unless it is stored.
+    pub fn put_blob_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        let key = self.blob_key(digest);
+        self.block(async {
+            if self.head(&key).await?.is_none() {
+                self.put(&key, bytes.to_vec()).await?;
+            }
+            self.put(&self.touched_key(digest), Vec::new()).await
+        })
+    }
+
+    /// Session ids with the time their last chunk was written.
+    pub fn uploads(&self) -> Result<Vec<(String, SystemTime)>> {
+        self.block(async {
+            let mut latest: HashMap<String, SystemTime> = HashMap::new();
+            for m in self.list(&self.key("uploads")).await? {
+                let parts: Vec<_> = m.location.parts().collect();
+                let skip = usize::from(!self.location.prefix.is_empty())
+                    * self.location.prefix.split('/').count();
+                let Some(id) = parts.get(skip + 1) else {
+                    continue;
+                };
+                let t = SystemTime::from(m.last_modified);
+                let e = latest.entry(id.as_ref().to_string()).or_insert(t);
+                *e = (*e).max(t);
+            }
+            Ok(latest.into_iter().collect())
+        })
+    }
+
+    // ---- manifests, tags, referrers --------------------------------------------
+
+    fn manifest_record(&self, name: &str, digest: &Digest) -> Key {
+        self.repo(name, &format!("_manifests/{}", Self::digest_rel(digest)))
+    }
+
+    fn tag_key(&self, name: &str, tag: &str) -> Key {
+        self.repo(name, &format!("_tags/{tag}"))
+    }
+
+    fn referrer_key(&self, name: &str, subject: &Digest, digest: &Digest) -> Key {
+        self.repo(
+            name,
+            &format!(
+                "_referrers/{}/{}",
+                Self::digest_rel(subject),
+                Self::digest_rel(digest)
+            ),
+        )
+    }
+
+    /// The media type of manifest `digest` in `name`.
+    pub fn manifest_media_type(&self, name: &str, digest: &Digest) -> Option<String> {
+        let key = self.manifest_record(name, digest);
+        let bytes = self.block(self.get(&key)).ok()??;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// When manifest `digest` was last pushed to `name`.
+    pub fn manifest_pushed(&self, name: &str, digest: &Digest) -> Option<SystemTime> {
+        let key = self.manifest_record(name, digest);
+        let meta = self.block(self.head(&key)).ok()??;
+        Some(SystemTime::from(meta.last_modified))
+    }
+
+    /// The bytes and media type of manifest `digest` in `name`.
+    pub fn read_manifest(&self, name: &str, digest: &Digest) -> Result<Option<(Vec<u8>, String)>> {
+        let Some(media_type) = self.manifest_media_type(name, digest) else {
+            return Ok(None);
+        };
+        Ok(self.read_blob(digest)?.map(|b| (b, media_type)))
+    }
+
+    /// Records a checked manifest: bytes, links, record, referrer entry, tag
+    /// (last, so that a tag never names a manifest that is not there).
+    pub fn put_manifest(&self, name: &str, m: &ManifestCommit<'_>) -> Result<()> {
+        self.put_blob_bytes(m.digest, m.bytes)?;
+        for blob in m.blobs {
+            self.link_blob(name, blob)?;
+        }
+        self.block(async {
+            self.put(
+                &self.manifest_record(name, m.digest),
+                m.media_type.as_bytes().to_vec(),
+            )
+            .await?;
+            if let Some(subject) = m.subject {
+                self.put(&self.referrer_key(name, subject, m.digest), Vec::new())
+                    .await?;
+            }
+            if let Some(tag) = m.tag {
+                self.put(
+                    &self.tag_key(name, tag),
+                    m.digest.as_str().as_bytes().to_vec(),
+                )
+                .await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The manifest a tag points at.
+    pub fn resolve_tag(&self, name: &str, tag: &str) -> Option<Digest> {
+        let bytes = self.block(self.get(&self.tag_key(name, tag))).ok()??;
+        Digest::parse(String::from_utf8_lossy(&bytes).trim()).ok()
+    }
+
+    /// Whether repository `name` has held a blob, manifest or tag.
+    pub fn repository_exists(&self, name: &str) -> bool {
+        let prefix = self.key(&format!("repositories/{name}"));
+        self.block(self.children(&prefix))
+            .map(|(dirs, _)| {
+                dirs.iter()
+                    .any(|d| matches!(d.as_str(), "_blobs" | "_manifests" | "_tags"))
+            })
+            .unwrap_or(false)
+    }
+
+    /// The tags of `name`, sorted.
+    pub fn tags(&self, name: &str) -> Result<Vec<String>> {
+        let (_, objects) = self.block(self.children(&self.repo(name, "_tags")))?;
+        let mut tags: Vec<String> = objects
+            .iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .filter(|t| crate::names::valid_tag(t))
+            .collect();
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// Removes a tag; whether it existed.
+    pub fn delete_tag(&self, name: &str, tag: &str) -> Result<bool> {
+        self.block(self.delete(&self.tag_key(name, tag)))
+    }
+
+    /// Removes manifest `digest` from `name` with its tags and referrer entry.
+    pub fn delete_manifest(&self, name: &str, digest: &Digest) -> Result<bool> {
+        if !self.delete_untagged_manifest(name, digest)? {
+            return Ok(false);
+        }
+        for tag in self.tags(name)? {
+            if self.resolve_tag(name, &tag).as_ref() == Some(digest) {
+                self.delete_tag(name, &tag)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// [`S3Storage::delete_manifest`] for a manifest no tag points at.
+    pub fn delete_untagged_manifest(&self, name: &str, digest: &Digest) -> Result<bool> {
+        let bytes = self.read_blob(digest)?;
+        if !self.block(self.delete(&self.manifest_record(name, digest)))? {
+            return Ok(false);
+        }
+        if let Some(subject) = bytes.as_deref().and_then(super::subject_of) {
+            self.block(self.delete(&self.referrer_key(name, &subject, digest)))?;
+        }
+        Ok(true)
+    }
+
+    fn digests_below(&self, prefix: &Key) -> Result<Vec<Digest>> {
+        let objects = self.block(self.list(prefix))?;
+        Ok(objects
+            .iter()
+            .filter_map(|m| {
+                let mut parts: Vec<String> =
+                    m.location.parts().map(|p| p.as_ref().to_string()).collect();
+                let hex = parts.pop()?;
+                let algorithm = parts.pop()?;
+                Digest::parse(&format!("{algorithm}:{hex}")).ok()
+            })
+            .collect())
+    }
+
+    /// The manifests of `name` whose subject is `subject`.
+    pub fn referrers(&self, name: &str, subject: &Digest) -> Result<Vec<Digest>> {
+        let prefix = self.repo(name, &format!("_referrers/{}", Self::digest_rel(subject)));
+        let mut out: Vec<Digest> = self
+            .digests_below(&prefix)?
+            .into_iter()
+            .filter(|d| self.manifest_media_type(name, d).is_some())
+            .collect();
+        out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(out)
+    }
+
+    /// The manifests recorded in `name`.
+    pub fn manifests(&self, name: &str) -> Result<Vec<Digest>> {
+        self.digests_below(&self.repo(name, "_manifests"))
+    }
+
+    /// The blobs linked into `name`.
+    pub fn linked_blobs(&self, name: &str) -> Result<Vec<Digest>> {
+        self.digests_below(&self.repo(name, "_blobs"))
+    }
+
+    /// Every repository, sorted.
+    pub fn repositories(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut stack = vec![String::new()];
+        while let Some(prefix) = stack.pop() {
+            let key = if prefix.is_empty() {
+                self.key("repositories")
+            } else {
+                self.key(&format!("repositories/{prefix}"))
+            };
+            let (dirs, _) = self.block(self.children(&key))?;
+            let mut is_repo = false;
+            for d in dirs {
+                if d.starts_with('_') {
+                    is_repo |= matches!(d.as_str(), "_blobs" | "_manifests" | "_tags");
+                    continue;
+                }
+                stack.push(if prefix.is_empty() {
+                    d
+                } else {
+                    format!("{prefix}/{d}")
+                });
+            }
+            if is_repo {
+                out.push(prefix);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every stored blob with its size and the later of its write and its
+    /// last use.
+    pub fn blobs(&self) -> Result<Vec<(Digest, u64, SystemTime)>> {
+        let touched: HashMap<Digest, SystemTime> = self
+            .block(self.list(&self.key("touched")))?
+            .into_iter()
+            .filter_map(|m| {
+                let mut parts: Vec<String> =
+                    m.location.parts().map(|p| p.as_ref().to_string()).collect();
+                let hex = parts.pop()?;
+                let algorithm = parts.pop()?;
+                let d = Digest::parse(&format!("{algorithm}:{hex}")).ok()?;
+                Some((d, SystemTime::from(m.last_modified)))
+            })
+            .collect();
+        Ok(self
+            .block(self.list(&self.key("blobs")))?
+            .into_iter()
+            .filter_map(|m| {
+                let mut parts: Vec<String> =
+                    m.location.parts().map(|p| p.as_ref().to_string()).collect();
+                let hex = parts.pop()?;
+                let _fan = parts.pop()?;
+                let algorithm = parts.pop()?;
+                let d = Digest::parse(&format!("{algorithm}:{hex}")).ok()?;
+                let written = SystemTime::from(m.last_modified);
+                let used = touched.get(&d).copied().unwrap_or(written).max(written);
+                Some((d, m.size, used))
+            })
+            .collect())
+    }
+
+    /// Removes a stored blob and its use record.
+    pub fn remove_blob(&self, digest: &Digest) -> Result<bool> {
+        let removed = self.block(self.delete(&self.blob_key(digest)))?;
+        let _ = self.block(self.delete(&self.touched_key(digest)));
+        Ok(removed)
+    }
+}
+
+/// How an [`S3Storage::append_chunk`] ended.
+pub enum AppendOutcome<E> {
+    /// The whole body is stored: its length.
+    Done(u64),
+    /// The body broke off after this many bytes; nothing was stored.
+    BodyFailed(E, u64),
+}
+
+/// The size of a session whose chunks are contiguous from 0.
+fn contiguous_size(chunks: &[(u64, ObjectMeta)]) -> Option<u64> {
+    let mut size = 0u64;
+    for (offset, m) in chunks {
+        if *offset != size {
+            return None;
+        }
+        size = size.checked_add(m.size)?;
+    }
+    Some(size)
+}
