@@ -106,19 +106,21 @@ pub fn collect(storage: &Storage, options: &GcOptions) -> Result<GcReport> {
         let present: BTreeSet<Digest> = storage.manifests(name)?.into_iter().collect();
         let mut roots: Vec<Digest> = Vec::new();
         for tag in storage.tags(name)? {
-            if let Some(d) = storage.resolve_tag(name, &tag) {
+            if let Some(d) = storage.resolve_tag(name, &tag)? {
                 roots.push(d);
             }
         }
         if options.delete_untagged {
             // A manifest pushed within the grace period may be a child whose index
             // is still on its way (clients push children first).
-            roots.extend(
-                present
-                    .iter()
-                    .filter(|d| storage.manifest_pushed(name, d).is_some_and(|t| t > cutoff))
-                    .cloned(),
-            );
+            for d in &present {
+                if storage
+                    .manifest_pushed(name, d)?
+                    .is_some_and(|t| t > cutoff)
+                {
+                    roots.push(d.clone());
+                }
+            }
         } else {
             roots.extend(present.iter().cloned());
         }
@@ -169,7 +171,7 @@ pub fn collect(storage: &Storage, options: &GcOptions) -> Result<GcReport> {
     if !options.dry_run {
         for name in &repositories {
             for d in storage.linked_blobs(name)? {
-                if storage.blob_size(&d).is_none() {
+                if storage.blob_size(&d)?.is_none() {
                     storage.unlink_blob(name, &d)?;
                 }
             }

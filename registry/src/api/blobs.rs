@@ -21,7 +21,7 @@ pub(super) async fn get_blob(
     let head = request.method() == Method::HEAD;
     let d = digest.clone();
     let found = blocking(move || {
-        let size = storage.linked_blob_size(&name, &d);
+        let size = storage.linked_blob_size(&name, &d)?;
         if size.is_some() && head {
             // A HEAD is how a pusher learns it may skip an upload: keep the blob
             // young so that a collection does not take it before the manifest comes.
@@ -239,7 +239,13 @@ mod tests {
         assert_eq!(r("bytes=-0", 100), Err(()));
         assert_eq!(r("bytes=0-0", 0), Err(()));
         // Not read: the whole blob, as a server may answer.
-        for odd in ["bytes=9-3", "bytes=0-1,5-6", "items=0-1", "bytes=x-1", "bytes=1"] {
+        for odd in [
+            "bytes=9-3",
+            "bytes=0-1,5-6",
+            "items=0-1",
+            "bytes=x-1",
+            "bytes=1",
+        ] {
             assert_eq!(r(odd, 100), Ok(None), "{odd}");
         }
         assert_eq!(r("bytes=0-18446744073709551615", 100), Ok(Some(0..100)));

@@ -65,7 +65,7 @@ pub(super) async fn tags(state: &AppState, name: String, request: Request) -> Ap
     let storage = state.storage.clone();
     let n = name.clone();
     let found = blocking(move || {
-        if storage.repository_exists(&n) {
+        if storage.repository_exists(&n)? {
             storage.tags(&n).map(Some)
         } else {
             Ok(None)

@@ -32,7 +32,7 @@ pub(super) async fn resolve(
     }
     let storage = state.storage.clone();
     let (n, t) = (name.to_string(), reference.to_string());
-    blocking(move || Ok(storage.resolve_tag(&n, &t)))
+    blocking(move || storage.resolve_tag(&n, &t))
         .await?
         .ok_or_else(|| manifest_unknown(name, reference))
 }
@@ -142,7 +142,7 @@ pub(super) async fn put_manifest(
         // this manifest or runs before the checks.
         let _lock = storage.lock_shared()?;
         for r in &checked.blobs {
-            match storage.blob_size(&r.digest) {
+            match storage.blob_size(&r.digest)? {
                 None => {
                     return Ok(Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
@@ -171,7 +171,7 @@ pub(super) async fn put_manifest(
             }
         }
         for (i, child) in checked.children.iter().enumerate() {
-            if storage.manifest_media_type(&n, child).is_none() {
+            if storage.manifest_media_type(&n, child)?.is_none() {
                 return Ok(Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     ErrorCode::ManifestBlobUnknown,

@@ -50,9 +50,9 @@ pub(super) async fn start_upload(state: &AppState, name: String, request: Reques
         let (n, d) = (name.clone(), digest.clone());
         let mounted = blocking(move || {
             let there = match &from {
-                Some(from) => storage.linked_blob_size(from, &d).is_some(),
+                Some(from) => storage.linked_blob_size(from, &d)?.is_some(),
                 // Without `from`, any stored blob may be linked (one tenant).
-                None => storage.blob_size(&d).is_some(),
+                None => storage.blob_size(&d)?.is_some(),
             };
             if there {
                 storage.link_blob(&n, &d)?;
@@ -104,7 +104,7 @@ pub(super) async fn session(
 ) -> Result<Arc<tokio::sync::Mutex<Upload>>, ApiError> {
     let storage = state.storage.clone();
     let key = id.to_string();
-    let found = blocking(move || Ok(storage.upload(&key))).await?;
+    let found = blocking(move || storage.upload(&key)).await?;
     match found {
         Some((repo, size)) if repo == name => {
             let entry = {
@@ -124,7 +124,7 @@ pub(super) async fn session(
                 let mut u = entry.lock().await;
                 let storage = state.storage.clone();
                 let key = id.to_string();
-                let now = blocking(move || Ok(storage.upload(&key))).await?;
+                let now = blocking(move || storage.upload(&key)).await?;
                 match now {
                     Some((_, size)) if size != u.size => {
                         u.size = size;

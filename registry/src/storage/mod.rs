@@ -202,8 +202,11 @@ impl Storage {
     }
 
     /// The size of a stored blob, if it is stored.
-    pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
-        each!(self, b => b.blob_size(digest))
+    pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        match &self.backend {
+            Backend::Fs(f) => Ok(f.blob_size(digest)),
+            Backend::S3(s) => s.blob_size(digest),
+        }
     }
 
     /// Reads a whole stored blob (manifests; callers bound the size).
@@ -217,8 +220,11 @@ impl Storage {
     }
 
     /// Whether the blob is stored and linked into repository `name`.
-    pub fn linked_blob_size(&self, name: &str, digest: &Digest) -> Option<u64> {
-        each!(self, b => b.linked_blob_size(name, digest))
+    pub fn linked_blob_size(&self, name: &str, digest: &Digest) -> Result<Option<u64>> {
+        match &self.backend {
+            Backend::Fs(f) => Ok(f.linked_blob_size(name, digest)),
+            Backend::S3(s) => s.linked_blob_size(name, digest),
+        }
     }
 
     /// Links a stored blob into repository `name`.
@@ -243,8 +249,11 @@ impl Storage {
     }
 
     /// The repository and current size of an upload session, if it is open.
-    pub fn upload(&self, id: &str) -> Option<(String, u64)> {
-        each!(self, b => b.upload(id))
+    pub fn upload(&self, id: &str) -> Result<Option<(String, u64)>> {
+        match &self.backend {
+            Backend::Fs(f) => Ok(f.upload(id)),
+            Backend::S3(s) => s.upload(id),
+        }
     }
 
     /// Discards an upload session.
@@ -273,13 +282,19 @@ impl Storage {
     }
 
     /// The media type of manifest `digest` in repository `name`.
-    pub fn manifest_media_type(&self, name: &str, digest: &Digest) -> Option<String> {
-        each!(self, b => b.manifest_media_type(name, digest))
+    pub fn manifest_media_type(&self, name: &str, digest: &Digest) -> Result<Option<String>> {
+        match &self.backend {
+            Backend::Fs(f) => Ok(f.manifest_media_type(name, digest)),
+            Backend::S3(s) => s.manifest_media_type(name, digest),
+        }
     }
 
     /// When manifest `digest` was last pushed to `name`.
-    pub fn manifest_pushed(&self, name: &str, digest: &Digest) -> Option<SystemTime> {
-        each!(self, b => b.manifest_pushed(name, digest))
+    pub fn manifest_pushed(&self, name: &str, digest: &Digest) -> Result<Option<SystemTime>> {
+        match &self.backend {
+            Backend::Fs(f) => Ok(f.manifest_pushed(name, digest)),
+            Backend::S3(s) => s.manifest_pushed(name, digest),
+        }
     }
 
     /// The bytes and media type of manifest `digest` in `name`.
@@ -293,13 +308,19 @@ impl Storage {
     }
 
     /// The manifest a tag points at.
-    pub fn resolve_tag(&self, name: &str, tag: &str) -> Option<Digest> {
-        each!(self, b => b.resolve_tag(name, tag))
+    pub fn resolve_tag(&self, name: &str, tag: &str) -> Result<Option<Digest>> {
+        match &self.backend {
+            Backend::Fs(f) => Ok(f.resolve_tag(name, tag)),
+            Backend::S3(s) => s.resolve_tag(name, tag),
+        }
     }
 
     /// Whether repository `name` exists.
-    pub fn repository_exists(&self, name: &str) -> bool {
-        each!(self, b => b.repository_exists(name))
+    pub fn repository_exists(&self, name: &str) -> Result<bool> {
+        match &self.backend {
+            Backend::Fs(f) => Ok(f.repository_exists(name)),
+            Backend::S3(s) => s.repository_exists(name),
+        }
     }
 
     /// The tags of `name`, sorted.
@@ -393,7 +414,10 @@ mod tests {
         assert_eq!(ok("s3://reg/"), s3("reg", ""));
         assert_eq!(ok("s3://reg/a/b/"), s3("reg", "a/b"));
         assert_eq!(ok("/var/lib/reg"), Location::Dir("/var/lib/reg".into()));
-        assert_eq!(ok("file:///var/lib/reg"), Location::Dir("/var/lib/reg".into()));
+        assert_eq!(
+            ok("file:///var/lib/reg"),
+            Location::Dir("/var/lib/reg".into())
+        );
         assert_eq!(ok("s3://reg/a/b").to_string(), "s3://reg/a/b");
         for (bad, why) in [
             ("s3://", "bucket name"),

@@ -30,13 +30,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, PutPayload, WriteMultipart};
+use object_store::{
+    GetOptions, GetRange, ObjectMeta, ObjectStore, PutPayload, RetryConfig, WriteMultipart,
+};
 use oci_blocks_core::Digest;
 use oci_blocks_core::digest::{Algorithm, Hasher};
 use tokio::runtime::Handle;
@@ -137,7 +139,14 @@ impl S3Storage {
                 builder = builder.with_token(token);
             }
         }
+        // A store that is down answers 5xx within seconds, for clients to
+        // retry, instead of holding requests through minutes of retries here.
         let store = builder
+            .with_retry(RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(10),
+                ..RetryConfig::default()
+            })
             .build()
             .map_err(|e| Error::Config(format!("--storage {location}: {e}")))?;
         let runtime = Handle::try_current().map_err(|_| {
@@ -279,11 +288,10 @@ impl S3Storage {
         &self.store
     }
 
-    /// The size of a stored blob (an error reads as absent, as a missing file
-    /// does in the file-system backend).
-    pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
+    /// The size of a stored blob, if it is stored.
+    pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         let key = self.blob_key(digest);
-        self.block(self.head(&key)).ok().flatten().map(|m| m.size)
+        Ok(self.block(self.head(&key))?.map(|m| m.size))
     }
 
     /// A whole stored blob (manifests; callers bound the size).
@@ -329,9 +337,11 @@ impl S3Storage {
     }
 
     /// Whether the blob is stored and linked into repository `name`.
-    pub fn linked_blob_size(&self, name: &str, digest: &Digest) -> Option<u64> {
+    pub fn linked_blob_size(&self, name: &str, digest: &Digest) -> Result<Option<u64>> {
         let link = self.blob_link(name, digest);
-        self.block(self.head(&link)).ok().flatten()?;
+        if self.block(self.head(&link))?.is_none() {
+            return Ok(None);
+        }
         self.blob_size(digest)
     }
 
@@ -388,13 +398,21 @@ impl S3Storage {
     }
 
     /// The repository and size of an open session; `id` must be a UUID.
-    pub fn upload(&self, id: &str) -> Option<(String, u64)> {
-        uuid::Uuid::parse_str(id).ok()?;
+    pub fn upload(&self, id: &str) -> Result<Option<(String, u64)>> {
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Ok(None);
+        }
         self.block(async {
-            let repo = self.get(&self.upload_key(id, "repository")).await.ok()??;
-            let chunks = self.chunks(id).await.ok()?;
-            let size = contiguous_size(&chunks)?;
-            Some((String::from_utf8_lossy(&repo).into_owned(), size))
+            let Some(repo) = self.get(&self.upload_key(id, "repository")).await? else {
+                return Ok(None);
+            };
+            let chunks = self.chunks(id).await?;
+            let size = contiguous_size(&chunks).ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "upload {id}: its chunks in the bucket are not contiguous"
+                ))
+            })?;
+            Ok(Some((String::from_utf8_lossy(&repo).into_owned(), size)))
         })
     }
 
@@ -597,22 +615,24 @@ impl S3Storage {
     }
 
     /// The media type of manifest `digest` in `name`.
-    pub fn manifest_media_type(&self, name: &str, digest: &Digest) -> Option<String> {
+    pub fn manifest_media_type(&self, name: &str, digest: &Digest) -> Result<Option<String>> {
         let key = self.manifest_record(name, digest);
-        let bytes = self.block(self.get(&key)).ok()??;
-        Some(String::from_utf8_lossy(&bytes).into_owned())
+        Ok(self
+            .block(self.get(&key))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
     /// When manifest `digest` was last pushed to `name`.
-    pub fn manifest_pushed(&self, name: &str, digest: &Digest) -> Option<SystemTime> {
+    pub fn manifest_pushed(&self, name: &str, digest: &Digest) -> Result<Option<SystemTime>> {
         let key = self.manifest_record(name, digest);
-        let meta = self.block(self.head(&key)).ok()??;
-        Some(SystemTime::from(meta.last_modified))
+        Ok(self
+            .block(self.head(&key))?
+            .map(|m| SystemTime::from(m.last_modified)))
     }
 
     /// The bytes and media type of manifest `digest` in `name`.
     pub fn read_manifest(&self, name: &str, digest: &Digest) -> Result<Option<(Vec<u8>, String)>> {
-        let Some(media_type) = self.manifest_media_type(name, digest) else {
+        let Some(media_type) = self.manifest_media_type(name, digest)? else {
             return Ok(None);
         };
         Ok(self.read_blob(digest)?.map(|b| (b, media_type)))
@@ -647,20 +667,20 @@ impl S3Storage {
     }
 
     /// The manifest a tag points at.
-    pub fn resolve_tag(&self, name: &str, tag: &str) -> Option<Digest> {
-        let bytes = self.block(self.get(&self.tag_key(name, tag))).ok()??;
-        Digest::parse(String::from_utf8_lossy(&bytes).trim()).ok()
+    pub fn resolve_tag(&self, name: &str, tag: &str) -> Result<Option<Digest>> {
+        let Some(bytes) = self.block(self.get(&self.tag_key(name, tag)))? else {
+            return Ok(None);
+        };
+        Ok(Digest::parse(String::from_utf8_lossy(&bytes).trim()).ok())
     }
 
     /// Whether repository `name` has held a blob, manifest or tag.
-    pub fn repository_exists(&self, name: &str) -> bool {
+    pub fn repository_exists(&self, name: &str) -> Result<bool> {
         let prefix = self.key(&format!("repositories/{name}"));
-        self.block(self.children(&prefix))
-            .map(|(dirs, _)| {
-                dirs.iter()
-                    .any(|d| matches!(d.as_str(), "_blobs" | "_manifests" | "_tags"))
-            })
-            .unwrap_or(false)
+        let (dirs, _) = self.block(self.children(&prefix))?;
+        Ok(dirs
+            .iter()
+            .any(|d| matches!(d.as_str(), "_blobs" | "_manifests" | "_tags")))
     }
 
     /// The tags of `name`, sorted.
@@ -686,7 +706,7 @@ impl S3Storage {
             return Ok(false);
         }
         for tag in self.tags(name)? {
-            if self.resolve_tag(name, &tag).as_ref() == Some(digest) {
+            if self.resolve_tag(name, &tag)?.as_ref() == Some(digest) {
                 self.delete_tag(name, &tag)?;
             }
         }
@@ -725,8 +745,12 @@ impl S3Storage {
         let mut out: Vec<Digest> = self
             .digests_below(&prefix)?
             .into_iter()
-            .filter(|d| self.manifest_media_type(name, d).is_some())
-            .collect();
+            .filter_map(|d| match self.manifest_media_type(name, &d) {
+                Ok(Some(_)) => Some(Ok(d)),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_>>()?;
         out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         Ok(out)
     }

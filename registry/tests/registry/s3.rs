@@ -268,3 +268,77 @@ fn uploads_continue_across_replicas_and_never_show_a_partial_or_wrong_blob() -> 
     ensure!(got.status == 200 && got.body == big, "{}", got.describe());
     Ok(())
 }
+
+#[test]
+#[ignore = "needs garage; .ci/run runs it"]
+fn a_store_that_goes_down_mid_push_gets_clean_errors_and_nothing_half_committed() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut garage = garage(tmp.path())?;
+    let reg = replica(&garage, &tmp.path().join("a"), "three")?;
+    let blob = data(2 << 20, 4);
+    let digest = Digest::sha256(&blob);
+    let r = http("POST", &reg.url("/v2/down/blobs/uploads/"), &[], None)?;
+    ensure!(r.status == 202, "{}", r.describe());
+    let location = r.header("location").context("location")?.to_string();
+    let half = blob.len() / 2;
+    let r = http(
+        "PATCH",
+        &reg.url(&location),
+        &[("Content-Range", &format!("0-{}", half - 1))],
+        Some(&blob[..half]),
+    )?;
+    ensure!(r.status == 202, "{}", r.describe());
+
+    garage.stop();
+    let started = std::time::Instant::now();
+    let r = http(
+        "PATCH",
+        &reg.url(&location),
+        &[("Content-Range", &format!("{half}-{}", blob.len() - 1))],
+        Some(&blob[half..]),
+    )?;
+    ensure!(
+        (500..600).contains(&r.status) && r.code() == "UNKNOWN",
+        "a chunk while the store is down: {}",
+        r.describe()
+    );
+    ensure!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the error took {:?}",
+        started.elapsed()
+    );
+    let r = http("GET", &reg.url("/v2/down/tags/list"), &[], None)?;
+    ensure!(r.status >= 500, "{}", r.describe());
+
+    // Back up: the client retries the chunk where the registry says the
+    // session stands, and the blob is whole.
+    garage.restart()?;
+    let status = http("GET", &reg.url(&location), &[], None)?;
+    ensure!(
+        status.status == 204 && status.header("range") == Some(&format!("0-{}", half - 1)[..]),
+        "the failed chunk left nothing: {}",
+        status.describe()
+    );
+    let r = http(
+        "PATCH",
+        &reg.url(&location),
+        &[("Content-Range", &format!("{half}-{}", blob.len() - 1))],
+        Some(&blob[half..]),
+    )?;
+    ensure!(r.status == 202, "{}", r.describe());
+    let r = http(
+        "PUT",
+        &reg.url(&format!("{location}?digest={digest}")),
+        &[],
+        None,
+    )?;
+    ensure!(r.status == 201, "{}", r.describe());
+    let got = http(
+        "GET",
+        &reg.url(&format!("/v2/down/blobs/{digest}")),
+        &[],
+        None,
+    )?;
+    ensure!(got.status == 200 && got.body == blob, "{}", got.describe());
+    Ok(())
+}
