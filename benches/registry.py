@@ -6,13 +6,17 @@
    of each registry, registries alternating; medians of RUNS rounds.
 2. Peak RSS of each server while 50 clients push 100 MB blobs at once
    (POST, then one streamed PUT each).
-3. Garbage collection over 1,000 manifests (each with its own config, one
+3. (part s3) The same skopeo rounds with both registries' storage in one
+   Garage bucket (`garage` on PATH).
+4. Garbage collection over 1,000 manifests (each with its own config, one
    shared layer and three blocks from a pool of 200; half of them tagged):
    seconds of `oci-blocks-registry gc --delete-untagged` and of
    `docker-registry garbage-collect --delete-untagged`, and what each removed.
 
 Usage: python3 benches/registry.py [RUNS [PART...]]   (default 3 rounds, every
-part; PART is skopeo, pushes or gc)
+part but s3; PART is skopeo, pushes, gc, or s3: the skopeo rounds again with
+both registries on one bucket of a local Garage, docker-registry through its
+own S3 driver)
 """
 import hashlib, http.client, json, os, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
 
@@ -67,6 +71,97 @@ class Distribution:
         self.proc.wait()
 
 
+class Garage:
+    """A single-node Garage cluster on 127.0.0.1 with one bucket and key."""
+
+    def __init__(self, work, bucket="bench"):
+        import secrets
+        self.dir = os.path.join(work, "garage")
+        os.makedirs(self.dir, exist_ok=True)
+        rpc, s3, admin = free_port(), free_port(), free_port()
+        self.config = os.path.join(self.dir, "garage.toml")
+        with open(self.config, "w") as f:
+            f.write(f'metadata_dir = "{self.dir}/meta"\ndata_dir = "{self.dir}/data"\n'
+                    f'db_engine = "sqlite"\nreplication_factor = 1\n'
+                    f'rpc_bind_addr = "127.0.0.1:{rpc}"\nrpc_public_addr = "127.0.0.1:{rpc}"\n'
+                    f'rpc_secret = "{secrets.token_hex(32)}"\n[s3_api]\ns3_region = "garage"\n'
+                    f'api_bind_addr = "127.0.0.1:{s3}"\nroot_domain = ".s3.garage.localhost"\n'
+                    f'[admin]\napi_bind_addr = "127.0.0.1:{admin}"\n')
+        self.proc = subprocess.Popen(["garage", "-c", self.config, "server"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            if subprocess.run(["garage", "-c", self.config, "status"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        node = self.cli("node", "id", "-q").strip().split("@")[0]
+        self.cli("layout", "assign", "-z", "dc1", "-c", "10G", node)
+        self.cli("layout", "apply", "--version", "1")
+        self.cli("bucket", "create", bucket)
+        self.cli("key", "create", "bench")
+        info = self.cli("key", "info", "bench", "--show-secret")
+        field = lambda name: next(l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith(name))
+        self.key, self.secret = field("Key ID"), field("Secret key")
+        self.cli("bucket", "allow", "--read", "--write", "--owner", bucket, "--key", "bench")
+        self.bucket, self.endpoint = bucket, f"http://127.0.0.1:{s3}"
+
+    def cli(self, *args):
+        return subprocess.run(["garage", "-c", self.config, *args], check=True,
+                              capture_output=True, text=True).stdout
+
+    def env(self):
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "garage",
+                "AWS_ACCESS_KEY_ID": self.key, "AWS_SECRET_ACCESS_KEY": self.secret}
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class OursS3(Ours):
+    name = "oci-blocks-registry"
+
+    def __init__(self, root, binary, garage):
+        self.root = root
+        prefix = os.path.basename(root)
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--addr", "127.0.0.1:0", "--storage", f"s3://{garage.bucket}/{prefix}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, **garage.env(), "RUST_LOG": "warn"})
+        line = self.proc.stdout.readline().strip()
+        self.host = line.split("://", 1)[1]
+
+
+class DistributionS3(Distribution):
+    name = "docker-registry"
+
+    def __init__(self, root, _binary, garage):
+        port = free_port()
+        os.makedirs(os.path.dirname(root), exist_ok=True)
+        self.config = root + ".yml"
+        with open(self.config, "w") as f:
+            f.write(f"version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+                    f"storage:\n  s3:\n    accesskey: {garage.key}\n    secretkey: {garage.secret}\n"
+                    f"    region: garage\n    regionendpoint: {garage.endpoint}\n"
+                    f"    bucket: {garage.bucket}\n    secure: false\n    v4auth: true\n"
+                    f"    rootdirectory: /{os.path.basename(root)}\n"
+                    f"  delete:\n    enabled: true\n  redirect:\n    disable: true\n"
+                    f"http:\n  addr: 127.0.0.1:{port}\n")
+        # Its S3 driver panics at start-up when AWS_CA_BUNDLE is set.
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+        self.proc = subprocess.Popen(["docker-registry", "serve", self.config], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.host = f"127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                c = http.client.HTTPConnection(self.host, timeout=1)
+                c.request("GET", "/v2/")
+                if c.getresponse().status == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("docker-registry (S3) did not start")
+
+
 def peak_rss_mib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -81,14 +176,15 @@ def timed(cmd):
     return time.monotonic() - start
 
 
-def push_pull(images, binary, runs, work):
+def push_pull(images, binary, runs, work, garage=None):
     results = {}  # (image, registry) -> {"push": [...], "pull": [...]}
+    ours, theirs = (OursS3, DistributionS3) if garage else (Ours, Distribution)
     for r in range(runs):
-        kinds = [Ours, Distribution] if r % 2 == 0 else [Distribution, Ours]
+        kinds = [ours, theirs] if r % 2 == 0 else [theirs, ours]
         for label, layout in images:
             for kind in kinds:
                 root = os.path.join(work, f"{kind.name}-{r}-{label}")
-                reg = kind(root, binary)
+                reg = kind(root, binary, garage) if garage else kind(root, binary)
                 try:
                     dest = f"docker://{reg.host}/bench/{label}:v1"
                     push = timed(["skopeo", "copy", "--all", "--dest-tls-verify=false",
@@ -242,7 +338,7 @@ def main():
         for label, src, dest in [("java", f"{corpus}/java/v1/lib", "/app/lib"),
                                  ("python", f"{corpus}/python/v1/site-packages", "/usr/lib/python3/site-packages"),
                                  ("pyspark", f"{corpus}/pyspark/v1/lib", "/opt/spark/jars")]:
-            if "skopeo" not in parts:
+            if "skopeo" not in parts and "s3" not in parts:
                 break
             layout = os.path.join(work, f"img-{label}")
             sh([cli, "build", "--no-cache", "--add", f"{src}:{dest}", "--out", f"oci:{layout}:v1"])
@@ -250,6 +346,12 @@ def main():
 
         if "skopeo" in parts:
             skopeo_part(images, binary, runs, work)
+        if "s3" in parts:
+            garage = Garage(work)
+            try:
+                skopeo_part(images, binary, runs, work, garage)
+            finally:
+                garage.stop()
         if "pushes" in parts:
             pushes_part(binary, work)
         if "gc" in parts:
@@ -258,11 +360,12 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def skopeo_part(images, binary, runs, work):
-    print(f"## skopeo copy --all push then pull, medians of {runs} rounds (seconds)\n")
+def skopeo_part(images, binary, runs, work, garage=None):
+    where = " on one Garage bucket" if garage else ""
+    print(f"## skopeo copy --all push then pull{where}, medians of {runs} rounds (seconds)\n")
     print("| image | registry | push | pull | push+pull | ratio (docker-registry / ours) |")
     print("|---|---|---|---|---|---|")
-    results = push_pull(images, binary, runs, work)
+    results = push_pull(images, binary, runs, work, garage)
     for label, _ in images:
         totals = {}
         for name in ["oci-blocks-registry", "docker-registry"]:

@@ -324,6 +324,14 @@ async fn append_to_bucket(
                 return Ok(written);
             }
         },
+        Ok(crate::storage::s3::AppendOutcome::TooManyChunks(held)) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BlobUploadInvalid,
+            format!(
+                "upload {id} already has {held} chunks, the limit of object storage (MAX_CHUNKS = {}); send larger chunks",
+                crate::storage::s3::MAX_CHUNKS
+            ),
+        ),
         Ok(crate::storage::s3::AppendOutcome::BodyFailed(e, written)) => ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::BlobUploadInvalid,

@@ -47,6 +47,12 @@ use tokio::sync::RwLock;
 use super::{ManifestCommit, S3Location};
 use crate::error::{Error, Result};
 
+/// The chunks (PATCH requests) one upload session may have in a bucket: each
+/// is an object that the commit reads back, so a client sending a blob a few
+/// bytes at a time would otherwise cost the store without bound. S3 allows as
+/// many parts in one multipart upload.
+pub const MAX_CHUNKS: usize = 10_000;
+
 /// Storage in a bucket.
 pub struct S3Storage {
     store: Arc<dyn ObjectStore>,
@@ -427,6 +433,10 @@ impl S3Storage {
     where
         S: futures_util::Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     {
+        let held = self.chunks(id).await?.len();
+        if held >= MAX_CHUNKS {
+            return Ok(AppendOutcome::TooManyChunks(held));
+        }
         let key = self.upload_key(id, &format!("chunks/{offset:020}"));
         let mut writer: Option<WriteMultipart> = None;
         let mut written = 0u64;
@@ -842,6 +852,9 @@ pub enum AppendOutcome<E> {
     Done(u64),
     /// The body broke off after this many bytes; nothing was stored.
     BodyFailed(E, u64),
+    /// The session holds this many chunks, [`MAX_CHUNKS`] or more; nothing
+    /// was stored.
+    TooManyChunks(usize),
 }
 
 /// The size of a session whose chunks are contiguous from 0.
