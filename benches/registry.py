@@ -18,10 +18,23 @@ part but s3; PART is skopeo, pushes, gc, or s3: the skopeo rounds again with
 both registries on one bucket of a local Garage, docker-registry through its
 own S3 driver)
 """
-import hashlib, http.client, json, os, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
+import hashlib, http.client, json, os, shutil, statistics, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import ROOT, free_port, sh, prepare  # noqa: E402
+
+
+def wait_v2(host, what):
+    """Returns once `GET /v2/` on `host` answers 200."""
+    for _ in range(200):
+        try:
+            c = http.client.HTTPConnection(host, timeout=1)
+            c.request("GET", "/v2/")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not start")
 
 
 class Ours:
@@ -56,15 +69,7 @@ class Distribution:
         self.proc = subprocess.Popen(["docker-registry", "serve", self.config],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.host = f"127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                c = http.client.HTTPConnection(self.host, timeout=1)
-                c.request("GET", "/v2/")
-                if c.getresponse().status == 200:
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit("docker-registry did not start")
+        wait_v2(self.host, "docker-registry")
 
     def stop(self):
         self.proc.terminate()
@@ -151,15 +156,7 @@ class DistributionS3(Distribution):
         self.proc = subprocess.Popen(["docker-registry", "serve", self.config], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.host = f"127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                c = http.client.HTTPConnection(self.host, timeout=1)
-                c.request("GET", "/v2/")
-                if c.getresponse().status == 200:
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit("docker-registry (S3) did not start")
+        wait_v2(self.host, "docker-registry (S3)")
 
 
 def peak_rss_mib(pid):

@@ -190,21 +190,6 @@ impl FsStorage {
         remove_file_if_exists(&self.blob_link(name, digest))
     }
 
-    /// A manifest of repository `name` that references the blob (as config,
-    /// layer or block), if any. The caller holds `gc.lock` exclusively, so no
-    /// manifest commit runs meanwhile.
-    pub fn manifest_referencing(&self, name: &str, digest: &Digest) -> Result<Option<Digest>> {
-        for m in self.manifests(name)? {
-            let Some(bytes) = self.read_blob(&m)? else {
-                continue;
-            };
-            if crate::gc::references(&bytes).0.contains(digest) {
-                return Ok(Some(m));
-            }
-        }
-        Ok(None)
-    }
-
     // ---- uploads -----------------------------------------------------------
 
     fn upload_dir(&self, id: &str) -> PathBuf {
@@ -346,14 +331,6 @@ impl FsStorage {
             .ok()
     }
 
-    /// The bytes and media type of manifest `digest` in `name`.
-    pub fn read_manifest(&self, name: &str, digest: &Digest) -> Result<Option<(Vec<u8>, String)>> {
-        let Some(media_type) = self.manifest_media_type(name, digest) else {
-            return Ok(None);
-        };
-        Ok(self.read_blob(digest)?.map(|b| (b, media_type)))
-    }
-
     /// Records a manifest whose references the caller has checked (holding the
     /// shared lock): its bytes as a blob, its referenced blobs linked into `name`,
     /// its record, its referrer entry and its tag.
@@ -427,21 +404,7 @@ impl FsStorage {
         remove_file_if_exists(&self.tag_file(name, tag))
     }
 
-    /// Removes manifest `digest` from `name`, with the tags that point at it and its
-    /// referrer entry; whether it was there. Its blob stays until a collection.
-    pub fn delete_manifest(&self, name: &str, digest: &Digest) -> Result<bool> {
-        if !self.delete_untagged_manifest(name, digest)? {
-            return Ok(false);
-        }
-        for tag in self.tags(name)? {
-            if self.resolve_tag(name, &tag).as_ref() == Some(digest) {
-                self.delete_tag(name, &tag)?;
-            }
-        }
-        Ok(true)
-    }
-
-    /// [`FsStorage::delete_manifest`] for a manifest the caller knows no tag points
+    /// [`super::Storage::delete_manifest`] for a manifest the caller knows no tag points
     /// at (the collector's case), without reading every tag.
     pub fn delete_untagged_manifest(&self, name: &str, digest: &Digest) -> Result<bool> {
         let bytes = self.read_blob(digest)?;

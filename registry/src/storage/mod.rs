@@ -240,7 +240,15 @@ impl Storage {
     /// A manifest of `name` that references the blob, if any (the caller
     /// holds the exclusive lock).
     pub fn manifest_referencing(&self, name: &str, digest: &Digest) -> Result<Option<Digest>> {
-        each!(self, b => b.manifest_referencing(name, digest))
+        for m in self.manifests(name)? {
+            let Some(bytes) = self.read_blob(&m)? else {
+                continue;
+            };
+            if crate::gc::references(&bytes).0.contains(digest) {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
     }
 
     /// Opens an upload session for repository `name`; its id.
@@ -299,7 +307,10 @@ impl Storage {
 
     /// The bytes and media type of manifest `digest` in `name`.
     pub fn read_manifest(&self, name: &str, digest: &Digest) -> Result<Option<(Vec<u8>, String)>> {
-        each!(self, b => b.read_manifest(name, digest))
+        let Some(media_type) = self.manifest_media_type(name, digest)? else {
+            return Ok(None);
+        };
+        Ok(self.read_blob(digest)?.map(|b| (b, media_type)))
     }
 
     /// Records a manifest whose references the caller has checked.
@@ -335,7 +346,15 @@ impl Storage {
 
     /// Removes manifest `digest` from `name`, with its tags and referrer entry.
     pub fn delete_manifest(&self, name: &str, digest: &Digest) -> Result<bool> {
-        each!(self, b => b.delete_manifest(name, digest))
+        if !self.delete_untagged_manifest(name, digest)? {
+            return Ok(false);
+        }
+        for tag in self.tags(name)? {
+            if self.resolve_tag(name, &tag)?.as_ref() == Some(digest) {
+                self.delete_tag(name, &tag)?;
+            }
+        }
+        Ok(true)
     }
 
     /// [`Storage::delete_manifest`] for a manifest no tag points at.

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
 use object_store::{
@@ -363,20 +363,6 @@ impl S3Storage {
         self.block(self.delete(&link))
     }
 
-    /// A manifest of `name` that references the blob, if any (under the
-    /// exclusive lock).
-    pub fn manifest_referencing(&self, name: &str, digest: &Digest) -> Result<Option<Digest>> {
-        for m in self.manifests(name)? {
-            let Some(bytes) = self.read_blob(&m)? else {
-                continue;
-            };
-            if crate::gc::references(&bytes).0.contains(digest) {
-                return Ok(Some(m));
-            }
-        }
-        Ok(None)
-    }
-
     // ---- uploads --------------------------------------------------------------
 
     fn upload_key(&self, id: &str, rest: &str) -> Key {
@@ -496,20 +482,34 @@ impl S3Storage {
         })
     }
 
-    /// Hashes a session's bytes (a session another replica started).
-    pub fn hash_upload(&self, id: &str, algorithm: Algorithm) -> Result<Digest> {
-        self.block(async {
-            let mut hasher = Hasher::new(algorithm);
-            for (_, m) in self.chunks(id).await? {
+    /// The bytes of a session's chunks, in order, streamed.
+    fn session_bytes<'a>(
+        &'a self,
+        chunks: &'a [(u64, ObjectMeta)],
+    ) -> impl futures_util::Stream<Item = Result<Bytes>> + 'a {
+        futures_util::stream::iter(chunks)
+            .then(move |(_, m)| async move {
                 let got = self
                     .store
                     .get(&m.location)
                     .await
                     .map_err(|e| self.error(&m.location, e))?;
-                let mut stream = got.into_stream();
-                while let Some(b) = stream.next().await {
-                    hasher.update(&b.map_err(|e| self.error(&m.location, e))?);
-                }
+                Ok::<_, Error>(
+                    got.into_stream()
+                        .map(move |b| b.map_err(|e| self.error(&m.location, e))),
+                )
+            })
+            .try_flatten()
+    }
+
+    /// Hashes a session's bytes (a session another replica started).
+    pub fn hash_upload(&self, id: &str, algorithm: Algorithm) -> Result<Digest> {
+        self.block(async {
+            let chunks = self.chunks(id).await?;
+            let mut hasher = Hasher::new(algorithm);
+            let mut bytes = std::pin::pin!(self.session_bytes(&chunks));
+            while let Some(b) = bytes.next().await {
+                hasher.update(&b?);
             }
             Ok(hasher.finish())
         })
@@ -531,22 +531,15 @@ impl S3Storage {
                     .map_err(|e| self.error(&dest, e))?;
                 let mut writer = WriteMultipart::new(upload);
                 let copied: Result<()> = async {
-                    for (_, m) in &chunks {
-                        let got = self
-                            .store
-                            .get(&m.location)
+                    let mut bytes = std::pin::pin!(self.session_bytes(&chunks));
+                    while let Some(b) = bytes.next().await {
+                        let b = b?;
+                        hasher.update(&b);
+                        writer
+                            .wait_for_capacity(2)
                             .await
-                            .map_err(|e| self.error(&m.location, e))?;
-                        let mut stream = got.into_stream();
-                        while let Some(b) = stream.next().await {
-                            let b = b.map_err(|e| self.error(&m.location, e))?;
-                            hasher.update(&b);
-                            writer
-                                .wait_for_capacity(2)
-                                .await
-                                .map_err(|e| self.error(&dest, e))?;
-                            writer.write(&b);
-                        }
+                            .map_err(|e| self.error(&dest, e))?;
+                        writer.write(&b);
                     }
                     Ok(())
                 }
@@ -640,14 +633,6 @@ impl S3Storage {
             .map(|m| SystemTime::from(m.last_modified)))
     }
 
-    /// The bytes and media type of manifest `digest` in `name`.
-    pub fn read_manifest(&self, name: &str, digest: &Digest) -> Result<Option<(Vec<u8>, String)>> {
-        let Some(media_type) = self.manifest_media_type(name, digest)? else {
-            return Ok(None);
-        };
-        Ok(self.read_blob(digest)?.map(|b| (b, media_type)))
-    }
-
     /// Records a checked manifest: bytes, links, record, referrer entry, tag
     /// (last, so that a tag never names a manifest that is not there).
     pub fn put_manifest(&self, name: &str, m: &ManifestCommit<'_>) -> Result<()> {
@@ -710,20 +695,7 @@ impl S3Storage {
         self.block(self.delete(&self.tag_key(name, tag)))
     }
 
-    /// Removes manifest `digest` from `name` with its tags and referrer entry.
-    pub fn delete_manifest(&self, name: &str, digest: &Digest) -> Result<bool> {
-        if !self.delete_untagged_manifest(name, digest)? {
-            return Ok(false);
-        }
-        for tag in self.tags(name)? {
-            if self.resolve_tag(name, &tag)?.as_ref() == Some(digest) {
-                self.delete_tag(name, &tag)?;
-            }
-        }
-        Ok(true)
-    }
-
-    /// [`S3Storage::delete_manifest`] for a manifest no tag points at.
+    /// [`super::Storage::delete_manifest`] for a manifest no tag points at.
     pub fn delete_untagged_manifest(&self, name: &str, digest: &Digest) -> Result<bool> {
         let bytes = self.read_blob(digest)?;
         if !self.block(self.delete(&self.manifest_record(name, digest)))? {
