@@ -26,13 +26,22 @@ impl Drop for Server {
     }
 }
 
-/// `oci-blocks-registry serve` with `args`, its URL read from its first line.
+/// `oci-blocks-registry serve --root ROOT` with `args`.
 fn oci_blocks_registry(root: &Path, args: &[&str]) -> Result<Server> {
+    let root = root.to_string_lossy();
+    let mut all = vec!["--root", root.as_ref()];
+    all.extend_from_slice(args);
+    oci_blocks_registry_with(&all, &[])
+}
+
+/// `oci-blocks-registry serve` with `args` and `env`, its URL read from its
+/// first line.
+fn oci_blocks_registry_with(args: &[&str], env: &[(&str, String)]) -> Result<Server> {
     let bin = workspace_binary("oci-blocks-registry", "oci-blocks-registry")?;
     let mut child = Command::new(bin)
-        .args(["serve", "--addr", "127.0.0.1:0", "--root"])
-        .arg(root)
+        .args(["serve", "--addr", "127.0.0.1:0"])
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -170,24 +179,9 @@ fn oci_blocks_registry_on_object_storage_passes_every_test() -> Result<()> {
     let garage =
         oci_blocks_fixture::garage::Garage::start(&tmp.path().join("garage"), "conformance")?;
     let url = garage.url("registry");
+    let env = garage.env();
+    let server = oci_blocks_registry_with(&["--storage", &url], &env)?;
     let bin = workspace_binary("oci-blocks-registry", "oci-blocks-registry")?;
-    let mut child = Command::new(&bin)
-        .args(["serve", "--addr", "127.0.0.1:0", "--storage", &url])
-        .envs(garage.env())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let server = Server {
-        url: line
-            .trim()
-            .strip_prefix("listening on ")
-            .with_context(|| format!("unexpected first line {line:?}"))?
-            .to_string(),
-        child,
-    };
     let gc = format!("{} gc --storage {url} --grace-period 0s", quoted(&bin));
     let out = suite()
         .args([
