@@ -45,6 +45,16 @@ pub enum Error {
         /// The store's error.
         source: Box<object_store::Error>,
     },
+    /// A collection is removing a digest that a request relies on; the
+    /// request may be retried once it is done (`503`).
+    #[error("{digest} is being removed by a garbage collection; retry")]
+    Collecting {
+        /// The digest.
+        digest: String,
+    },
+    /// Another collector holds the lease.
+    #[error("garbage collection: {0}")]
+    Busy(String),
     /// An error of the core crate.
     #[error(transparent)]
     Core(#[from] oci_blocks_core::Error),

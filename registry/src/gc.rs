@@ -7,18 +7,21 @@
 //! than the grace period, then the repository links to blobs that are gone.
 //!
 //! Safety while pushes run:
-//! - the whole collection holds `gc.lock` exclusively, and a manifest PUT holds it
-//!   shared from its existence check to its commit, so a manifest is either marked
-//!   or checked after the sweep;
-//! - the grace period is measured from the collection's start, and a commit (or a
-//!   client's HEAD of an existing blob) refreshes a blob's age, so blobs of a push
-//!   whose manifest has not arrived yet are kept;
+//! - on a directory, the whole collection holds `gc.lock` exclusively, and a
+//!   manifest PUT holds it shared from its existence check to its commit, so a
+//!   manifest is either marked or checked after the sweep;
+//! - on a bucket, which has no lock, what pushes in progress name is a root, and
+//!   each removal is announced before the last use is read again
+//!   ([`crate::storage::s3`]'s `collect` module says why that suffices);
+//! - the grace period is measured from the collection's start (by the storage's
+//!   clock), and a commit (or a client's HEAD of an existing blob) refreshes a
+//!   blob's age, so blobs of a push whose manifest has not arrived yet are kept;
 //! - with `delete_untagged`, a manifest pushed within the grace period is a root
 //!   too (its index may not have arrived yet);
 //! - upload sessions are never touched unless abandoned for longer than
 //!   `upload_expiry`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use oci_blocks_core::Digest;
@@ -26,7 +29,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::Result;
-use crate::storage::Storage;
+use crate::storage::{ManifestFacts, Storage, Unused};
 
 /// How a collection runs.
 #[derive(Clone, Debug)]
@@ -88,10 +91,10 @@ pub struct GcReport {
 
 /// Runs one collection.
 pub fn collect(storage: &Storage, options: &GcOptions) -> Result<GcReport> {
-    let _lock = storage.lock_exclusive()?;
+    let collection = storage.begin_collection()?;
     let started = Instant::now();
-    let now = SystemTime::now();
-    let cutoff = now
+    let cutoff = collection
+        .started
         .checked_sub(options.grace_period)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let mut report = GcReport {
@@ -102,22 +105,34 @@ pub fn collect(storage: &Storage, options: &GcOptions) -> Result<GcReport> {
     let repositories = storage.repositories()?;
     report.repositories = repositories.len();
     let mut marked: HashSet<Digest> = HashSet::new();
+    // What pushes in progress name is kept whether it is a manifest yet or not.
+    for (_, digests) in &collection.in_flight {
+        marked.extend(digests.iter().cloned());
+    }
     for name in &repositories {
         let present: BTreeSet<Digest> = storage.manifests(name)?.into_iter().collect();
-        let mut roots: Vec<Digest> = Vec::new();
-        for tag in storage.tags(name)? {
-            if let Some(d) = storage.resolve_tag(name, &tag)? {
-                roots.push(d);
+        let listed: Vec<Digest> = present.iter().cloned().collect();
+        let facts: HashMap<Digest, ManifestFacts> = listed
+            .iter()
+            .cloned()
+            .zip(storage.manifest_facts(name, &listed)?)
+            .collect();
+        let tags = storage.tags(name)?;
+        let mut roots: Vec<Digest> = storage
+            .resolve_tags(name, &tags)?
+            .into_iter()
+            .flatten()
+            .collect();
+        for (repository, digests) in &collection.in_flight {
+            if repository == name {
+                roots.extend(digests.iter().cloned());
             }
         }
         if options.delete_untagged {
             // A manifest pushed within the grace period may be a child whose index
             // is still on its way (clients push children first).
-            for d in &present {
-                if storage
-                    .manifest_pushed(name, d)?
-                    .is_some_and(|t| t > cutoff)
-                {
+            for (d, f) in &facts {
+                if f.pushed.is_some_and(|t| t > cutoff) {
                     roots.push(d.clone());
                 }
             }
@@ -127,56 +142,82 @@ pub fn collect(storage: &Storage, options: &GcOptions) -> Result<GcReport> {
         let mut kept: HashSet<Digest> = HashSet::new();
         let mut stack = roots;
         while let Some(d) = stack.pop() {
-            if !present.contains(&d) || !kept.insert(d.clone()) {
+            let Some(f) = facts.get(&d) else {
+                continue;
+            };
+            if !kept.insert(d.clone()) {
                 continue;
             }
             marked.insert(d.clone());
-            if let Some(bytes) = storage.read_blob(&d)? {
-                let (blobs, children) = references(&bytes);
-                marked.extend(blobs);
-                stack.extend(children);
-            }
-            stack.extend(storage.referrers(name, &d)?);
+            marked.extend(f.blobs.iter().cloned());
+            stack.extend(f.children.iter().cloned());
+            stack.extend(f.referrers.iter().cloned());
         }
         report.manifests_marked += kept.len();
         for d in present.iter().filter(|d| !kept.contains(*d)) {
-            report.manifests_removed.push(format!("{name}@{d}"));
-            if !options.dry_run {
-                // Tags are roots, so nothing tagged is ever here.
-                storage.delete_untagged_manifest(name, d)?;
+            // Tags are roots, so nothing tagged is ever here.
+            let unused = Unused::Manifest { name, digest: d };
+            if options.dry_run || storage.remove_unused(&collection, unused, cutoff)? {
+                report.manifests_removed.push(format!("{name}@{d}"));
             }
         }
     }
     report.blobs_marked = marked.len();
 
-    for (digest, size, modified) in storage.blobs()? {
-        if marked.contains(&digest) {
+    let stored = storage.blobs()?;
+    let mut links: HashMap<Digest, Vec<String>> = HashMap::new();
+    for name in &repositories {
+        for d in storage.linked_blobs(name)? {
+            links.entry(d).or_default().push(name.clone());
+        }
+    }
+    let mut candidates: Vec<(Digest, Vec<String>)> = Vec::new();
+    let mut sizes: Vec<u64> = Vec::new();
+    for (digest, size, modified) in &stored {
+        if marked.contains(digest) {
             continue;
         }
-        if modified > cutoff {
+        if *modified > cutoff {
             report.blobs_young += 1;
             continue;
         }
-        report.bytes_reclaimed += size;
-        report.blobs_removed.push(SweptBlob {
-            digest: digest.to_string(),
-            size,
-        });
-        if !options.dry_run {
-            storage.remove_blob(&digest)?;
+        candidates.push((
+            digest.clone(),
+            links.get(digest).cloned().unwrap_or_default(),
+        ));
+        sizes.push(*size);
+    }
+    let removed: Vec<bool> = if options.dry_run {
+        vec![true; candidates.len()]
+    } else {
+        storage.remove_unused_blobs(&collection, &candidates, cutoff)?
+    };
+    for (((digest, _), size), gone) in candidates.iter().zip(sizes).zip(removed) {
+        if gone {
+            report.bytes_reclaimed += size;
+            report.blobs_removed.push(SweptBlob {
+                digest: digest.to_string(),
+                size,
+            });
+        } else {
+            // Used again while the collection ran.
+            report.blobs_young += 1;
         }
     }
     report.blobs_removed.sort_by(|a, b| a.digest.cmp(&b.digest));
 
     if !options.dry_run {
-        for name in &repositories {
-            for d in storage.linked_blobs(name)? {
-                if storage.blob_size(&d)?.is_none() {
-                    storage.unlink_blob(name, &d)?;
-                }
-            }
+        let present: HashSet<&Digest> = stored.iter().map(|(d, _, _)| d).collect();
+        let dangling: Vec<(&Digest, &String)> = links
+            .iter()
+            .filter(|(d, _)| !present.contains(d))
+            .flat_map(|(d, names)| names.iter().map(move |n| (d, n)))
+            .collect();
+        for (digest, name) in dangling {
+            storage.remove_unused(&collection, Unused::Link { name, digest }, cutoff)?;
         }
-        let expiry = now
+        let expiry = collection
+            .started
             .checked_sub(options.upload_expiry)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         for (id, modified) in storage.uploads()? {

@@ -51,13 +51,6 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
 /// [`serve`] on a socket the caller bound (`options.addr` is not used), for
 /// programs and tests that run the registry in-process.
 pub async fn serve_listener(listener: std::net::TcpListener, options: ServeOptions) -> Result<()> {
-    if matches!(options.storage, Location::S3(_)) && options.gc_interval.is_some() {
-        return Err(Error::Config(
-            "gc-interval: periodic collection on object storage is not coordinated with the pushes \
-             of other replicas yet; run `oci-blocks-registry gc --storage` while no replica takes pushes"
-                .into(),
-        ));
-    }
     let storage = Arc::new(Storage::open_location(&options.storage)?);
     // A wrong endpoint, bucket or key fails here, not at the first push.
     let probe = storage.clone();

@@ -22,10 +22,11 @@ pub(super) async fn get_blob(
     let d = digest.clone();
     let found = blocking(move || {
         let size = storage.linked_blob_size(&name, &d)?;
-        if size.is_some() && head {
-            // A HEAD is how a pusher learns it may skip an upload: keep the blob
-            // young so that a collection does not take it before the manifest comes.
-            storage.touch_blob(&d);
+        // A HEAD is how a pusher learns it may skip an upload: keep the blob
+        // young so that a collection does not take it before the manifest
+        // comes, and call it absent if a collection is removing it now.
+        if size.is_some() && head && !storage.use_blob(&d)? {
+            return Ok(None);
         }
         Ok(size)
     })

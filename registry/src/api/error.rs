@@ -95,7 +95,18 @@ impl IntoResponse for ApiError {
 
 impl From<crate::Error> for ApiError {
     fn from(e: crate::Error) -> ApiError {
-        ApiError::internal(e)
+        match e {
+            crate::Error::Collecting { digest } => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "UNAVAILABLE".into(),
+                message: format!(
+                    "{digest} is being removed by a garbage collection; retry the request"
+                ),
+                detail: Some(json!({ "digest": digest })),
+                headers: vec![(header::RETRY_AFTER, "1".into())],
+            },
+            e => ApiError::internal(e),
+        }
     }
 }
 

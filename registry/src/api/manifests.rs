@@ -138,9 +138,14 @@ pub(super) async fn put_manifest(
     let (n, d) = (name.clone(), digest.clone());
     let subject = checked.subject.clone();
     let stored: Result<(), ApiError> = blocking(move || {
-        // Held from the existence checks to the commit: a collection either sees
-        // this manifest or runs before the checks.
-        let _lock = storage.lock_shared()?;
+        // Held from the existence checks to the commit: a collection either
+        // sees this manifest or runs before the checks (or, on a bucket, sees
+        // what it names in use).
+        let named: Vec<Digest> = std::iter::once(d.clone())
+            .chain(checked.blobs.iter().map(|r| r.digest.clone()))
+            .chain(checked.children.iter().cloned())
+            .collect();
+        let _put = storage.begin_manifest_put(&n, &named)?;
         for r in &checked.blobs {
             match storage.blob_size(&r.digest)? {
                 None => {

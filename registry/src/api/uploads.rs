@@ -54,11 +54,13 @@ pub(super) async fn start_upload(state: &AppState, name: String, request: Reques
                 // Without `from`, any stored blob may be linked (one tenant).
                 None => storage.blob_size(&d)?.is_some(),
             };
-            if there {
+            // The use first: a collection removing the blob either sees it
+            // or is seen, and then the client uploads the blob instead.
+            let usable = there && storage.use_blob(&d)?;
+            if usable {
                 storage.link_blob(&n, &d)?;
-                storage.touch_blob(&d);
             }
-            Ok(there)
+            Ok(usable)
         })
         .await?;
         if mounted {

@@ -2,8 +2,9 @@
 //! directory on this machine ([`fs`], the default) or an S3-compatible bucket
 //! ([`s3`]). Both keep the same promises: a blob becomes visible only after
 //! its digest is verified, manifests and tags are stored byte for byte and
-//! replaced atomically, and a manifest commit is ordered against collections
-//! by a lock (shared for commits, exclusive for collections and deletions).
+//! replaced atomically, and a manifest commit is ordered against collections:
+//! on a directory by a lock (shared for commits, exclusive for collections and
+//! deletions), on a bucket by the protocol of [`s3`]'s `collect` module.
 //!
 //! [`Storage`] is the one type the API and the collector use; it is
 //! synchronous (the API calls it through `spawn_blocking`), except for the
@@ -181,17 +182,7 @@ impl Storage {
         }
     }
 
-    /// Takes the commit lock shared (manifest commits).
-    pub fn lock_shared(&self) -> Result<Lock> {
-        Ok(Lock {
-            _held: match &self.backend {
-                Backend::Fs(f) => Held::File(f.lock_shared()?),
-                Backend::S3(s) => Held::S3(s.lock_shared()?),
-            },
-        })
-    }
-
-    /// Takes the commit lock exclusively (collections, blob deletions).
+    /// Takes the commit lock exclusively (blob deletions through the API).
     pub fn lock_exclusive(&self) -> Result<Lock> {
         Ok(Lock {
             _held: match &self.backend {
@@ -214,9 +205,108 @@ impl Storage {
         each!(self, b => b.read_blob(digest))
     }
 
-    /// Marks a blob as just used, so that a collection's grace period protects it.
-    pub fn touch_blob(&self, digest: &Digest) {
-        each!(self, b => b.touch_blob(digest))
+    /// Records a use of a blob a client found (HEAD, mount), so that a
+    /// collection's grace period protects it; false while a collection is
+    /// removing it, when the client should be told it is not there.
+    pub fn use_blob(&self, digest: &Digest) -> Result<bool> {
+        match &self.backend {
+            Backend::Fs(f) => {
+                f.touch_blob(digest);
+                Ok(true)
+            }
+            Backend::S3(s) => s.use_blob(digest),
+        }
+    }
+
+    /// Starts a manifest PUT that will name `digests` (the manifest itself,
+    /// its blobs and child manifests) in `name`, ordered against collections
+    /// until the returned guard is dropped. [`Error::Collecting`] if a
+    /// collection is removing one of them.
+    pub fn begin_manifest_put(&self, name: &str, digests: &[Digest]) -> Result<ManifestPut> {
+        Ok(ManifestPut {
+            _held: match &self.backend {
+                Backend::Fs(f) => PutHeld::File(f.lock_shared()?),
+                Backend::S3(s) => PutHeld::S3(s.begin_manifest_put(name, digests)?),
+            },
+        })
+    }
+
+    /// Starts a collection: on a directory, takes `gc.lock` exclusively; on a
+    /// bucket, takes the lease and announces the sweep ([`s3::Sweep`]).
+    pub fn begin_collection(&self) -> Result<Collection> {
+        Ok(match &self.backend {
+            Backend::Fs(f) => Collection {
+                started: SystemTime::now(),
+                in_flight: Vec::new(),
+                held: CollectionHeld::File(f.lock_exclusive()?),
+            },
+            Backend::S3(s) => {
+                let mut sweep = s.begin_collection()?;
+                Collection {
+                    started: sweep.started,
+                    in_flight: std::mem::take(&mut sweep.in_flight),
+                    held: CollectionHeld::S3(sweep),
+                }
+            }
+        })
+    }
+
+    /// Removes each blob of `blobs` (with its links from the repositories
+    /// beside it) that nothing marked, unless it was used since `cutoff`;
+    /// which were removed. On a bucket each use is read again under a
+    /// condemnation that pushes see.
+    pub fn remove_unused_blobs(
+        &self,
+        c: &Collection,
+        blobs: &[(Digest, Vec<String>)],
+        cutoff: SystemTime,
+    ) -> Result<Vec<bool>> {
+        match (&self.backend, &c.held) {
+            (Backend::S3(s), CollectionHeld::S3(sweep)) => {
+                s.remove_unused_blobs(sweep, blobs, cutoff)
+            }
+            // The exclusive lock keeps every push's commit out.
+            (Backend::Fs(f), _) => blobs
+                .iter()
+                .map(|(digest, links)| {
+                    for name in links {
+                        f.unlink_blob(name, digest)?;
+                    }
+                    f.remove_blob(digest)
+                })
+                .collect(),
+            (Backend::S3(_), CollectionHeld::File(_)) => Err(mismatched()),
+        }
+    }
+
+    /// Removes an untagged manifest or a dangling link, unless it was used
+    /// since `cutoff`; whether it was removed.
+    pub fn remove_unused(
+        &self,
+        c: &Collection,
+        what: Unused<'_>,
+        cutoff: SystemTime,
+    ) -> Result<bool> {
+        match (&self.backend, &c.held) {
+            (Backend::S3(s), CollectionHeld::S3(sweep)) => match what {
+                Unused::Manifest { name, digest } => {
+                    s.remove_unused_manifest(sweep, name, digest, cutoff)
+                }
+                Unused::Link { name, digest } => {
+                    s.remove_dangling_link(sweep, name, digest, cutoff)
+                }
+            },
+            (Backend::Fs(f), _) => match what {
+                Unused::Manifest { name, digest } => f.delete_untagged_manifest(name, digest),
+                Unused::Link { name, digest } => {
+                    if f.blob_size(digest).is_some() {
+                        return Ok(false);
+                    }
+                    f.unlink_blob(name, digest)
+                }
+            },
+            (Backend::S3(_), CollectionHeld::File(_)) => Err(mismatched()),
+        }
     }
 
     /// Whether the blob is stored and linked into repository `name`.
@@ -367,6 +457,36 @@ impl Storage {
         each!(self, b => b.referrers(name, subject))
     }
 
+    /// What a collection's mark needs of each of `digests`, manifests of `name`.
+    pub fn manifest_facts(&self, name: &str, digests: &[Digest]) -> Result<Vec<ManifestFacts>> {
+        match &self.backend {
+            Backend::S3(s) => s.manifest_facts(name, digests),
+            Backend::Fs(f) => digests
+                .iter()
+                .map(|d| {
+                    let (blobs, children) = f
+                        .read_blob(d)?
+                        .map(|b| crate::gc::references(&b))
+                        .unwrap_or_default();
+                    Ok(ManifestFacts {
+                        pushed: f.manifest_pushed(name, d),
+                        blobs,
+                        children,
+                        referrers: f.referrers(name, d)?,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// The manifests `tags` of `name` point at (None for a tag that is gone).
+    pub fn resolve_tags(&self, name: &str, tags: &[String]) -> Result<Vec<Option<Digest>>> {
+        match &self.backend {
+            Backend::S3(s) => s.resolve_tags(name, tags),
+            Backend::Fs(_) => tags.iter().map(|t| self.resolve_tag(name, t)).collect(),
+        }
+    }
+
     /// The manifests recorded in `name`.
     pub fn manifests(&self, name: &str) -> Result<Vec<Digest>> {
         each!(self, b => b.manifests(name))
@@ -386,11 +506,66 @@ impl Storage {
     pub fn blobs(&self) -> Result<Vec<(Digest, u64, SystemTime)>> {
         each!(self, b => b.blobs())
     }
+}
 
-    /// Removes a stored blob.
-    pub fn remove_blob(&self, digest: &Digest) -> Result<bool> {
-        each!(self, b => b.remove_blob(digest))
-    }
+/// What a collection's mark needs of one manifest ([`Storage::manifest_facts`]).
+#[derive(Clone, Debug, Default)]
+pub struct ManifestFacts {
+    /// When it was last pushed to the repository.
+    pub pushed: Option<SystemTime>,
+    /// The blobs it references: config, layers, blocks.
+    pub blobs: Vec<Digest>,
+    /// The manifests it references (an index's children).
+    pub children: Vec<Digest>,
+    /// The manifests of the repository whose subject it is.
+    pub referrers: Vec<Digest>,
+}
+
+/// A manifest PUT in progress ([`Storage::begin_manifest_put`]).
+pub struct ManifestPut {
+    _held: PutHeld,
+}
+
+enum PutHeld {
+    File(#[allow(dead_code)] fs::FileLock),
+    S3(#[allow(dead_code)] s3::PendingPut),
+}
+
+/// A collection in progress ([`Storage::begin_collection`]).
+pub struct Collection {
+    /// When it started, by the storage's clock: grace periods count from here.
+    pub started: SystemTime,
+    /// What manifest PUTs in progress at the start name, by repository: roots.
+    pub in_flight: Vec<(String, Vec<Digest>)>,
+    held: CollectionHeld,
+}
+
+enum CollectionHeld {
+    File(#[allow(dead_code)] fs::FileLock),
+    S3(s3::Sweep),
+}
+
+fn mismatched() -> Error {
+    Error::Corrupt("a collection begun on a directory cannot remove from a bucket".into())
+}
+
+/// What a collection removes one at a time ([`Storage::remove_unused`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Unused<'a> {
+    /// A manifest no tag reaches (`--delete-untagged`).
+    Manifest {
+        /// Its repository.
+        name: &'a str,
+        /// The manifest.
+        digest: &'a Digest,
+    },
+    /// A repository's link to a blob that is not stored.
+    Link {
+        /// The repository.
+        name: &'a str,
+        /// The blob.
+        digest: &'a Digest,
+    },
 }
 
 /// What [`Storage::put_manifest`] records.

@@ -11,6 +11,7 @@
 //! repositories/NAME/_manifests/ALG/HEX   a manifest of NAME (holds its media type)
 //! repositories/NAME/_tags/TAG            the tag (holds the manifest digest)
 //! repositories/NAME/_referrers/ALG/SUBJECT-HEX/ALG/HEX
+//! gc/...                                 collections and pushes in progress ([`collect`])
 //! ```
 //!
 //! Everything an upload needs lives in the bucket, so any replica can continue
@@ -19,11 +20,15 @@
 //! them. A blob becomes visible only once verified: its chunks are streamed
 //! into one multipart upload of the final key, hashed on the way, and the
 //! upload is completed only when the digest matches (S3 shows a multipart
-//! object only when it is complete); otherwise it is aborted. Two replicas
+//! object only when it is complete); otherwise it is aborted. A blob of at
+//! most [`SINGLE_PUT_MAX`] bytes is hashed in memory and written with one PUT. Two replicas
 //! committing the same blob write the same bytes to the same key, and either
 //! write is the blob. Tags and records are single PUTs, which S3 makes
 //! atomic. S3 has no modification time to refresh, so a blob's use is a
 //! `touched/` object whose time the collector reads beside the blob's own.
+//!
+//! Collections run online beside replicas that take pushes: [`collect`] says
+//! how they are ordered.
 //!
 //! The storage API is synchronous: each call blocks on the registry's async
 //! runtime, from the blocking threads the API runs storage work on.
@@ -47,11 +52,19 @@ use tokio::sync::RwLock;
 use super::{ManifestCommit, S3Location};
 use crate::error::{Error, Result};
 
+mod collect;
+pub use collect::{LEASE_TTL, PendingPut, Sweep};
+
 /// The chunks (PATCH requests) one upload session may have in a bucket: each
 /// is an object that the commit reads back, so a client sending a blob a few
 /// bytes at a time would otherwise cost the store without bound. S3 allows as
 /// many parts in one multipart upload.
 pub const MAX_CHUNKS: usize = 10_000;
+
+/// Blobs up to this size are committed with one PUT of bytes held in memory;
+/// larger ones stream through a multipart upload (whose parts must be 5 MiB
+/// or more, and which costs three requests more).
+pub const SINGLE_PUT_MAX: u64 = 4 << 20;
 
 /// Storage in a bucket.
 pub struct S3Storage {
@@ -306,12 +319,6 @@ impl S3Storage {
         Ok(self.block(self.get(&key))?.map(|b| b.to_vec()))
     }
 
-    /// Marks a blob as just used, for a collection's grace period.
-    pub fn touch_blob(&self, digest: &Digest) {
-        let key = self.touched_key(digest);
-        let _ = self.block(self.put(&key, Vec::new()));
-    }
-
     /// A byte range of a blob, streamed: the response body of a GET.
     pub async fn get_blob(
         &self,
@@ -520,50 +527,110 @@ impl S3Storage {
     /// the write completes only if the digest matches.
     pub fn commit_upload(&self, id: &str, digest: &Digest, name: &str) -> Result<()> {
         self.block(async {
+            // Before looking for the blob: a collection that removes it
+            // either sees this use or is waited for.
+            self.use_digest_waiting(digest).await?;
             let dest = self.blob_key(digest);
             if self.head(&dest).await?.is_none() {
                 let chunks = self.chunks(id).await?;
-                let mut hasher = Hasher::new(digest.algorithm());
-                let upload = self
-                    .store
-                    .put_multipart(&dest)
-                    .await
-                    .map_err(|e| self.error(&dest, e))?;
-                let mut writer = WriteMultipart::new(upload);
-                let copied: Result<()> = async {
-                    let mut bytes = std::pin::pin!(self.session_bytes(&chunks));
-                    while let Some(b) = bytes.next().await {
-                        let b = b?;
-                        hasher.update(&b);
-                        writer
-                            .wait_for_capacity(2)
-                            .await
-                            .map_err(|e| self.error(&dest, e))?;
-                        writer.write(&b);
-                    }
-                    Ok(())
-                }
-                .await;
-                let actual = hasher.finish();
-                if copied.is_err() || &actual != digest {
-                    let _ = writer.abort().await;
-                    copied?;
-                    return Err(Error::Corrupt(format!(
-                        "upload {id} hashes to {actual} in the bucket, not {digest}"
-                    )));
-                }
-                if chunks.is_empty() {
-                    // An empty blob: a multipart upload needs a part.
-                    let _ = writer.abort().await;
-                    self.put(&dest, Vec::new()).await?;
+                let size: u64 = chunks.iter().map(|(_, m)| m.size).sum();
+                let written = if size <= SINGLE_PUT_MAX {
+                    self.write_small(id, &chunks, digest, &dest).await
                 } else {
-                    writer.finish().await.map_err(|e| self.error(&dest, e))?;
+                    self.write_multipart(id, &chunks, digest, &dest).await
+                };
+                match written {
+                    Ok(()) => {}
+                    // Another replica committing the same blob finished first
+                    // (Garage aborts a key's other multipart uploads when one
+                    // completes): the blob is there, verified by that replica.
+                    Err(e @ Error::ObjectStore { .. }) => {
+                        if self.head(&dest).await?.is_none_or(|m| m.size != size) {
+                            return Err(e);
+                        }
+                    }
+                    Err(e) => return Err(e),
                 }
             }
-            self.put(&self.touched_key(digest), Vec::new()).await?;
             self.put(&self.blob_link(name, digest), Vec::new()).await
         })?;
         self.remove_upload(id)
+    }
+
+    /// Writes a blob of at most [`SINGLE_PUT_MAX`] bytes with one PUT, once
+    /// its bytes hash to `digest`.
+    async fn write_small(
+        &self,
+        id: &str,
+        chunks: &[(u64, ObjectMeta)],
+        digest: &Digest,
+        dest: &Key,
+    ) -> Result<()> {
+        let mut hasher = Hasher::new(digest.algorithm());
+        let mut body = Vec::new();
+        let mut bytes = std::pin::pin!(self.session_bytes(chunks));
+        while let Some(b) = bytes.next().await {
+            let b = b?;
+            if body.len() + b.len() > SINGLE_PUT_MAX as usize {
+                return Err(Error::Corrupt(format!(
+                    "upload {id} grew beyond {SINGLE_PUT_MAX} bytes while it was committed"
+                )));
+            }
+            hasher.update(&b);
+            body.extend_from_slice(&b);
+        }
+        let actual = hasher.finish();
+        if &actual != digest {
+            return Err(Error::Corrupt(format!(
+                "upload {id} hashes to {actual} in the bucket, not {digest}"
+            )));
+        }
+        self.put(dest, body).await
+    }
+
+    /// Streams a session's chunks into a multipart upload of `dest`, hashed on
+    /// the way, completed only if they hash to `digest`.
+    async fn write_multipart(
+        &self,
+        id: &str,
+        chunks: &[(u64, ObjectMeta)],
+        digest: &Digest,
+        dest: &Key,
+    ) -> Result<()> {
+        let mut hasher = Hasher::new(digest.algorithm());
+        let upload = self
+            .store
+            .put_multipart(dest)
+            .await
+            .map_err(|e| self.error(dest, e))?;
+        let mut writer = WriteMultipart::new(upload);
+        let copied: Result<()> = async {
+            let mut bytes = std::pin::pin!(self.session_bytes(chunks));
+            while let Some(b) = bytes.next().await {
+                let b = b?;
+                hasher.update(&b);
+                writer
+                    .wait_for_capacity(2)
+                    .await
+                    .map_err(|e| self.error(dest, e))?;
+                writer.write(&b);
+            }
+            Ok(())
+        }
+        .await;
+        let actual = hasher.finish();
+        if copied.is_err() || &actual != digest {
+            let _ = writer.abort().await;
+            copied?;
+            return Err(Error::Corrupt(format!(
+                "upload {id} hashes to {actual} in the bucket, not {digest}"
+            )));
+        }
+        writer
+            .finish()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(dest, e))
     }
 
     /// Stores `bytes` as blob `digest` (manifests) unless it is stored.
@@ -697,12 +764,17 @@ impl S3Storage {
 
     /// [`super::Storage::delete_manifest`] for a manifest no tag points at.
     pub fn delete_untagged_manifest(&self, name: &str, digest: &Digest) -> Result<bool> {
-        let bytes = self.read_blob(digest)?;
-        if !self.block(self.delete(&self.manifest_record(name, digest)))? {
+        self.block(self.delete_untagged_manifest_async(name, digest))
+    }
+
+    async fn delete_untagged_manifest_async(&self, name: &str, digest: &Digest) -> Result<bool> {
+        let bytes = self.get(&self.blob_key(digest)).await?;
+        if !self.delete(&self.manifest_record(name, digest)).await? {
             return Ok(false);
         }
         if let Some(subject) = bytes.as_deref().and_then(super::subject_of) {
-            self.block(self.delete(&self.referrer_key(name, &subject, digest)))?;
+            self.delete(&self.referrer_key(name, &subject, digest))
+                .await?;
         }
         Ok(true)
     }
@@ -711,28 +783,26 @@ impl S3Storage {
         let objects = self.block(self.list(prefix))?;
         Ok(objects
             .iter()
-            .filter_map(|m| {
-                let mut parts: Vec<String> =
-                    m.location.parts().map(|p| p.as_ref().to_string()).collect();
-                let hex = parts.pop()?;
-                let algorithm = parts.pop()?;
-                Digest::parse(&format!("{algorithm}:{hex}")).ok()
-            })
+            .filter_map(|m| digest_of(&m.location, false))
             .collect())
     }
 
     /// The manifests of `name` whose subject is `subject`.
     pub fn referrers(&self, name: &str, subject: &Digest) -> Result<Vec<Digest>> {
+        self.block(self.referrers_async(name, subject))
+    }
+
+    async fn referrers_async(&self, name: &str, subject: &Digest) -> Result<Vec<Digest>> {
         let prefix = self.repo(name, &format!("_referrers/{}", Self::digest_rel(subject)));
-        let mut out: Vec<Digest> = self
-            .digests_below(&prefix)?
-            .into_iter()
-            .filter_map(|d| match self.manifest_media_type(name, &d) {
-                Ok(Some(_)) => Some(Ok(d)),
-                Ok(None) => None,
-                Err(e) => Some(Err(e)),
-            })
-            .collect::<Result<_>>()?;
+        let mut out = Vec::new();
+        for m in self.list(&prefix).await? {
+            let Some(d) = digest_of(&m.location, false) else {
+                continue;
+            };
+            if self.head(&self.manifest_record(name, &d)).await?.is_some() {
+                out.push(d);
+            }
+        }
         out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         Ok(out)
     }
@@ -784,37 +854,18 @@ impl S3Storage {
         let touched: HashMap<Digest, SystemTime> = self
             .block(self.list(&self.key("touched")))?
             .into_iter()
-            .filter_map(|m| {
-                let mut parts: Vec<String> =
-                    m.location.parts().map(|p| p.as_ref().to_string()).collect();
-                let hex = parts.pop()?;
-                let algorithm = parts.pop()?;
-                let d = Digest::parse(&format!("{algorithm}:{hex}")).ok()?;
-                Some((d, SystemTime::from(m.last_modified)))
-            })
+            .filter_map(|m| Some((digest_of(&m.location, false)?, m.last_modified.into())))
             .collect();
         Ok(self
             .block(self.list(&self.key("blobs")))?
             .into_iter()
             .filter_map(|m| {
-                let mut parts: Vec<String> =
-                    m.location.parts().map(|p| p.as_ref().to_string()).collect();
-                let hex = parts.pop()?;
-                let _fan = parts.pop()?;
-                let algorithm = parts.pop()?;
-                let d = Digest::parse(&format!("{algorithm}:{hex}")).ok()?;
+                let d = digest_of(&m.location, true)?;
                 let written = SystemTime::from(m.last_modified);
                 let used = touched.get(&d).copied().unwrap_or(written).max(written);
                 Some((d, m.size, used))
             })
             .collect())
-    }
-
-    /// Removes a stored blob and its use record.
-    pub fn remove_blob(&self, digest: &Digest) -> Result<bool> {
-        let removed = self.block(self.delete(&self.blob_key(digest)))?;
-        let _ = self.block(self.delete(&self.touched_key(digest)));
-        Ok(removed)
     }
 }
 
@@ -827,6 +878,18 @@ pub enum AppendOutcome<E> {
     /// The session holds this many chunks, [`MAX_CHUNKS`] or more; nothing
     /// was stored.
     TooManyChunks(usize),
+}
+
+/// The digest a key ends in: `.../ALG/HEX`, or `.../ALG/XX/HEX` when
+/// `fanned` (the `blobs/` layout).
+fn digest_of(key: &Key, fanned: bool) -> Option<Digest> {
+    let mut parts: Vec<String> = key.parts().map(|p| p.as_ref().to_string()).collect();
+    let hex = parts.pop()?;
+    if fanned {
+        parts.pop()?;
+    }
+    let algorithm = parts.pop()?;
+    Digest::parse(&format!("{algorithm}:{hex}")).ok()
 }
 
 /// The size of a session whose chunks are contiguous from 0.

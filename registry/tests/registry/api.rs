@@ -6,7 +6,6 @@ use std::io::{Read, Write};
 use crate::common::*;
 use anyhow::{Context, Result, ensure};
 use oci_blocks_core::Digest;
-use oci_blocks_core::names::{BLOCKS_CONFIG, OCI_CONFIG};
 use serde_json::{Value, json};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -18,37 +17,6 @@ fn start() -> Result<(tempfile::TempDir, Registry, String)> {
     let base = reg.url("");
     Ok((tmp, reg, base))
 }
-
-fn descriptor(media_type: &str, bytes: &[u8]) -> Value {
-    json!({
-        "mediaType": media_type,
-        "digest": Digest::sha256(bytes).as_str(),
-        "size": bytes.len(),
-    })
-}
-
-/// A small image manifest over blobs already pushed; `blocks` optional.
-fn manifest(config: &[u8], layers: &[&[u8]], blocks: &[&[u8]], extra: Value) -> Vec<u8> {
-    let mut m = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(if blocks.is_empty() { OCI_CONFIG } else { BLOCKS_CONFIG }, config),
-        "layers": layers.iter().map(|l| descriptor("application/vnd.oci.image.layer.v1.tar", l)).collect::<Vec<_>>(),
-    });
-    if !blocks.is_empty() {
-        m["blocks"] = blocks
-            .iter()
-            .map(|b| descriptor("application/vnd.oci.image.layer.v1.tar", b))
-            .collect();
-    }
-    if let (Some(obj), Some(extra)) = (m.as_object_mut(), extra.as_object()) {
-        obj.extend(extra.clone());
-    }
-    serde_json::to_vec_pretty(&m).expect("json")
-}
-
-const CONFIG: &[u8] =
-    br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
 
 #[test]
 fn chunked_streamed_and_monolithic_uploads_store_the_exact_bytes() -> Result<()> {

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use oci_blocks_core::Digest;
-use serde_json::Value;
+use oci_blocks_core::names::{BLOCKS_CONFIG, OCI_CONFIG};
+use serde_json::{Value, json};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -328,6 +329,39 @@ pub fn put_manifest(
         Some(bytes),
     )
 }
+
+// ---- manifests ------------------------------------------------------------------
+
+pub fn descriptor(media_type: &str, bytes: &[u8]) -> Value {
+    json!({
+        "mediaType": media_type,
+        "digest": Digest::sha256(bytes).as_str(),
+        "size": bytes.len(),
+    })
+}
+
+/// A small image manifest over blobs already pushed; `blocks` optional.
+pub fn manifest(config: &[u8], layers: &[&[u8]], blocks: &[&[u8]], extra: Value) -> Vec<u8> {
+    let mut m = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": descriptor(if blocks.is_empty() { OCI_CONFIG } else { BLOCKS_CONFIG }, config),
+        "layers": layers.iter().map(|l| descriptor("application/vnd.oci.image.layer.v1.tar", l)).collect::<Vec<_>>(),
+    });
+    if !blocks.is_empty() {
+        m["blocks"] = blocks
+            .iter()
+            .map(|b| descriptor("application/vnd.oci.image.layer.v1.tar", b))
+            .collect();
+    }
+    if let (Some(obj), Some(extra)) = (m.as_object_mut(), extra.as_object()) {
+        obj.extend(extra.clone());
+    }
+    serde_json::to_vec_pretty(&m).expect("json")
+}
+
+pub const CONFIG: &[u8] =
+    br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
 
 // ---- images ----------------------------------------------------------------------
 

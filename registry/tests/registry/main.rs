@@ -4,4 +4,5 @@
 mod api;
 mod common;
 mod s3;
+mod s3_gc;
 mod skopeo;

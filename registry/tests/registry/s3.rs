@@ -15,13 +15,13 @@ use oci_blocks_core::Digest;
 use oci_blocks_fixture::garage::Garage;
 use serde_json::Value;
 
-fn garage(tmp: &Path) -> Result<Garage> {
+pub fn garage(tmp: &Path) -> Result<Garage> {
     need(&["garage"])?;
     Ok(Garage::start(&tmp.join("garage"), "registry")?)
 }
 
 /// A `serve` process on the bucket (`dir` only holds its log).
-fn replica(garage: &Garage, dir: &Path, prefix: &str) -> Result<Registry> {
+pub fn replica(garage: &Garage, dir: &Path, prefix: &str) -> Result<Registry> {
     let url = garage.url(prefix);
     Registry::spawn_with(
         dir,
@@ -31,7 +31,7 @@ fn replica(garage: &Garage, dir: &Path, prefix: &str) -> Result<Registry> {
 }
 
 /// A pseudo-random blob of `len` bytes (seeded, so that each test's differ).
-fn data(len: usize, seed: u64) -> Vec<u8> {
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
