@@ -6,17 +6,18 @@
    of each registry, registries alternating; medians of RUNS rounds.
 2. Peak RSS of each server while 50 clients push 100 MB blobs at once
    (POST, then one streamed PUT each).
-3. (part s3) The same skopeo rounds with both registries' storage in one
-   Garage bucket (`garage` on PATH).
+3. (parts s3, s3-pushes, s3-gc) The skopeo rounds, the pushes and the
+   collection with both registries' storage in one Garage bucket (`garage`
+   on PATH).
 4. Garbage collection over 1,000 manifests (each with its own config, one
    shared layer and three blocks from a pool of 200; half of them tagged):
    seconds of `oci-blocks-registry gc --delete-untagged` and of
    `docker-registry garbage-collect --delete-untagged`, and what each removed.
 
 Usage: python3 benches/registry.py [RUNS [PART...]]   (default 3 rounds, every
-part but s3; PART is skopeo, pushes, gc, or s3: the skopeo rounds again with
-both registries on one bucket of a local Garage, docker-registry through its
-own S3 driver)
+part but the s3 ones; PART is skopeo, pushes, gc, or s3, s3-pushes, s3-gc:
+those again with both registries on one bucket of a local Garage,
+docker-registry through its own S3 driver)
 """
 import hashlib, http.client, json, os, shutil, statistics, subprocess, sys, tempfile, threading, time
 
@@ -81,8 +82,7 @@ class Garage:
 
     def __init__(self, work, bucket="bench"):
         import secrets
-        self.dir = os.path.join(work, "garage")
-        os.makedirs(self.dir, exist_ok=True)
+        self.dir = tempfile.mkdtemp(prefix="garage-", dir=work)
         rpc, s3, admin = free_port(), free_port(), free_port()
         self.config = os.path.join(self.dir, "garage.toml")
         with open(self.config, "w") as f:
@@ -199,9 +199,13 @@ def push_pull(images, binary, runs, work, garage=None):
     return results
 
 
-def concurrent_pushes(kind, binary, work, clients=50, size=100 * 1024 * 1024):
+def start_registry(kind, root, binary, garage):
+    return kind(root, binary, garage) if garage else kind(root, binary)
+
+
+def concurrent_pushes(kind, binary, work, garage=None, clients=50, size=100 * 1024 * 1024):
     root = os.path.join(work, f"rss-{kind.name}")
-    reg = kind(root, binary)
+    reg = start_registry(kind, root, binary, garage)
     chunk = os.urandom(1 << 20)
     digests = []
     for i in range(clients):
@@ -276,16 +280,17 @@ def push_blob(conn, repo, data):
     return {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": len(data)}
 
 
-def gc_bench(kind, binary, work, manifests=1000):
+def gc_bench(kind, binary, work, garage=None, manifests=1000):
     root = os.path.join(work, f"gc-{kind.name}")
-    reg = kind(root, binary)
+    reg = start_registry(kind, root, binary, garage)
     conn = http.client.HTTPConnection(reg.host, timeout=60)
     layer = push_blob(conn, "gc/app", b"shared layer " * 100)
     pool = [push_blob(conn, "gc/app", f"block {i} ".encode() * 50) for i in range(200)]
     for i in range(manifests):
         config = push_blob(conn, "gc/app", json.dumps({"architecture": "amd64", "os": "linux", "n": i,
                                                        "rootfs": {"type": "layers", "diff_ids": []}}).encode())
-        config["mediaType"] = "application/vnd.oci.image.config.v1+json"
+        # A manifest with blocks names the blocks config media type (spec/blocks.md).
+        config["mediaType"] = "application/vnd.oci-blocks.image.config.v1+json"
         doc = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                           "config": config, "layers": [layer],
                           "blocks": [pool[(i * 7 + k) % 200] for k in range(3)]}).encode()
@@ -295,23 +300,37 @@ def gc_bench(kind, binary, work, manifests=1000):
     reg.stop()
     # Every blob is older than the grace period we give.
     time.sleep(1.1)
-    if kind is Ours:
-        cmd = [binary, "gc", "--root", root, "--delete-untagged", "--grace-period", "1s", "--json"]
-        start = time.monotonic()
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        elapsed = time.monotonic() - start
+    env = {**os.environ, **(garage.env() if garage else {})}
+    if kind.name == "oci-blocks-registry":
+        where = ["--storage", f"s3://{garage.bucket}/{os.path.basename(root)}"] if garage else ["--root", root]
+        cmd = [binary, "gc", *where, "--delete-untagged", "--grace-period", "1s", "--json"]
+        start_time = time.monotonic()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+        elapsed = time.monotonic() - start_time
         report = json.loads(out)
         removed = len(report["blobs_removed"])
     else:
         cmd = ["docker-registry", "garbage-collect", "--delete-untagged", reg.config]
-        start = time.monotonic()
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        elapsed = time.monotonic() - start
+        env.pop("AWS_CA_BUNDLE", None)
+        start_time = time.monotonic()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+        elapsed = time.monotonic() - start_time
         removed = sum(1 for line in out.splitlines() if "blob eligible for deletion" in line)
     # Blocks still referenced by a tagged manifest that the collector removed.
     tagged_blocks = {pool[(i * 7 + k) % 200]["digest"] for i in range(0, manifests, 2) for k in range(3)}
-    lost = sum(1 for d in tagged_blocks
-               if not os.path.exists(blob_path(kind, root, d)))
+    if garage:
+        reg = start_registry(kind, root, binary, garage)
+        conn = http.client.HTTPConnection(reg.host, timeout=60)
+        lost = 0
+        for d in tagged_blocks:
+            conn.request("HEAD", f"/v2/gc/app/blobs/{d}")
+            resp = conn.getresponse()
+            resp.read()
+            lost += resp.status != 200
+        reg.stop()
+    else:
+        lost = sum(1 for d in tagged_blocks
+                   if not os.path.exists(blob_path(kind, root, d)))
     shutil.rmtree(root, ignore_errors=True)
     return elapsed, removed, lost, len(tagged_blocks)
 
@@ -353,6 +372,15 @@ def main():
             pushes_part(binary, work)
         if "gc" in parts:
             gc_part(binary, work)
+        if "s3-pushes" in parts or "s3-gc" in parts:
+            garage = Garage(work)
+            try:
+                if "s3-pushes" in parts:
+                    pushes_part(binary, work, garage)
+                if "s3-gc" in parts:
+                    gc_part(binary, work, garage)
+            finally:
+                garage.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -377,22 +405,24 @@ def skopeo_part(images, binary, runs, work, garage=None):
     sys.stdout.flush()
 
 
-def pushes_part(binary, work):
-    print("\n## 50 concurrent 100 MB pushes\n")
+def pushes_part(binary, work, garage=None):
+    where = " on one Garage bucket" if garage else ""
+    print(f"\n## 50 concurrent 100 MB pushes{where}\n")
     print("| registry | peak RSS (MiB) | wall (s) |")
     print("|---|---|---|")
-    for kind in [Ours, Distribution]:
-        rss, elapsed = concurrent_pushes(kind, binary, work)
+    for kind in ([OursS3, DistributionS3] if garage else [Ours, Distribution]):
+        rss, elapsed = concurrent_pushes(kind, binary, work, garage)
         print(f"| {kind.name} | {rss:.0f} | {elapsed:.1f} |")
         sys.stdout.flush()
 
 
-def gc_part(binary, work):
-    print("\n## Garbage collection over 1,000 manifests (500 tagged, 500 untagged, --delete-untagged)\n")
+def gc_part(binary, work, garage=None):
+    where = " on one Garage bucket" if garage else ""
+    print(f"\n## Garbage collection over 1,000 manifests (500 tagged, 500 untagged, --delete-untagged){where}\n")
     print("| collector | seconds | blobs removed | blocks of tagged manifests lost |")
     print("|---|---|---|---|")
-    for kind in [Ours, Distribution]:
-        elapsed, removed, lost, total = gc_bench(kind, binary, work)
+    for kind in ([OursS3, DistributionS3] if garage else [Ours, Distribution]):
+        elapsed, removed, lost, total = gc_bench(kind, binary, work, garage)
         print(f"| {kind.name} | {elapsed:.2f} | {removed} | {lost} of {total} |")
 
 

@@ -310,22 +310,22 @@ async fn append_to_bucket(
             h.update(bytes);
         }
     });
-    let outcome = s3.append_chunk(id, offset, Box::pin(stream)).await;
+    let outcome = s3
+        .append_chunk(id, offset, Box::pin(stream), expected)
+        .await;
     let failure = match outcome {
-        Ok(crate::storage::s3::AppendOutcome::Done(written)) => match expected {
-            Some(expected) if expected != written => {
-                s3.drop_chunk(id, offset).await;
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::SizeInvalid,
-                    format!("chunk declared {expected} bytes, body had {written}"),
-                )
-            }
-            _ => {
-                upload.size += written;
-                return Ok(written);
-            }
-        },
+        Ok(crate::storage::s3::AppendOutcome::Done(written)) => {
+            upload.size += written;
+            return Ok(written);
+        }
+        Ok(crate::storage::s3::AppendOutcome::WrongLength(written)) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::SizeInvalid,
+            format!(
+                "chunk declared {} bytes, body had {written}",
+                expected.unwrap_or_default()
+            ),
+        ),
         Ok(crate::storage::s3::AppendOutcome::TooManyChunks(held)) => ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::BlobUploadInvalid,

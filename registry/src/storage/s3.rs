@@ -6,7 +6,8 @@
 //! blobs/ALG/XX/HEX                       every blob once, manifests included
 //! touched/ALG/HEX                        a blob was used (HEAD, commit) at its time
 //! uploads/ID/repository                  an upload session's repository
-//! uploads/ID/chunks/OFFSET               its bytes, one object per PATCH, by offset
+//! uploads/ID/chunks/OFFSET-SIZE-PATCH    a PATCH that arrived whole (empty)
+//! uploads/ID/parts/OFFSET/PATCH/NNNNNN   its bytes, in parts of 512 KiB
 //! repositories/NAME/_blobs/ALG/HEX       the blob is linked into NAME (empty)
 //! repositories/NAME/_manifests/ALG/HEX   a manifest of NAME (holds its media type)
 //! repositories/NAME/_tags/TAG            the tag (holds the manifest digest)
@@ -56,10 +57,17 @@ mod collect;
 pub use collect::{LEASE_TTL, PendingPut, Sweep};
 
 /// The chunks (PATCH requests) one upload session may have in a bucket: each
-/// is an object that the commit reads back, so a client sending a blob a few
-/// bytes at a time would otherwise cost the store without bound. S3 allows as
-/// many parts in one multipart upload.
+/// is objects that the commit reads back, so a client sending a blob a few
+/// bytes at a time would otherwise cost the store without bound.
 pub const MAX_CHUNKS: usize = 10_000;
+
+/// The size of the part objects a PATCH body is stored as: what one body in
+/// flight holds in memory.
+pub const PART_SIZE: usize = 512 << 10;
+
+/// Upload commits that run at once: each holds up to a few multipart parts
+/// (5 MiB each) in memory.
+pub const COMMITS_AT_ONCE: usize = 2;
 
 /// Blobs up to this size are committed with one PUT of bytes held in memory;
 /// larger ones stream through a multipart upload (whose parts must be 5 MiB
@@ -74,6 +82,8 @@ pub struct S3Storage {
     /// Orders manifest commits against collections and blob deletions in
     /// this process (the file-system backend's `gc.lock`).
     commits: Arc<RwLock<()>>,
+    /// [`COMMITS_AT_ONCE`] permits.
+    commit_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for S3Storage {
@@ -176,6 +186,7 @@ impl S3Storage {
             location: location.clone(),
             runtime,
             commits: Arc::new(RwLock::new(())),
+            commit_slots: Arc::new(tokio::sync::Semaphore::new(COMMITS_AT_ONCE)),
         })
     }
 
@@ -384,15 +395,15 @@ impl S3Storage {
         Ok(id)
     }
 
-    /// The chunks of a session, by offset.
-    async fn chunks(&self, id: &str) -> Result<Vec<(u64, ObjectMeta)>> {
-        let mut out: Vec<(u64, ObjectMeta)> = self
+    /// The chunks of a session, by offset: the PATCHes that arrived whole.
+    async fn chunks(&self, id: &str) -> Result<Vec<Chunk>> {
+        let mut out: Vec<Chunk> = self
             .list(&self.upload_key(id, "chunks"))
             .await?
             .into_iter()
-            .filter_map(|m| Some((m.location.filename()?.parse().ok()?, m)))
+            .filter_map(|m| Chunk::parse(m.location.filename()?))
             .collect();
-        out.sort_by_key(|(offset, _)| *offset);
+        out.sort_by_key(|c| c.offset);
         Ok(out)
     }
 
@@ -415,13 +426,17 @@ impl S3Storage {
         })
     }
 
-    /// Appends one request body to session `id` at `offset`, as one chunk
-    /// object: nothing of it is visible unless the whole body arrived.
+    /// Appends one request body to session `id` at `offset`: its bytes go to
+    /// part objects of at most [`PART_SIZE`] bytes, and a chunk object that
+    /// names them is written last, so nothing of the body counts unless it
+    /// arrived whole (and, with `expected`, at that length). At most one part
+    /// per body is held in memory.
     pub async fn append_chunk<S, E>(
         &self,
         id: &str,
         offset: u64,
         mut body: S,
+        expected: Option<u64>,
     ) -> Result<AppendOutcome<E>>
     where
         S: futures_util::Stream<Item = std::result::Result<Bytes, E>> + Unpin,
@@ -430,50 +445,83 @@ impl S3Storage {
         if held >= MAX_CHUNKS {
             return Ok(AppendOutcome::TooManyChunks(held));
         }
-        let key = self.upload_key(id, &format!("chunks/{offset:020}"));
-        let mut writer: Option<WriteMultipart> = None;
+        let patch = uuid::Uuid::new_v4().simple().to_string();
+        let parts = self.upload_key(id, &format!("parts/{offset:020}/{patch}"));
+        let mut part = bytes::BytesMut::new();
+        let mut count = 0usize;
         let mut written = 0u64;
-        while let Some(chunk) = body.next().await {
-            let bytes = match chunk {
-                Ok(b) => b,
-                Err(e) => {
-                    if let Some(w) = writer {
-                        let _ = w.abort().await;
-                    }
-                    return Ok(AppendOutcome::BodyFailed(e, written));
-                }
+        let flush = async |part: &mut bytes::BytesMut, count: &mut usize| -> Result<()> {
+            let key = Key::from(format!("{parts}/{:06}", *count));
+            *count += 1;
+            let payload = PutPayload::from(part.split().freeze());
+            self.store
+                .put(&key, payload)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.error(&key, e))
+        };
+        let failed = loop {
+            let Some(next) = body.next().await else {
+                break None;
             };
-            if bytes.is_empty() {
-                continue;
-            }
-            if writer.is_none() {
-                let upload = self
-                    .store
-                    .put_multipart(&key)
-                    .await
-                    .map_err(|e| self.error(&key, e))?;
-                writer = Some(WriteMultipart::new(upload));
-            }
-            if let Some(w) = writer.as_mut() {
-                // Bounded memory: at most a few parts in flight.
-                w.wait_for_capacity(2)
-                    .await
-                    .map_err(|e| self.error(&key, e))?;
-                w.write(&bytes);
-            }
+            let mut bytes = match next {
+                Ok(b) => b,
+                Err(e) => break Some(AppendOutcome::BodyFailed(e, written)),
+            };
             written += bytes.len() as u64;
+            while !bytes.is_empty() {
+                // One allocation of the part's size, not a doubling series.
+                if part.capacity() < PART_SIZE {
+                    part.reserve(PART_SIZE - part.len());
+                }
+                let room = PART_SIZE - part.len();
+                let take = bytes.split_to(room.min(bytes.len()));
+                part.extend_from_slice(&take);
+                if part.len() == PART_SIZE
+                    && let Err(e) = flush(&mut part, &mut count).await
+                {
+                    self.drop_parts(&parts).await;
+                    return Err(e);
+                }
+            }
+        };
+        if let Some(outcome) = failed {
+            self.drop_parts(&parts).await;
+            return Ok(outcome);
         }
-        if let Some(w) = writer {
-            w.finish().await.map_err(|e| self.error(&key, e))?;
+        if expected.is_some_and(|e| e != written) {
+            self.drop_parts(&parts).await;
+            return Ok(AppendOutcome::WrongLength(written));
+        }
+        if !part.is_empty()
+            && let Err(e) = flush(&mut part, &mut count).await
+        {
+            self.drop_parts(&parts).await;
+            return Err(e);
+        }
+        if written > 0 {
+            let chunk = Chunk {
+                offset,
+                size: written,
+                patch,
+            };
+            self.put(
+                &self.upload_key(id, &format!("chunks/{}", chunk.name())),
+                Vec::new(),
+            )
+            .await?;
         }
         Ok(AppendOutcome::Done(written))
     }
 
-    /// Removes the chunk at `offset` (a body that was longer or shorter than
-    /// declared).
-    pub async fn drop_chunk(&self, id: &str, offset: u64) {
-        let key = self.upload_key(id, &format!("chunks/{offset:020}"));
-        let _ = self.delete(&key).await;
+    /// Removes the parts of a body that will not count (best effort: a
+    /// session's leftovers go with it).
+    async fn drop_parts(&self, parts: &Key) {
+        if let Ok(objects) = self.list(parts).await {
+            for m in objects {
+                let _ = self.store.delete(&m.location).await;
+            }
+        }
     }
 
     /// Discards a session.
@@ -492,19 +540,34 @@ impl S3Storage {
     /// The bytes of a session's chunks, in order, streamed.
     fn session_bytes<'a>(
         &'a self,
-        chunks: &'a [(u64, ObjectMeta)],
+        id: &'a str,
+        chunks: &'a [Chunk],
     ) -> impl futures_util::Stream<Item = Result<Bytes>> + 'a {
         futures_util::stream::iter(chunks)
-            .then(move |(_, m)| async move {
-                let got = self
-                    .store
-                    .get(&m.location)
-                    .await
-                    .map_err(|e| self.error(&m.location, e))?;
-                Ok::<_, Error>(
-                    got.into_stream()
-                        .map(move |b| b.map_err(|e| self.error(&m.location, e))),
-                )
+            .then(move |c| async move {
+                let prefix = self.upload_key(id, &format!("parts/{:020}/{}", c.offset, c.patch));
+                let mut parts = self.list(&prefix).await?;
+                parts.sort_by(|a, b| a.location.cmp(&b.location));
+                let size: u64 = parts.iter().map(|m| m.size).sum();
+                if size != c.size {
+                    return Err(Error::Corrupt(format!(
+                        "upload {id}: the chunk at {} holds {size} bytes in the bucket, not {}",
+                        c.offset, c.size
+                    )));
+                }
+                Ok(futures_util::stream::iter(parts)
+                    .then(move |m| async move {
+                        let got = self
+                            .store
+                            .get(&m.location)
+                            .await
+                            .map_err(|e| self.error(&m.location, e))?;
+                        Ok::<_, Error>(
+                            got.into_stream()
+                                .map(move |b| b.map_err(|e| self.error(&m.location, e))),
+                        )
+                    })
+                    .try_flatten())
             })
             .try_flatten()
     }
@@ -514,7 +577,7 @@ impl S3Storage {
         self.block(async {
             let chunks = self.chunks(id).await?;
             let mut hasher = Hasher::new(algorithm);
-            let mut bytes = std::pin::pin!(self.session_bytes(&chunks));
+            let mut bytes = std::pin::pin!(self.session_bytes(id, &chunks));
             while let Some(b) = bytes.next().await {
                 hasher.update(&b?);
             }
@@ -533,7 +596,10 @@ impl S3Storage {
             let dest = self.blob_key(digest);
             if self.head(&dest).await?.is_none() {
                 let chunks = self.chunks(id).await?;
-                let size: u64 = chunks.iter().map(|(_, m)| m.size).sum();
+                let size: u64 = chunks.iter().map(|c| c.size).sum();
+                // Bounded memory: a commit holds a multipart part or a small
+                // blob, and only so many run at once.
+                let _slot = self.commit_slots.acquire().await;
                 let written = if size <= SINGLE_PUT_MAX {
                     self.write_small(id, &chunks, digest, &dest).await
                 } else {
@@ -562,13 +628,13 @@ impl S3Storage {
     async fn write_small(
         &self,
         id: &str,
-        chunks: &[(u64, ObjectMeta)],
+        chunks: &[Chunk],
         digest: &Digest,
         dest: &Key,
     ) -> Result<()> {
         let mut hasher = Hasher::new(digest.algorithm());
         let mut body = Vec::new();
-        let mut bytes = std::pin::pin!(self.session_bytes(chunks));
+        let mut bytes = std::pin::pin!(self.session_bytes(id, chunks));
         while let Some(b) = bytes.next().await {
             let b = b?;
             if body.len() + b.len() > SINGLE_PUT_MAX as usize {
@@ -593,7 +659,7 @@ impl S3Storage {
     async fn write_multipart(
         &self,
         id: &str,
-        chunks: &[(u64, ObjectMeta)],
+        chunks: &[Chunk],
         digest: &Digest,
         dest: &Key,
     ) -> Result<()> {
@@ -605,12 +671,12 @@ impl S3Storage {
             .map_err(|e| self.error(dest, e))?;
         let mut writer = WriteMultipart::new(upload);
         let copied: Result<()> = async {
-            let mut bytes = std::pin::pin!(self.session_bytes(chunks));
+            let mut bytes = std::pin::pin!(self.session_bytes(id, chunks));
             while let Some(b) = bytes.next().await {
                 let b = b?;
                 hasher.update(&b);
                 writer
-                    .wait_for_capacity(2)
+                    .wait_for_capacity(1)
                     .await
                     .map_err(|e| self.error(dest, e))?;
                 writer.write(&b);
@@ -875,6 +941,9 @@ pub enum AppendOutcome<E> {
     Done(u64),
     /// The body broke off after this many bytes; nothing was stored.
     BodyFailed(E, u64),
+    /// The body had this many bytes, not the length declared; nothing was
+    /// stored.
+    WrongLength(u64),
     /// The session holds this many chunks, [`MAX_CHUNKS`] or more; nothing
     /// was stored.
     TooManyChunks(usize),
@@ -893,13 +962,75 @@ fn digest_of(key: &Key, fanned: bool) -> Option<Digest> {
 }
 
 /// The size of a session whose chunks are contiguous from 0.
-fn contiguous_size(chunks: &[(u64, ObjectMeta)]) -> Option<u64> {
+fn contiguous_size(chunks: &[Chunk]) -> Option<u64> {
     let mut size = 0u64;
-    for (offset, m) in chunks {
-        if *offset != size {
+    for c in chunks {
+        if c.offset != size {
             return None;
         }
-        size = size.checked_add(m.size)?;
+        size = size.checked_add(c.size)?;
     }
     Some(size)
+}
+
+/// One PATCH body that arrived whole: `chunks/OFFSET-SIZE-PATCH`, naming its
+/// parts `parts/OFFSET/PATCH/NNNNNN`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Chunk {
+    offset: u64,
+    size: u64,
+    patch: String,
+}
+
+impl Chunk {
+    fn name(&self) -> String {
+        format!("{:020}-{:020}-{}", self.offset, self.size, self.patch)
+    }
+
+    fn parse(name: &str) -> Option<Chunk> {
+        let mut fields = name.splitn(3, '-');
+        let offset = fields.next()?.parse().ok()?;
+        let size = fields.next()?.parse().ok()?;
+        let patch = fields.next()?;
+        (patch.len() == 32 && patch.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Chunk {
+            offset,
+            size,
+            patch: patch.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_names_round_trip_and_others_are_not_chunks() {
+        let c = Chunk {
+            offset: 5 << 20,
+            size: 1234,
+            patch: "0123456789abcdef0123456789abcdef".into(),
+        };
+        assert_eq!(Chunk::parse(&c.name()), Some(c.clone()));
+        for bad in [
+            "00000000000000000000",
+            "x-1-0123456789abcdef0123456789abcdef",
+            "1-2-../../etc",
+            "1-2-0123456789abcdef0123456789abcde",
+        ] {
+            assert_eq!(Chunk::parse(bad), None, "{bad}");
+        }
+        let next = Chunk {
+            offset: c.offset + c.size,
+            size: 1,
+            patch: c.patch.clone(),
+        };
+        assert_eq!(contiguous_size(std::slice::from_ref(&next)), None);
+        let first = Chunk { offset: 0, ..c };
+        let second = Chunk {
+            offset: first.size,
+            ..next
+        };
+        assert_eq!(contiguous_size(&[first, second]), Some(1235));
+    }
 }

@@ -140,6 +140,11 @@ impl S3Storage {
         ))
     }
 
+    /// Collection `sweep`'s condemnation of `digest`.
+    fn condemnation(&self, sweep: &Sweep, digest: &Digest) -> Key {
+        Key::from(format!("{}/{}", self.condemned_prefix(digest), sweep.id))
+    }
+
     /// Whether any collection has condemned `digest`.
     async fn is_condemned(&self, digest: &Digest) -> Result<bool> {
         Ok(!self.list(&self.condemned_prefix(digest)).await?.is_empty())
@@ -356,7 +361,7 @@ impl S3Storage {
         F: FnOnce() -> R,
         R: std::future::Future<Output = Result<bool>>,
     {
-        let mark = Key::from(format!("{}/{}", self.condemned_prefix(digest), sweep.id));
+        let mark = self.condemnation(sweep, digest);
         self.put(&mark, Vec::new()).await?;
         let result = async {
             let touched = self.head(&self.touched_key(digest)).await?;
@@ -384,7 +389,7 @@ impl S3Storage {
         blobs: &[(Digest, Vec<String>)],
         cutoff: SystemTime,
     ) -> Result<Vec<bool>> {
-        let mark = |d: &Digest| Key::from(format!("{}/{}", self.condemned_prefix(d), sweep.id));
+        let mark = |d: &Digest| self.condemnation(sweep, d);
         self.block(async {
             let mut out = Vec::with_capacity(blobs.len());
             for batch in blobs.chunks(1000) {
